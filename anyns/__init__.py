@@ -1,0 +1,67 @@
+"""anyns: start, stream and reap many concurrent Linux containers from trio.
+
+Example::
+
+    import anyns, trio
+
+    async def main():
+        spec = anyns.ContainerSpec(argv=["/bin/sh", "-c", "hostname; echo $$"], hostname="box1")
+        async with anyns.open_supervisor() as sup:
+            done = await sup.run(spec, capture_stdout=True)
+            print(done.stdout)          # b'box1\\n1\\n'
+
+    trio.run(main)
+"""
+
+from ._container import CompletedContainer, Container, NamespaceId, namespaces_of
+from ._errors import (
+    AnynsError,
+    ContainerFailed,
+    ExecError,
+    NetworkError,
+    SetupError,
+    SpecError,
+    UnsupportedError,
+    ZygoteError,
+)
+from ._spec import Bind, ContainerSpec, DirRootfs, Environment, HostRootfs, Namespaces, Tmpfs
+from ._supervisor import DEVNULL, PIPE, STDOUT, Supervisor, open_supervisor
+from ._version import __version__
+
+__all__ = [
+    "DEVNULL",
+    "PIPE",
+    "STDOUT",
+    "AnynsError",
+    "Bind",
+    "CompletedContainer",
+    "Container",
+    "ContainerFailed",
+    "ContainerSpec",
+    "DirRootfs",
+    "Environment",
+    "ExecError",
+    "HostRootfs",
+    "NamespaceId",
+    "Namespaces",
+    "NetworkError",
+    "SetupError",
+    "SpecError",
+    "Supervisor",
+    "Tmpfs",
+    "UnsupportedError",
+    "ZygoteError",
+    "__version__",
+    "namespaces_of",
+    "open_supervisor",
+]
+
+# Show public names in reprs and tracebacks (trio's convention).
+for _name in __all__:
+    _obj = globals()[_name]
+    if getattr(_obj, "__module__", "").startswith("anyns."):
+        try:
+            _obj.__module__ = "anyns"
+        except (AttributeError, TypeError):
+            pass
+del _name, _obj

@@ -1,0 +1,236 @@
+"""What runs in the cloned child, between clone3 and execve.
+
+The child executes a linked plan: a list of ``(function, args)`` pairs made
+once per plan in the zygote (``link``), so that the child itself only calls
+functions. It must not import, start threads, log, or touch much memory:
+every page it writes is a copy-on-write fault (research/spawn-path.md §1).
+
+Each operation is ``fn(rt, *args)`` where ``rt`` is the per-spawn tuple
+``(stdin, stdout, stderr, errpipe, supervisor_pidfd)``. On the first error the
+child writes one failure record to the error pipe and ``_exit(127)``s; when
+execve succeeds the pipe closes (it is close-on-exec) and the supervisor sees EOF.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import select
+import signal
+import socket
+import struct
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+from . import _protocol
+from ._sys import _consts as C
+from ._sys import _libc
+
+Rt = tuple[int, int, int, int, int]
+Linked = tuple[tuple[Callable[..., None], tuple[Any, ...]], ...]
+Meta = tuple[tuple[str, str, "str | None"], ...]
+
+_STDIN, _STDOUT, _STDERR, _ERRPIPE, _SUPERVISOR = range(5)
+_EXIT_SETUP_FAILED = 127
+
+
+def _mount(rt: Rt, source: bytes | None, target: bytes, fstype: bytes | None, flags: int,
+           data: bytes | None) -> None:
+    _libc.mount(source, target, fstype, flags, data)
+
+
+def _bind(rt: Rt, source: bytes, target: bytes, flags: int, kind: bytes) -> None:
+    """Bind ``source`` on ``target``, creating a missing mount point of the source's kind."""
+    if kind == b"auto":
+        kind = b"dir" if os.path.isdir(source) else b"file"
+    if kind == b"dir":
+        if not os.path.isdir(target):
+            os.makedirs(target, 0o755, exist_ok=True)
+    elif not os.path.lexists(target):
+        os.makedirs(os.path.dirname(target), 0o755, exist_ok=True)
+        os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644))
+    _libc.mount(source, target, None, flags, None)
+
+
+def _mount_setattr(rt: Rt, path: bytes, attr_set: int) -> None:
+    _libc.mount_setattr(C.AT_FDCWD, path, C.AT_RECURSIVE, attr_set, 0, 0)
+
+
+def _mkdir(rt: Rt, path: bytes) -> None:
+    os.mkdir(path, 0o755)
+
+
+def _ensure_dir(rt: Rt, path: bytes) -> None:
+    """A mount point in a foreign root: must be a real directory, never a symlink out."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        os.mkdir(path, 0o755)
+        return
+    if (st.st_mode & 0o170000) != 0o040000:
+        raise OSError(errno.ENOTDIR, "mount point is not a directory (or is a symlink)", path)
+
+
+def _makedirs(rt: Rt, path: bytes) -> None:
+    os.makedirs(path, 0o755, exist_ok=True)
+
+
+def _mknod(rt: Rt, path: bytes, mode: int, major: int, minor: int) -> None:
+    os.mknod(path, 0o020000 | mode, os.makedev(major, minor))
+
+
+def _symlink(rt: Rt, target: bytes, path: bytes) -> None:
+    os.symlink(target, path)
+
+
+def _chdir(rt: Rt, path: bytes) -> None:
+    os.chdir(path)
+
+
+def _pivot_root(rt: Rt, new_root: bytes, put_old: bytes) -> None:
+    _libc.pivot_root(new_root, put_old)
+
+
+def _umount2(rt: Rt, target: bytes, flags: int) -> None:
+    _libc.umount2(target, flags)
+
+
+def _sethostname(rt: Rt, name: bytes) -> None:
+    _libc.sethostname(name)
+
+
+def _lo_up(rt: Rt) -> None:
+    """Bring lo up with SIOCSIFFLAGS: no netlink library in the child."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, 0)
+    try:
+        ifr = bytearray(struct.pack("16sH22x", b"lo", 0))
+        fcntl.ioctl(s, C.SIOCGIFFLAGS, ifr)
+        struct.pack_into("H", ifr, 16, struct.unpack_from("H", ifr, 16)[0] | C.IFF_UP)
+        fcntl.ioctl(s, C.SIOCSIFFLAGS, ifr)
+    finally:
+        s.close()
+
+
+def _umask(rt: Rt, mask: int) -> None:
+    os.umask(mask)
+
+
+def _stdio(rt: Rt) -> None:
+    # dup2 clears close-on-exec on the target, so 0-2 survive execve.
+    os.dup2(rt[_STDIN], 0)
+    os.dup2(rt[_STDOUT], 1)
+    os.dup2(rt[_STDERR], 2)
+
+
+def _close_fds(rt: Rt) -> None:
+    # Nothing but 0-2 may reach the program: fds inherited from the zygote would
+    # hold pipes open (research/spawn-path.md pitfall 3). CLOEXEC rather than
+    # close keeps the error pipe and the supervisor pidfd usable until execve.
+    _libc.close_range(3, 0xFFFFFFFF, C.CLOSE_RANGE_CLOEXEC)
+
+
+def _signals(rt: Rt) -> None:
+    # CLONE_CLEAR_SIGHAND reset handled signals; ignored ones survive exec, and
+    # CPython ignores SIGPIPE and SIGXFSZ (subprocess restore_signals does the same).
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
+
+
+def _pdeathsig(rt: Rt) -> None:
+    # Set last: changing credentials clears it (prctl(2)). It is tied to the
+    # supervisor thread that started the zygote (CLONE_PARENT makes that our
+    # parent). If the supervisor died before this line, no signal will come:
+    # its pidfd is readable then (getppid() is 0 inside a pid namespace).
+    _libc.prctl(C.PR_SET_PDEATHSIG, signal.SIGKILL)
+    if select.select((rt[_SUPERVISOR],), (), (), 0)[0]:
+        os._exit(_EXIT_SETUP_FAILED)
+
+
+def _execve(rt: Rt, candidates: tuple[bytes, ...], argv: tuple[bytes, ...],
+            env: dict[bytes, bytes]) -> None:
+    """execve each candidate like execvp(3): a later hit wins over ENOENT, EACCES is kept."""
+    first: OSError | None = None
+    for path in candidates:
+        try:
+            os.execve(path, argv, env)
+        except OSError as e:
+            if e.errno not in (errno.ENOENT, errno.ENOTDIR, errno.EACCES) or len(candidates) == 1:
+                raise
+            if first is None or (e.errno == errno.EACCES and first.errno != errno.EACCES):
+                first = e
+    assert first is not None
+    raise first
+
+
+OPS: dict[str, Callable[..., None]] = {
+    "mount": _mount,
+    "bind": _bind,
+    "mount_setattr": _mount_setattr,
+    "mkdir": _mkdir,
+    "ensure_dir": _ensure_dir,
+    "makedirs": _makedirs,
+    "mknod": _mknod,
+    "symlink": _symlink,
+    "chdir": _chdir,
+    "pivot_root": _pivot_root,
+    "umount2": _umount2,
+    "sethostname": _sethostname,
+    "lo_up": _lo_up,
+    "umask": _umask,
+    "stdio": _stdio,
+    "close_fds": _close_fds,
+    "signals": _signals,
+    "pdeathsig": _pdeathsig,
+    "execve": _execve,
+}
+
+
+def _to_bytes(value: Any) -> Any:
+    if isinstance(value, str):
+        return os.fsencode(value)
+    if isinstance(value, list):
+        return tuple(_to_bytes(v) for v in value)
+    return value
+
+
+def link(ops: Sequence[Sequence[Any]]) -> tuple[Linked, Meta]:
+    """Turn a wire plan's ops into callables with bytes arguments, once per plan.
+
+    Raises:
+        ValueError: an unknown operation or a malformed op.
+    """
+    linked = []
+    meta = []
+    for op in ops:
+        step, call, path, args = op
+        fn = OPS.get(call)
+        if fn is None:
+            raise ValueError(f"unknown child operation {call!r}")
+        converted = tuple(_to_bytes(a) for a in args)
+        if call == "execve":
+            candidates, argv, env = converted
+            converted = (candidates, argv, dict(e.split(b"=", 1) for e in env))
+        linked.append((fn, converted))
+        meta.append((str(step), "execve" if call == "execve" else str(call), path))
+    return tuple(linked), tuple(meta)
+
+
+def run(linked: Linked, meta: Meta, rt: Rt) -> NoReturn:
+    """Run the plan in the freshly cloned child; never returns."""
+    index = 0
+    try:
+        for fn, args in linked:
+            fn(rt, *args)
+            index += 1
+        raise OSError(errno.EINVAL, "the plan ended without execve")
+    except BaseException as e:  # noqa: BLE001 - everything becomes a record; nothing may escape
+        try:
+            step, call, path = meta[min(index, len(meta) - 1)]
+            err = e.errno if isinstance(e, OSError) and e.errno else 0
+            message = (e.strerror or str(e)) if isinstance(e, OSError) else f"{type(e).__name__}: {e}"
+            os.write(rt[_ERRPIPE], _protocol.encode_failure(step, call, path, err, message))
+        except BaseException:  # noqa: BLE001, S110 - the exit code still says "failed"
+            pass
+    os._exit(_EXIT_SETUP_FAILED)

@@ -1,0 +1,207 @@
+"""Handles for containers: ``Container`` (running) and ``CompletedContainer`` (finished).
+
+Also ``namespaces_of(pid)``: the namespace identities of any process, as
+``readlink /proc/PID/ns/KIND`` shows them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Final, NoReturn, final
+
+import trio
+
+from ._errors import AnynsError
+
+if TYPE_CHECKING:
+    from ._spec import ContainerSpec
+
+__all__ = ["CompletedContainer", "Container", "NamespaceId", "namespaces_of"]
+
+#: the namespace kinds of /proc/PID/ns, in the names the kernel uses there
+NAMESPACE_KINDS: Final = ("cgroup", "ipc", "mnt", "net", "pid", "time", "user", "uts")
+
+
+class NoPublicConstructor(type):
+    """Metaclass for handles that only anyns creates (trio's idiom)."""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> NoReturn:
+        raise TypeError(f"{cls.__module__}.{cls.__qualname__} has no public constructor")
+
+    def _create(cls, *args: Any, **kwargs: Any) -> Any:
+        return super().__call__(*args, **kwargs)
+
+
+@final
+class NamespaceId(str):
+    """A namespace identity such as ``'pid:[4026532201]'``.
+
+    It is the string ``readlink /proc/PID/ns/KIND`` prints, so it compares
+    equal to it; ``kind`` and ``inode`` give its parts. Same id, same namespace.
+    """
+
+    __slots__ = ()
+
+    @property
+    def kind(self) -> str:
+        """The namespace kind: ``"mnt"``, ``"pid"``, ``"net"`` …"""
+        return self.partition(":")[0]
+
+    @property
+    def inode(self) -> int:
+        """The inode number of the namespace in the nsfs filesystem."""
+        return int(self.partition("[")[2].rstrip("]"))
+
+
+def namespaces_of(pid: int) -> Mapping[str, NamespaceId]:
+    """The namespaces process ``pid`` is in, by kind (``"mnt"``, ``"pid"``, ``"net"`` …).
+
+    Kinds the kernel lacks are left out.
+
+    Raises:
+        ProcessLookupError: no such process.
+    """
+    result: dict[str, NamespaceId] = {}
+    for kind in NAMESPACE_KINDS:
+        try:
+            result[kind] = NamespaceId(os.readlink(f"/proc/{pid}/ns/{kind}"))
+        except FileNotFoundError:
+            if not os.path.exists(f"/proc/{pid}"):
+                raise ProcessLookupError(f"no process with pid {pid}") from None
+    return result
+
+
+class CompletedContainer(subprocess.CompletedProcess[bytes]):
+    """A finished container: what ``Supervisor.run`` returns.
+
+    Attributes:
+        args: the argv of the program.
+        returncode: its exit status, or ``-N`` when signal N killed it.
+        stdout: captured output, or None when not captured.
+        stderr: captured error output, or None when not captured.
+        pid: its pid in the host's view, while it ran.
+    """
+
+    def __init__(self, args: Sequence[str], returncode: int, stdout: bytes | None,
+                 stderr: bytes | None, pid: int) -> None:
+        super().__init__(list(args), returncode, stdout, stderr)
+        self.pid = pid
+
+    def __repr__(self) -> str:
+        return f"<anyns.CompletedContainer {self.args!r} pid={self.pid} returncode={self.returncode}>"
+
+
+@final
+class Container(metaclass=NoPublicConstructor):
+    """A running (or finished) container; returned by ``nursery.start(sup.run, spec)``.
+
+    Attributes:
+        spec: the spec it was made from.
+        pid: its pid as the host sees it.
+        returncode: None while it runs; then its exit status, or ``-N`` for signal N.
+        stdin: a trio ``SendStream`` when started with ``stdin=anyns.PIPE``, else None.
+        stdout: a trio ``ReceiveStream`` when started with ``stdout=anyns.PIPE``, else None.
+        stderr: likewise for ``stderr=anyns.PIPE``.
+    """
+
+    def __init__(self, spec: ContainerSpec, pid: int, pidfd: int) -> None:
+        self.spec = spec
+        self.pid = pid
+        self.returncode: int | None = None
+        self.stdin: trio.abc.SendStream | None = None
+        self.stdout: trio.abc.ReceiveStream | None = None
+        self.stderr: trio.abc.ReceiveStream | None = None
+        self._pidfd = pidfd
+        self._reaped = trio.Event()
+        self._ns_pid: int | None = None
+        self._namespaces: Mapping[str, NamespaceId] | None = None
+
+    def __repr__(self) -> str:
+        state = "running" if self.returncode is None else f"returncode={self.returncode}"
+        return f"<anyns.Container {list(self.spec.argv)!r} pid={self.pid} {state}>"
+
+    @property
+    def ns_pid(self) -> int:
+        """Its pid inside its own pid namespace (1 with ``Namespaces.PID``), from ``NSpid``.
+
+        Read while the container runs; the value is kept afterwards.
+        """
+        if self._ns_pid is None:
+            try:
+                with open(f"/proc/{self.pid}/status", "rb") as f:
+                    for line in f:
+                        if line.startswith(b"NSpid:"):
+                            self._ns_pid = int(line.split()[-1])
+                            break
+            except FileNotFoundError:
+                raise AnynsError(f"ns_pid: container pid {self.pid} has already exited") from None
+            if self._ns_pid is None:  # pragma: no cover - kernels before 4.1
+                self._ns_pid = self.pid
+        return self._ns_pid
+
+    @property
+    def namespaces(self) -> Mapping[str, NamespaceId]:
+        """Its namespaces by kind, as ``/proc/PID/ns/KIND`` shows them on the host.
+
+        Read on first use while the container runs, and kept.
+        """
+        if self._namespaces is None:
+            if self.returncode is not None:
+                raise AnynsError(f"namespaces: container pid {self.pid} has already exited")
+            self._namespaces = namespaces_of(self.pid)
+        return self._namespaces
+
+    async def wait(self) -> int:
+        """Wait until the container has exited and been reaped; return its ``returncode``."""
+        await self._reaped.wait()
+        assert self.returncode is not None
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        """Send ``sig`` to the container's first process through its pidfd (no pid reuse race).
+
+        Does nothing once the container has been reaped. Note that pid 1 of a
+        pid namespace ignores signals it has no handler for, except SIGKILL.
+        """
+        if self.returncode is not None:
+            return
+        try:
+            signal.pidfd_send_signal(self._pidfd, sig)
+        except ProcessLookupError:
+            pass  # exited, not yet reaped
+
+    def terminate(self) -> None:
+        """Send SIGTERM (ignored by a pid-1 program without a SIGTERM handler)."""
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        """Send SIGKILL: the whole pid namespace dies with its pid 1."""
+        self.send_signal(signal.SIGKILL)
+
+    async def _wait_and_reap(self) -> int:
+        """Wait on the pidfd, then reap; only the task that owns the container calls this."""
+        if self.returncode is None:
+            await trio.lowlevel.wait_readable(self._pidfd)
+            self._reap()
+        assert self.returncode is not None
+        return self.returncode
+
+    def _reap(self) -> None:
+        # Only after the pidfd polled readable: WNOHANG then never returns None.
+        result = os.waitid(os.P_PIDFD, self._pidfd, os.WEXITED | os.WNOHANG)
+        assert result is not None
+        if result.si_code == os.CLD_EXITED:
+            self.returncode = result.si_status
+        else:  # CLD_KILLED or CLD_DUMPED
+            self.returncode = -result.si_status
+        self._close_pidfd()
+        self._reaped.set()
+
+    def _close_pidfd(self) -> None:
+        if self._pidfd >= 0:
+            trio.lowlevel.notify_closing(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = -1

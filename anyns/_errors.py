@@ -1,0 +1,190 @@
+"""The anyns exception tree, and the table of hints for known host settings.
+
+::
+
+    AnynsError                     base of everything anyns raises
+    ├── SpecError (ValueError)     a spec that cannot be valid; raised when it is built
+    ├── SetupError                 the container failed before its program started
+    │   └── ExecError              execve itself failed (missing or non-executable program)
+    ├── ContainerFailed            non-zero exit with check=True (a CalledProcessError)
+    ├── ZygoteError                the zygote died, could not start, or spoke nonsense
+    ├── NetworkError               host-side netlink work failed
+    └── UnsupportedError           the kernel or the host lacks what was asked for
+
+Messages are lowercase and name the operation first. A ``SetupError`` has
+``__cause__`` set to an ``OSError`` rebuilt from the child's errno, so callers
+can catch ``FileNotFoundError`` and friends from ``err.__cause__``.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+import subprocess
+from collections.abc import Sequence
+
+__all__ = [
+    "AnynsError",
+    "ContainerFailed",
+    "ExecError",
+    "NetworkError",
+    "SetupError",
+    "SpecError",
+    "UnsupportedError",
+    "ZygoteError",
+    "diagnose",
+]
+
+
+class AnynsError(Exception):
+    """Base class of every exception anyns raises on purpose."""
+
+
+class SpecError(AnynsError, ValueError):
+    """A container spec is invalid. Raised when the spec is built, before any syscall."""
+
+
+class UnsupportedError(AnynsError):
+    """The kernel or the host cannot do what the spec asks for."""
+
+
+class ZygoteError(AnynsError):
+    """The zygote process died, failed to start, or broke the protocol.
+
+    Spawns in flight fail with this error; the next spawn starts a new zygote.
+    """
+
+
+class NetworkError(AnynsError):
+    """Host-side network setup failed."""
+
+
+class SetupError(AnynsError):
+    """Setting up the container failed before its program started.
+
+    Attributes:
+        step: the setup step that failed (``"rootfs"``, ``"mounts"``, ``"exec"`` …).
+        syscall: the system call that failed (``"mount"``, ``"execve"`` …).
+        path: the path the call was about, or None.
+        errno: the error number, or 0 when the failure was not a syscall error.
+        strerror: the text of the error.
+        hint: advice when a host setting is the likely cause, else None.
+    """
+
+    def __init__(
+        self,
+        step: str,
+        syscall: str,
+        path: str | None,
+        errno: int,
+        strerror: str,
+        hint: str | None = None,
+    ) -> None:
+        self.step = step
+        self.syscall = syscall
+        self.path = path
+        self.errno = errno
+        self.strerror = strerror
+        self.hint = hint
+        where = f" {path!r}" if path else ""
+        code = f"[Errno {errno}] " if errno else ""
+        text = f"{step}: {syscall}{where} failed: {code}{strerror}"
+        if hint:
+            text += f" (hint: {hint})"
+        super().__init__(text)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (
+            type(self),
+            (self.step, self.syscall, self.path, self.errno, self.strerror, self.hint),
+        )
+
+
+class ExecError(SetupError):
+    """``execve`` of the container's program failed (not found, not executable …)."""
+
+
+class ContainerFailed(AnynsError, subprocess.CalledProcessError):
+    """The container's program exited with a non-zero status and ``check=True``.
+
+    ``returncode`` is the exit status, or ``-N`` when signal N killed it;
+    ``cmd`` is the argv; ``stdout``/``stderr`` hold captured output, if any.
+    """
+
+    def __init__(
+        self,
+        returncode: int,
+        cmd: Sequence[str],
+        output: bytes | None = None,
+        stderr: bytes | None = None,
+    ) -> None:
+        subprocess.CalledProcessError.__init__(self, returncode, list(cmd), output, stderr)
+
+    def __str__(self) -> str:
+        if self.returncode < 0:
+            try:
+                import signal
+
+                name = signal.Signals(-self.returncode).name
+            except ValueError:
+                name = f"signal {-self.returncode}"
+            return f"container {self.cmd!r} was killed by {name}"
+        return f"container {self.cmd!r} exited with status {self.returncode}"
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.returncode, self.cmd, self.output, self.stderr))
+
+
+def _read_sysctl(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def diagnose(step: str, syscall: str, errno: int, path: str | None) -> str | None:
+    """Return advice for a setup failure whose cause is often the host, else None.
+
+    Reads a few ``/proc/sys`` files; runs only in the supervisor.
+    """
+    if step == "exec":
+        if errno == _errno.ENOENT:
+            return (
+                "the program is not inside the container's root filesystem; "
+                "check argv[0], PATH in env, and the rootfs"
+            )
+        if errno == _errno.EACCES:
+            return "the program is not executable, or lies on a noexec mount"
+        if errno == _errno.ENOEXEC:
+            return "the file is not a binary this kernel can run, or its #! line is wrong"
+    if syscall == "clone3":
+        if errno == _errno.ENOSPC:
+            return "a namespace limit was reached: see /proc/sys/user/max_*_namespaces"
+        if errno == _errno.EPERM:
+            if _read_sysctl("/proc/sys/kernel/unprivileged_userns_clone") == "0":
+                return "user namespaces are disabled: kernel.unprivileged_userns_clone=0"
+            if _read_sysctl("/proc/sys/kernel/apparmor_restrict_unprivileged_userns") == "1":
+                return "AppArmor restricts user namespaces: kernel.apparmor_restrict_unprivileged_userns=1"
+            return "creating namespaces needs CAP_SYS_ADMIN (run as root) or a user namespace"
+        if errno == _errno.EAGAIN:
+            return "the process limit was reached (ulimit -u, /proc/sys/kernel/pid_max, or a pids cgroup)"
+    if step == "rootfs" and errno == _errno.ENOENT:
+        return "the root filesystem directory does not exist"
+    if syscall == "mount":
+        if errno == _errno.EPERM or errno == _errno.EACCES:
+            return "mounting needs CAP_SYS_ADMIN; a masked /proc (inside Docker) also refuses proc"
+        if errno == _errno.ENOSPC:
+            return "the mount table is full: see /proc/sys/fs/mount-max"
+        if errno == _errno.ENOENT and path:
+            return f"{path!r} does not exist inside the container's root; create it or choose another target"
+    if errno == _errno.EMFILE:
+        return "the supervisor ran out of file descriptors (ulimit -n)"
+    return None
+
+
+def oserror(errno: int, strerror: str, path: str | None) -> OSError:
+    """Rebuild the matching ``OSError`` subclass (FileNotFoundError, …) from an errno."""
+    if not strerror:
+        strerror = os.strerror(errno) if errno else "error"
+    return OSError(errno, strerror, path) if path else OSError(errno, strerror)

@@ -1,0 +1,261 @@
+"""Compile a ContainerSpec into the ordered steps the cloned child runs.
+
+This module is the one place where the setup order is written down. It is
+pure: host facts it needs (which of /bin, /lib… are links, which /etc entries
+exist, where the per-container root is mounted) come in as a ``HostLayout``
+that the supervisor probes once.
+
+A plan is a tuple of operations ``(step, call, path, args)``:
+
+* ``step``: the phase reported in errors (``"rootfs"``, ``"dev"``, ``"exec"`` …);
+* ``call``: the name of the child-side operation (``_child.OPS``), which is the
+  syscall it makes, so an error can name it;
+* ``path``: the path an error message names (inside the container when the
+  container's view is clearer), or None;
+* ``args``: plain str / int / None / tuple values; paths are str and become
+  bytes in the zygote.
+
+The order (each line a step)::
+
+    propagation  make / rslave: nothing the container mounts reaches the host,
+                 host unmounts still reach the container (runc's default)
+    rootfs       the new root: a tmpfs with read-only host binds, or a bind of a directory
+    dev          /dev: tmpfs, device nodes, a devpts instance, /dev/shm, /dev/mqueue
+    tmp          /tmp: tmpfs
+    proc         /proc for the new pid namespace (before the pivot: in a user
+                 namespace proc can only be mounted while the host's is visible)
+    mounts       the spec's mounts, in order
+    pivot_root   pivot_root(".", ".") and detach the old root (runc, LXC)
+    hostname     sethostname
+    network      lo up
+    process      umask, cwd, stdio, close every other fd, signal dispositions and mask
+    pdeathsig    PR_SET_PDEATHSIG last (credential changes clear it), then check
+                 the supervisor is still alive
+    exec         execve, trying each PATH entry like execvp
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Final
+
+import attrs
+
+from ._errors import UnsupportedError
+from ._spec import DEFAULT_PATH, Bind, ContainerSpec, DirRootfs, HostRootfs, Namespaces, Tmpfs
+from ._sys._consts import (
+    MNT_DETACH,
+    MOUNT_ATTR_NODEV,
+    MOUNT_ATTR_NOEXEC,
+    MOUNT_ATTR_NOSUID,
+    MOUNT_ATTR_RDONLY,
+    MS_BIND,
+    MS_NODEV,
+    MS_NOEXEC,
+    MS_NOSUID,
+    MS_PRIVATE,
+    MS_REC,
+    MS_SLAVE,
+    MS_STRICTATIME,
+    MS_UNBINDABLE,
+)
+
+Arg = str | int | None | tuple[str, ...]
+Op = tuple[str, str, str | None, tuple[Arg, ...]]
+
+#: (name, major, minor) of the device nodes in the container's /dev (what OCI requires).
+DEVICES: Final = (
+    ("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0),
+)
+_DEV_LINKS: Final = (
+    ("pts/ptmx", "ptmx"), ("/proc/self/fd", "fd"), ("/proc/self/fd/0", "stdin"),
+    ("/proc/self/fd/1", "stdout"), ("/proc/self/fd/2", "stderr"),
+)
+#: directories made in a HostRootfs root besides the mount points
+_ROOT_DIRS: Final = ("usr", "etc", "proc", "dev", "tmp", "run", "root", "home", "var")
+_PROPAGATION_FLAGS: Final = {"private": MS_PRIVATE, "slave": MS_SLAVE, "unbindable": MS_UNBINDABLE}
+_RO_ATTRS: Final = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV
+_DEFAULT_UMASK: Final = 0o022
+
+
+@attrs.frozen
+class HostLayout:
+    """Facts about the host that a plan depends on, probed once by the supervisor.
+
+    Attributes:
+        newroot: an empty host directory; each container mounts its own root on
+            it inside its private mount namespace, so no per-container host
+            directory is ever made.
+        top_links: ``(name, target)`` for each of bin/lib/lib64/sbin… that is a
+            symlink on the host (merged /usr).
+        top_dirs: those of them that are real directories (bound read-only).
+        etc_files: /etc entries that are files on the host.
+        etc_dirs: /etc entries that are directories on the host.
+    """
+
+    newroot: str
+    top_links: tuple[tuple[str, str], ...] = ()
+    top_dirs: tuple[str, ...] = ()
+    etc_files: tuple[str, ...] = ()
+    etc_dirs: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class Plan:
+    """What the zygote needs to make one kind of container.
+
+    Attributes:
+        clone_flags: the CLONE_NEW* flags for clone3.
+        ops: the ordered operations of the child.
+    """
+
+    clone_flags: int
+    ops: tuple[Op, ...]
+
+    def to_wire(self) -> dict[str, object]:
+        """The JSON-able form the zygote receives (see ``_protocol``)."""
+        return {"flags": self.clone_flags, "ops": [list(op) for op in self.ops]}
+
+
+class _Builder:
+    """Collects operations; one method per kind, named by what it does."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.ops: list[Op] = []
+
+    def at(self, path: str) -> str:
+        """The host-visible path of container path ``path`` before the pivot."""
+        return self.root + path if path != "/" else self.root
+
+    def op(self, step: str, call: str, path: str | None, *args: Arg) -> None:
+        self.ops.append((step, call, path, args))
+
+    def mount(self, step: str, source: str | None, path: str, fstype: str | None, flags: int,
+              data: str | None = None) -> None:
+        self.op(step, "mount", path, source, self.at(path), fstype, flags, data)
+
+    def bind(self, step: str, source: str, path: str, *, recursive: bool = True,
+             kind: str = "auto") -> None:
+        flags = MS_BIND | (MS_REC if recursive else 0)
+        self.op(step, "bind", path, source, self.at(path), flags, kind)
+
+    def setattr(self, step: str, path: str, attr_set: int) -> None:
+        self.op(step, "mount_setattr", path, self.at(path), attr_set)
+
+
+def compile_plan(spec: ContainerSpec, host: HostLayout) -> Plan:
+    """Turn ``spec`` into a ``Plan``; pure, and cached by the supervisor per spec."""
+    ns = spec.namespaces
+    b = _Builder(host.newroot)
+
+    b.op("propagation", "mount", "/", None, "/", None, MS_REC | MS_SLAVE, None)
+
+    if isinstance(spec.rootfs, HostRootfs):
+        _host_rootfs(b, spec.rootfs, host)  # makes every mount point below
+    else:
+        _dir_rootfs(b, spec.rootfs)
+        for step, path in (("dev", "/dev"), ("tmp", "/tmp"), ("proc", "/proc")):
+            b.op(step, "ensure_dir", path, b.at(path))
+
+    b.mount("dev", "tmpfs", "/dev", "tmpfs", MS_NOSUID | MS_STRICTATIME, "mode=0755,size=64k")
+    for name, major, minor in DEVICES:
+        b.op("dev", "mknod", f"/dev/{name}", b.at(f"/dev/{name}"), 0o666, major, minor)
+    for name in ("pts", "shm", "mqueue"):
+        b.op("dev", "mkdir", f"/dev/{name}", b.at(f"/dev/{name}"))
+    b.mount("dev", "devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC,
+            "newinstance,ptmxmode=0666,mode=0620,gid=5")
+    b.mount("dev", "shm", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+    if Namespaces.IPC in ns:
+        # An mqueue mount shows the queues of the mounter's IPC namespace.
+        b.mount("dev", "mqueue", "/dev/mqueue", "mqueue", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    for target, name in _DEV_LINKS:
+        b.op("dev", "symlink", f"/dev/{name}", target, b.at(f"/dev/{name}"))
+
+    b.mount("tmp", "tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+
+    b.mount("proc", "proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+
+    for mount in spec.mounts:
+        _user_mount(b, mount)
+
+    # pivot_root(".", "."): the old root ends up stacked under the new one and
+    # is detached lazily; no put_old directory is needed (runc, LXC, pivot_root(2)).
+    b.op("pivot_root", "chdir", "/", host.newroot)
+    b.op("pivot_root", "pivot_root", "/", ".", ".")
+    b.op("pivot_root", "umount2", "/", ".", MNT_DETACH)
+
+    if spec.hostname is not None:
+        b.op("hostname", "sethostname", None, spec.hostname)
+    if Namespaces.NET in ns:
+        b.op("network", "lo_up", None)
+
+    b.op("process", "umask", None, _DEFAULT_UMASK)
+    b.op("process", "chdir", spec.cwd, spec.cwd)
+    b.op("process", "stdio", None)
+    b.op("process", "close_fds", None)
+    b.op("process", "signals", None)
+    b.op("pdeathsig", "pdeathsig", None)
+    b.op("exec", "execve", spec.argv[0], _exec_candidates(spec), spec.argv,
+         tuple(f"{k}={v}" for k, v in spec.env.items()))
+    return Plan(clone_flags=int(ns), ops=tuple(b.ops))
+
+
+def _host_rootfs(b: _Builder, rootfs: HostRootfs, host: HostLayout) -> None:
+    b.mount("rootfs", "tmpfs", "/", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")
+    for name in _ROOT_DIRS:
+        b.op("rootfs", "mkdir", f"/{name}", b.at(f"/{name}"))
+    for name, target in host.top_links:
+        b.op("rootfs", "symlink", f"/{name}", target, b.at(f"/{name}"))
+    for name in ("usr", *host.top_dirs):
+        b.bind("rootfs", f"/{name}", f"/{name}", kind="dir")
+        b.setattr("rootfs", f"/{name}", _RO_ATTRS)
+    wanted = set(rootfs.etc)
+    for name in host.etc_dirs:
+        if name in wanted:
+            b.bind("rootfs", f"/etc/{name}", f"/etc/{name}", kind="dir")
+            b.setattr("rootfs", f"/etc/{name}", _RO_ATTRS)
+    for name in host.etc_files:
+        if name in wanted:
+            b.bind("rootfs", f"/etc/{name}", f"/etc/{name}", kind="file")
+            b.setattr("rootfs", f"/etc/{name}", _RO_ATTRS)
+
+
+def _dir_rootfs(b: _Builder, rootfs: DirRootfs) -> None:
+    # The host path is what goes wrong here, so errors name it.
+    b.op("rootfs", "bind", rootfs.path, rootfs.path, b.root, MS_BIND | MS_REC, "dir")
+    if rootfs.readonly:
+        b.op("rootfs", "mount_setattr", rootfs.path, b.root, _RO_ATTRS)
+
+
+def _user_mount(b: _Builder, mount: Bind | Tmpfs) -> None:
+    if isinstance(mount, Tmpfs):
+        data = f"mode={mount.mode:o}" + (f",size={mount.size}" if mount.size else "")
+        b.op("mounts", "makedirs", mount.target, b.at(mount.target))
+        b.mount("mounts", "tmpfs", mount.target, "tmpfs", MS_NOSUID | MS_NODEV, data)
+        return
+    b.bind("mounts", mount.source, mount.target, recursive=mount.recursive)
+    attr = (
+        (MOUNT_ATTR_RDONLY if mount.readonly else 0)
+        | (MOUNT_ATTR_NOSUID if mount.nosuid else 0)
+        | (MOUNT_ATTR_NODEV if mount.nodev else 0)
+        | (MOUNT_ATTR_NOEXEC if mount.noexec else 0)
+    )
+    if attr:
+        b.setattr("mounts", mount.target, attr)
+    if mount.propagation == "shared":
+        raise UnsupportedError(
+            "bind propagation='shared' is not supported yet: use 'private', 'slave' or 'unbindable'"
+        )
+    if mount.propagation is not None:
+        flag = _PROPAGATION_FLAGS[mount.propagation] | (MS_REC if mount.recursive else 0)
+        b.mount("mounts", None, mount.target, None, flag)
+
+
+def _exec_candidates(spec: ContainerSpec) -> tuple[str, ...]:
+    """The paths execve tries, in order, like execvp(3) with the container's PATH."""
+    program = spec.argv[0]
+    if "/" in program:
+        return (program,)
+    search: Iterable[str] = spec.env.get("PATH", DEFAULT_PATH).split(":")
+    return tuple(f"{d.rstrip('/') or ''}/{program}" if d else program for d in search)

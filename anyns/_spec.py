@@ -1,0 +1,286 @@
+"""Container specs: frozen, hashable attrs values, validated when they are built.
+
+Validators check invariants only (absolute paths, name lengths, NUL bytes…)
+and never touch the filesystem or the kernel: "does this exist?" is answered
+at setup time, as a ``SetupError`` naming the path.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import posixpath
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, Final, Union
+
+import attrs
+
+from ._errors import SpecError
+
+__all__ = [
+    "DEFAULT_PATH",
+    "Bind",
+    "ContainerSpec",
+    "DirRootfs",
+    "Environment",
+    "HostRootfs",
+    "Mount",
+    "Namespaces",
+    "Rootfs",
+    "Tmpfs",
+]
+
+DEFAULT_PATH: Final = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+class Namespaces(enum.IntFlag):
+    """The namespaces a container gets of its own; the values are the CLONE_NEW* flags.
+
+    Namespaces not in the set are shared with the supervisor.
+    """
+
+    TIME = 0x00000080
+    MOUNT = 0x00020000
+    CGROUP = 0x02000000
+    UTS = 0x04000000
+    IPC = 0x08000000
+    USER = 0x10000000
+    PID = 0x20000000
+    NET = 0x40000000
+    #: mount, PID, UTS, IPC and network (loopback only): what ``bwrap --unshare-all`` gives, minus user and cgroup.
+    DEFAULT = MOUNT | PID | UTS | IPC | NET
+
+
+def _fail(where: str, message: str) -> SpecError:
+    return SpecError(f"{where}: {message}")
+
+
+def _check_text(where: str, value: str) -> None:
+    if not isinstance(value, str):
+        raise _fail(where, f"expected a str, got {type(value).__name__}")
+    if "\0" in value:
+        raise _fail(where, "contains a NUL byte")
+
+
+def _check_abs_path(where: str, value: str) -> None:
+    _check_text(where, value)
+    if not value.startswith("/"):
+        raise _fail(where, f"must be an absolute path, got {value!r}")
+
+
+def _path(value: str | os.PathLike[str]) -> str:
+    return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+
+def _container_path(where: str, value: str) -> str:
+    """A path inside the container: absolute, normalised, never leaving the root."""
+    _check_abs_path(where, value)
+    if ".." in value.split("/"):
+        raise _fail(where, f"must not contain '..' components, got {value!r}")
+    return posixpath.normpath(value).replace("//", "/")
+
+
+class Environment(Mapping[str, str]):
+    """An immutable, hashable mapping of environment variables."""
+
+    __slots__ = ("_items", "_hash")
+
+    def __init__(self, items: Mapping[str, str] | Iterable[tuple[str, str]] = ()) -> None:
+        pairs = dict(items.items() if isinstance(items, Mapping) else items)
+        for key, value in pairs.items():
+            _check_text("env key", key)
+            _check_text(f"env[{key!r}]", value)
+            if not key or "=" in key:
+                raise _fail("env", f"invalid variable name {key!r}")
+        self._items: dict[str, str] = pairs
+        self._hash = hash(frozenset(pairs.items()))
+
+    def __getitem__(self, key: str) -> str:
+        return self._items[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Mapping):
+            return dict(self._items) == dict(other)
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"Environment({self._items!r})"
+
+
+def _to_env(value: Mapping[str, str] | Iterable[tuple[str, str]]) -> Environment:
+    return value if isinstance(value, Environment) else Environment(value)
+
+
+#: /etc entries a HostRootfs shows by default (those present on the host): what
+#: user lookup, name resolution, the dynamic loader and Debian's alternatives need.
+HOST_ETC: Final = (
+    "passwd", "group", "hosts", "resolv.conf", "nsswitch.conf", "host.conf", "services",
+    "protocols", "localtime", "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives",
+    "os-release", "ssl", "ca-certificates",
+)
+
+
+@attrs.frozen
+class HostRootfs:
+    """The default root: a read-only view of the host's ``/usr``.
+
+    ``/bin``, ``/lib``, ``/lib64`` and ``/sbin`` appear as they are on the host
+    (links into ``/usr`` on merged-usr systems, read-only binds otherwise), and
+    the ``/etc`` entries in ``etc`` that exist on the host are bound read-only.
+    Everything else of the host is invisible. The root itself is a fresh tmpfs,
+    so the container may create files and directories in it.
+    """
+
+    etc: tuple[str, ...] = attrs.field(default=HOST_ETC, converter=tuple)
+
+    @etc.validator
+    def _check_etc(self, _: object, value: tuple[str, ...]) -> None:
+        for name in value:
+            _check_text("HostRootfs.etc", name)
+            if not name or name.startswith("/") or ".." in name.split("/"):
+                raise _fail("HostRootfs.etc", f"expected a name relative to /etc, got {name!r}")
+
+
+@attrs.frozen
+class DirRootfs:
+    """A root filesystem directory on the host (such as one ``lxc-create`` unpacks).
+
+    It is bind-mounted as the container's root, read-only unless ``readonly=False``.
+    ``/proc``, ``/dev`` and ``/tmp`` are mounted over its directories of those
+    names; in a read-only root they must already exist.
+    """
+
+    path: str = attrs.field(converter=_path)
+    readonly: bool = attrs.field(default=True, kw_only=True)
+
+    @path.validator
+    def _check_path(self, _: object, value: str) -> None:
+        _check_abs_path("DirRootfs.path", value)
+
+
+Rootfs = Union[HostRootfs, DirRootfs]
+
+_PROPAGATIONS: Final = (None, "shared", "private", "slave", "unbindable")
+
+
+@attrs.frozen
+class Bind:
+    """Bind-mount a host file or directory at ``target`` inside the container.
+
+    A missing mount point is created inside the container's root (a file for a
+    file source, a directory otherwise).
+    """
+
+    source: str = attrs.field(converter=_path)
+    target: str = attrs.field(converter=_path)
+    readonly: bool = attrs.field(default=False, kw_only=True)
+    recursive: bool = attrs.field(default=True, kw_only=True)
+    propagation: str | None = attrs.field(default=None, kw_only=True)
+    nosuid: bool = attrs.field(default=False, kw_only=True)
+    nodev: bool = attrs.field(default=False, kw_only=True)
+    noexec: bool = attrs.field(default=False, kw_only=True)
+
+    def __attrs_post_init__(self) -> None:
+        _check_abs_path("Bind.source", self.source)
+        object.__setattr__(self, "target", _container_path("Bind.target", self.target))
+        if self.propagation not in _PROPAGATIONS:
+            raise _fail("Bind.propagation", f"expected one of {_PROPAGATIONS[1:]}, got {self.propagation!r}")
+
+
+@attrs.frozen
+class Tmpfs:
+    """Mount a fresh tmpfs at ``target``; ``size`` in bytes (None: the kernel's default)."""
+
+    target: str = attrs.field(converter=_path)
+    size: int | None = attrs.field(default=None, kw_only=True)
+    mode: int = attrs.field(default=0o755, kw_only=True)
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "target", _container_path("Tmpfs.target", self.target))
+        if self.size is not None and (not isinstance(self.size, int) or self.size <= 0):
+            raise _fail("Tmpfs.size", f"expected a positive number of bytes, got {self.size!r}")
+        if not isinstance(self.mode, int) or not 0 <= self.mode <= 0o7777:
+            raise _fail("Tmpfs.mode", f"expected a file mode such as 0o755, got {self.mode!r}")
+
+
+Mount = Union[Bind, Tmpfs]
+
+_MAX_HOSTNAME: Final = 64  # HOST_NAME_MAX; sethostname(2) refuses longer names
+
+
+def _to_argv(value: Iterable[str | os.PathLike[str]]) -> tuple[str, ...]:
+    if isinstance(value, (str, bytes)):
+        raise _fail("argv", "expected a sequence of strings, got a single string")
+    return tuple(_path(a) for a in value)
+
+
+def _to_mounts(value: Iterable[Mount]) -> tuple[Mount, ...]:
+    return tuple(value)
+
+
+def _to_namespaces(value: Any) -> Namespaces:
+    try:
+        return Namespaces(value)
+    except (ValueError, TypeError):
+        raise _fail("namespaces", f"expected an anyns.Namespaces flag set, got {value!r}") from None
+
+
+@attrs.frozen(kw_only=True)
+class ContainerSpec:
+    """Everything about one container, as a frozen, hashable value.
+
+    Share one spec across many containers; derive variants with
+    ``attrs.evolve(spec, hostname=...)``.
+
+    Args:
+        argv: the program and its arguments; ``argv[0]`` is searched in ``PATH``
+            from ``env`` unless it contains a ``/``.
+        rootfs: ``HostRootfs()`` (default) or ``DirRootfs(path)``.
+        hostname: the hostname inside (needs ``Namespaces.UTS``); None keeps the host's.
+        namespaces: the namespaces the container gets of its own.
+        mounts: ``Bind`` and ``Tmpfs`` mounts, applied in order after the root is built.
+        env: the whole environment of the program; the supervisor's own is never passed.
+        cwd: the working directory inside the container.
+    """
+
+    argv: tuple[str, ...] = attrs.field(converter=_to_argv)
+    rootfs: Rootfs = attrs.field(factory=HostRootfs)
+    hostname: str | None = None
+    namespaces: Namespaces = attrs.field(default=Namespaces.DEFAULT, converter=_to_namespaces)
+    mounts: tuple[Mount, ...] = attrs.field(default=(), converter=_to_mounts)
+    env: Environment = attrs.field(factory=lambda: Environment({"PATH": DEFAULT_PATH}), converter=_to_env)
+    cwd: str = "/"
+
+    def __attrs_post_init__(self) -> None:
+        if not self.argv:
+            raise _fail("argv", "must name a program")
+        for i, arg in enumerate(self.argv):
+            _check_text(f"argv[{i}]", arg)
+        if not self.argv[0]:
+            raise _fail("argv[0]", "must not be empty")
+        if not isinstance(self.rootfs, (HostRootfs, DirRootfs)):
+            raise _fail("rootfs", f"expected HostRootfs or DirRootfs, got {self.rootfs!r}")
+        if Namespaces.MOUNT not in self.namespaces:
+            raise _fail("namespaces", "Namespaces.MOUNT is required: the container gets its own root")
+        if Namespaces.USER in self.namespaces:
+            raise _fail("namespaces", "Namespaces.USER is not supported yet")
+        if self.hostname is not None:
+            _check_text("hostname", self.hostname)
+            if Namespaces.UTS not in self.namespaces:
+                raise _fail("hostname", "setting a hostname needs Namespaces.UTS")
+            encoded = self.hostname.encode()
+            if not encoded or len(encoded) > _MAX_HOSTNAME:
+                raise _fail("hostname", f"must be 1 to {_MAX_HOSTNAME} bytes, got {len(encoded)}")
+        for i, mount in enumerate(self.mounts):
+            if not isinstance(mount, (Bind, Tmpfs)):
+                raise _fail(f"mounts[{i}]", f"expected anyns.Bind or anyns.Tmpfs, got {mount!r}")
+        _check_abs_path("cwd", self.cwd)

@@ -1,0 +1,635 @@
+"""The trio side: the zygote connection, ``open_supervisor()`` and ``Supervisor.run``.
+
+Containers are cloned by the zygote with CLONE_PARENT, so they are children
+of this process: each one is waited for on its pidfd
+(``trio.lowlevel.wait_readable``) and reaped with ``waitid(P_PIDFD)``, by the
+task that started it. No threads, no SIGCHLD handler. Whatever way a
+``run`` ends (return, error, cancellation) it kills and reaps its container
+before it returns, inside a shielded scope.
+"""
+
+from __future__ import annotations
+
+import array
+import itertools
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
+from typing import IO, Any, Final, Union, final
+
+import attrs
+import trio
+
+from . import _protocol
+from ._container import CompletedContainer, Container, NoPublicConstructor
+from ._errors import (
+    ContainerFailed,
+    ExecError,
+    SetupError,
+    ZygoteError,
+    diagnose,
+    oserror,
+)
+from ._plan import HostLayout, Plan, compile_plan
+from ._spec import ContainerSpec, DirRootfs, HostRootfs
+
+__all__ = ["DEVNULL", "PIPE", "STDOUT", "Supervisor", "open_supervisor"]
+
+PIPE: Final = subprocess.PIPE
+DEVNULL: Final = subprocess.DEVNULL
+STDOUT: Final = subprocess.STDOUT
+
+StdinArg = Union[bytes, bytearray, memoryview, int, IO[Any], None]
+StdoutArg = Union[int, IO[Any], None]
+
+_ZYGOTE_FILE: Final = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_zygote.py")
+_PACKAGE_DIR: Final = os.path.dirname(os.path.abspath(__file__))
+_READ_CHUNK: Final = 65536
+
+
+# --------------------------------------------------------------------------- zygote
+
+
+@attrs.define(eq=False)
+class _Pending:
+    """One spawn request waiting for the zygote's answer."""
+
+    event: trio.Event = attrs.field(factory=trio.Event)
+    pid: int = 0
+    pidfd: int = -1
+    error: BaseException | None = None
+    abandoned: bool = False
+
+
+def _fds_from(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
+    fds: list[int] = []
+    for level, kind, payload in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            received = array.array("i")
+            received.frombytes(payload[: len(payload) - len(payload) % received.itemsize])
+            fds.extend(received)
+    return fds
+
+
+class _ZygoteConnection:
+    """One zygote process and the socket to it; replaced by a new one if it dies."""
+
+    def __init__(self, on_orphan: Callable[[int], None]) -> None:
+        # Started synchronously from the calling (trio) thread, never from a
+        # worker thread: the zygote's PDEATHSIG, and through CLONE_PARENT the
+        # containers' parent, are tied to this thread (spawn-path.md §9.1).
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-X", "utf8", _ZYGOTE_FILE,
+                 str(theirs.fileno()), str(os.getpid()), _PACKAGE_DIR],
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                env={},
+                # Its own process group: a ^C meant for the supervisor must
+                # not kill the zygote or the containers behind the
+                # supervisor's back; the supervisor kills them itself.
+                process_group=0,
+            )
+        except OSError as e:
+            ours.close()
+            raise ZygoteError(f"starting the zygote failed: {e}") from e
+        finally:
+            theirs.close()
+        self.pidfd = os.pidfd_open(self.process.pid)
+        self.sock = trio.socket.from_stdlib_socket(ours)
+        self.pending: dict[int, _Pending] = {}
+        self.sent_plans: set[int] = set()
+        self.send_lock = trio.Lock()
+        self.error: ZygoteError | None = None
+        self.closing = False
+        self.done = trio.Event()
+        self._on_orphan = on_orphan
+
+    async def serve_replies(self) -> None:
+        """Read replies until the zygote goes away, then fail what is pending and reap it."""
+        try:
+            while True:
+                try:
+                    data, ancdata, _flags, _addr = await self.sock.recvmsg(
+                        _protocol.MAX_MESSAGE,
+                        socket.CMSG_SPACE(_protocol.MAX_FDS * 4),
+                        socket.MSG_CMSG_CLOEXEC,
+                    )
+                except OSError as e:
+                    self.error = ZygoteError(f"reading from the zygote failed: {e}")
+                    break
+                fds = _fds_from(ancdata)
+                if not data:
+                    for fd in fds:
+                        os.close(fd)
+                    break
+                self._dispatch(data, fds)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._finish()
+
+    def _dispatch(self, data: bytes, fds: list[int]) -> None:
+        try:
+            message = _protocol.decode(data)
+        except ValueError:
+            message = {"op": "?"}
+        op = message["op"]
+        if op == "hello":
+            if message.get("version") != _protocol.PROTOCOL_VERSION:
+                self.error = ZygoteError(
+                    f"zygote speaks protocol {message.get('version')!r}, "
+                    f"the supervisor {_protocol.PROTOCOL_VERSION}"
+                )
+                self.sock.close()
+            return
+        pending = self.pending.pop(message.get("id", -1), None)
+        if op == "spawned" and len(fds) == 1:
+            if pending is None or pending.abandoned or self.closing:
+                self._on_orphan(fds[0])
+                return
+            pending.pid = int(message["pid"])
+            pending.pidfd = fds[0]
+        else:
+            for fd in fds:
+                os.close(fd)
+            if pending is None:
+                return
+            if op == "failed":
+                pending.error = _setup_error(
+                    message.get("step") or "clone", message.get("call") or "clone3",
+                    message.get("path"), int(message.get("errno") or 0), str(message.get("message")),
+                )
+            else:
+                pending.error = ZygoteError(f"unexpected reply from the zygote: {data[:200]!r}")
+        pending.event.set()
+
+    async def _finish(self) -> None:
+        error = self.error or ZygoteError(
+            "the zygote exited" if not self.closing else "the supervisor is closing"
+        )
+        self.error = error
+        for pending in self.pending.values():
+            pending.error = error
+            pending.event.set()
+        self.pending.clear()
+        self.sock.close()
+        await trio.lowlevel.wait_readable(self.pidfd)
+        self.process.wait()
+        trio.lowlevel.notify_closing(self.pidfd)
+        os.close(self.pidfd)
+        self.done.set()
+
+    async def request_spawn(self, plan_id: int, plan: Plan, fds: list[int]) -> _Pending:
+        """Send one spawn request; the answer arrives in the returned ``_Pending``."""
+        if self.error is not None:
+            raise self.error
+        message: dict[str, Any] = {"op": "spawn", "id": next(_request_ids), "plan": plan_id}
+        if plan_id not in self.sent_plans:
+            message["body"] = plan.to_wire()
+        pending = _Pending()
+        self.pending[message["id"]] = pending
+        try:
+            async with self.send_lock:
+                await self.sock.sendmsg(
+                    [_protocol.encode(message)], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
+                )
+        except OSError as e:
+            self.pending.pop(message["id"], None)
+            raise ZygoteError(f"sending to the zygote failed: {e}") from e
+        except BaseException:
+            self.pending.pop(message["id"], None)
+            raise
+        self.sent_plans.add(plan_id)
+        return pending
+
+    def shutdown(self) -> None:
+        """Ask the zygote to exit once it has answered what it already received."""
+        self.closing = True
+        with suppress(OSError):
+            self.sock.shutdown(socket.SHUT_WR)
+
+
+_request_ids = itertools.count(1)
+
+
+def _setup_error(step: str, call: str, path: str | None, err: int, message: str) -> SetupError:
+    kind = ExecError if step == "exec" else SetupError
+    exc = kind(step, call, path, err, message, diagnose(step, call, err, path))
+    if err:
+        exc.__cause__ = oserror(err, message, path)
+    return exc
+
+
+# --------------------------------------------------------------------------- host layout
+
+
+def _newroot_dir() -> str:
+    """An empty directory every container mounts its own root on, privately."""
+    for base in ("/run/anyns", os.path.join(tempfile.gettempdir(), f"anyns-{os.getuid()}")):
+        path = os.path.join(base, "newroot")
+        try:
+            os.makedirs(path, mode=0o755, exist_ok=True)
+        except OSError:
+            continue
+        return path
+    raise ZygoteError("no writable place for the container root mount point (/run or $TMPDIR)")
+
+
+def _probe_host(newroot: str, rootfs: HostRootfs | DirRootfs) -> HostLayout:
+    links: list[tuple[str, str]] = []
+    dirs: list[str] = []
+    for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
+        path = "/" + name
+        if os.path.islink(path):
+            links.append((name, os.readlink(path)))
+        elif os.path.isdir(path):
+            dirs.append(name)
+    etc_files: list[str] = []
+    etc_dirs: list[str] = []
+    if isinstance(rootfs, HostRootfs):
+        for name in rootfs.etc:
+            path = "/etc/" + name
+            if os.path.isdir(path):
+                etc_dirs.append(name)
+            elif os.path.exists(path):
+                etc_files.append(name)
+    return HostLayout(newroot=newroot, top_links=tuple(links), top_dirs=tuple(dirs),
+                      etc_files=tuple(etc_files), etc_dirs=tuple(etc_dirs))
+
+
+# --------------------------------------------------------------------------- stdio
+
+
+class _Stdio:
+    """The fds one container gets, and the supervisor's ends of its pipes."""
+
+    def __init__(self) -> None:
+        self.child: list[int] = []  # stdin, stdout, stderr for the child
+        self.to_close_after_spawn: list[int] = []
+        self.parent_in: int = -1
+        self.parent_out: int = -1
+        self.parent_err: int = -1
+
+    def _pipe(self) -> tuple[int, int]:
+        r, w = os.pipe2(os.O_CLOEXEC)
+        return r, w
+
+    def stdin(self, arg: StdinArg, devnull: int) -> None:
+        if arg is None:
+            self.child.append(0)
+        elif isinstance(arg, (bytes, bytearray, memoryview)):
+            if len(arg) == 0:
+                self.child.append(devnull)
+            else:
+                r, w = self._pipe()
+                self.child.append(r)
+                self.to_close_after_spawn.append(r)
+                self.parent_in = w
+        elif arg == PIPE:
+            r, w = self._pipe()
+            self.child.append(r)
+            self.to_close_after_spawn.append(r)
+            self.parent_in = w
+        elif arg == DEVNULL:
+            self.child.append(devnull)
+        else:
+            self.child.append(_fileno(arg))
+
+    def output(self, arg: StdoutArg, capture: bool, inherit: int, devnull: int) -> int:
+        """Add the child's fd for stdout or stderr; return the parent's read end or -1."""
+        if capture or arg == PIPE:
+            r, w = self._pipe()
+            self.child.append(w)
+            self.to_close_after_spawn.append(w)
+            return r
+        if arg is None:
+            self.child.append(inherit)
+        elif arg == DEVNULL:
+            self.child.append(devnull)
+        elif arg == STDOUT:
+            self.child.append(self.child[1])
+        else:
+            self.child.append(_fileno(arg))
+        return -1
+
+    def close_child_ends(self) -> None:
+        for fd in self.to_close_after_spawn:
+            os.close(fd)
+        self.to_close_after_spawn.clear()
+
+    def close_parent_ends(self) -> None:
+        for fd in (self.parent_in, self.parent_out, self.parent_err):
+            if fd >= 0:
+                os.close(fd)
+        self.parent_in = self.parent_out = self.parent_err = -1
+
+
+def _fileno(arg: Any) -> int:
+    if isinstance(arg, int):
+        if arg < 0:
+            raise ValueError(f"invalid file descriptor {arg}")
+        return arg
+    return int(arg.fileno())
+
+
+async def _read_to_eof(fd: int, limit: int | None = None) -> bytes:
+    """Read a non-blocking fd to EOF (or to ``limit`` bytes)."""
+    chunks: list[bytes] = []
+    total = 0
+    while True:
+        try:
+            chunk = os.read(fd, _READ_CHUNK)
+        except BlockingIOError:
+            await trio.lowlevel.wait_readable(fd)
+            continue
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        total += len(chunk)
+        if limit is not None and total >= limit:
+            return b"".join(chunks)
+
+
+# --------------------------------------------------------------------------- supervisor
+
+
+@final
+class Supervisor(metaclass=NoPublicConstructor):
+    """Starts containers through a zygote and owns them; made by ``open_supervisor()``."""
+
+    def __init__(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+        self._zygote: _ZygoteConnection | None = None
+        self._plans: dict[ContainerSpec, tuple[int, Plan]] = {}
+        self._layouts: dict[object, HostLayout] = {}
+        self._newroot = _newroot_dir()
+        self._running: set[Container] = set()
+        self._closed = False
+        self._devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        self._plan_ids = itertools.count(1)
+
+    # ---- zygote
+
+    def _connection(self) -> _ZygoteConnection:
+        zygote = self._zygote
+        if zygote is None or zygote.error is not None:
+            zygote = self._zygote = _ZygoteConnection(self._adopt_orphan)
+            self._nursery.start_soon(zygote.serve_replies)
+        return zygote
+
+    def _adopt_orphan(self, pidfd: int) -> None:
+        """A container nobody waits for any more (its spawn was cancelled): kill and reap it."""
+        with suppress(ProcessLookupError):
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        self._nursery.start_soon(_reap_orphan, pidfd)
+
+    def _plan(self, spec: ContainerSpec) -> tuple[int, Plan]:
+        cached = self._plans.get(spec)
+        if cached is None:
+            layout_key = spec.rootfs if isinstance(spec.rootfs, HostRootfs) else None
+            layout = self._layouts.get(layout_key)
+            if layout is None:
+                layout = self._layouts[layout_key] = _probe_host(self._newroot, spec.rootfs)
+            cached = (next(self._plan_ids), compile_plan(spec, layout))
+            if len(self._plans) > 4096:  # unbounded distinct specs: forget the oldest
+                self._plans.pop(next(iter(self._plans)))
+            self._plans[spec] = cached
+        return cached
+
+    async def _spawn(self, spec: ContainerSpec, fds: list[int]) -> Container:
+        """Ask the zygote for a container; return it once the clone succeeded (not yet exec)."""
+        if self._closed:
+            raise ZygoteError("the supervisor is closed")
+        plan_id, plan = self._plan(spec)
+        pending = await self._connection().request_spawn(plan_id, plan, fds)
+        answered = False
+        try:
+            await pending.event.wait()
+            answered = True
+        finally:
+            if not answered:  # cancelled: whoever holds the pidfd must kill and reap
+                if not pending.event.is_set():
+                    pending.abandoned = True  # the reply reader will
+                elif pending.pidfd >= 0:
+                    self._adopt_orphan(pending.pidfd)
+        if pending.error is not None:
+            raise pending.error
+        container: Container = Container._create(spec, pending.pid, pending.pidfd)
+        self._running.add(container)
+        return container
+
+    # ---- public
+
+    async def run(
+        self,
+        spec: ContainerSpec,
+        *,
+        stdin: StdinArg = b"",
+        capture_stdout: bool = False,
+        capture_stderr: bool = False,
+        stdout: StdoutArg = None,
+        stderr: StdoutArg = None,
+        check: bool = True,
+        task_status: trio.TaskStatus[Container] = trio.TASK_STATUS_IGNORED,
+    ) -> CompletedContainer:
+        """Run a container to completion, like ``trio.run_process``.
+
+        ``await sup.run(spec)`` returns a ``CompletedContainer`` when the
+        program has exited; ``await nursery.start(sup.run, spec)`` returns the
+        ``Container`` as soon as its program has been exec'd, and the rest runs
+        in the nursery.
+
+        Args:
+            spec: what to run.
+            stdin: bytes to feed (default: empty), None to share the
+                supervisor's stdin, ``anyns.PIPE`` for a ``Container.stdin``
+                stream (with ``nursery.start``), ``anyns.DEVNULL``, or an fd /
+                file object.
+            capture_stdout: collect stdout into ``CompletedContainer.stdout``.
+            capture_stderr: collect stderr likewise.
+            stdout: None shares the supervisor's stdout; ``anyns.PIPE`` gives a
+                ``Container.stdout`` stream; ``anyns.DEVNULL``; or an fd / file.
+            stderr: as ``stdout``, plus ``anyns.STDOUT`` to merge into stdout.
+            check: raise ``ContainerFailed`` when the program exits non-zero
+                or is killed by a signal.
+
+        Raises:
+            SetupError: the container could not be set up (``ExecError`` if
+                the program could not be executed). Nothing is left behind.
+            ContainerFailed: ``check`` is true and the program failed.
+            ZygoteError: the zygote died during the spawn.
+
+        Cancellation kills the container with SIGKILL and waits until it has
+        been reaped before the cancellation propagates.
+        """
+        if not isinstance(spec, ContainerSpec):
+            raise TypeError(f"expected an anyns.ContainerSpec, got {type(spec).__name__}")
+        started = task_status is not trio.TASK_STATUS_IGNORED
+        if capture_stdout and stdout is not None:
+            raise ValueError("stdout= and capture_stdout=True cannot both be given")
+        if capture_stderr and stderr is not None:
+            raise ValueError("stderr= and capture_stderr=True cannot both be given")
+        if not started and PIPE in (stdin, stdout, stderr):
+            raise ValueError("anyns.PIPE is only valid with 'await nursery.start(sup.run, ...)'")
+        feed = bytes(stdin) if isinstance(stdin, (bytes, bytearray, memoryview)) and len(stdin) else None
+
+        stdio = _Stdio()
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        container: Container | None = None
+        try:
+            stdio.stdin(stdin, self._devnull)
+            stdio.parent_out = stdio.output(stdout, capture_stdout, 1, self._devnull)
+            stdio.parent_err = stdio.output(stderr, capture_stderr, 2, self._devnull)
+            try:
+                container = await self._spawn(spec, [*stdio.child, err_w])
+            finally:
+                os.close(err_w)
+                err_w = -1
+                stdio.close_child_ends()
+            os.set_blocking(err_r, False)
+            failure = await _read_to_eof(err_r, _protocol.MAX_FAILURE)
+            if failure:
+                with trio.CancelScope(shield=True):
+                    await container._wait_and_reap()
+                raise _setup_error(*_protocol.decode_failure(failure))
+            return await self._supervise(
+                container, stdio, feed, capture_stdout, capture_stderr, check, task_status
+            )
+        finally:
+            if err_w >= 0:
+                os.close(err_w)
+            trio.lowlevel.notify_closing(err_r)
+            os.close(err_r)
+            stdio.close_child_ends()
+            stdio.close_parent_ends()
+            if container is not None:
+                await self._ensure_reaped(container)
+
+    async def _supervise(
+        self,
+        container: Container,
+        stdio: _Stdio,
+        feed: bytes | None,
+        capture_stdout: bool,
+        capture_stderr: bool,
+        check: bool,
+        task_status: trio.TaskStatus[Container],
+    ) -> CompletedContainer:
+        """From a successful exec to the container's exit: stream stdio, wait, reap."""
+        captured: dict[str, bytes] = {}
+        streams: list[trio.lowlevel.FdStream] = []
+
+        def stream(fd: int) -> trio.lowlevel.FdStream:
+            s = trio.lowlevel.FdStream(fd)
+            streams.append(s)
+            return s
+
+        try:
+            async with trio.open_nursery() as nursery:
+                if stdio.parent_in >= 0:
+                    sin = stream(stdio.parent_in)
+                    if feed is not None:
+                        nursery.start_soon(_feed, sin, feed)
+                    else:
+                        container.stdin = sin
+                if stdio.parent_out >= 0:
+                    sout = stream(stdio.parent_out)
+                    if capture_stdout:
+                        nursery.start_soon(_collect, sout, captured, "stdout")
+                    else:
+                        container.stdout = sout
+                if stdio.parent_err >= 0:
+                    serr = stream(stdio.parent_err)
+                    if capture_stderr:
+                        nursery.start_soon(_collect, serr, captured, "stderr")
+                    else:
+                        container.stderr = serr
+                stdio.parent_in = stdio.parent_out = stdio.parent_err = -1  # the streams own them
+                task_status.started(container)
+                await container._wait_and_reap()
+        finally:
+            with trio.CancelScope(shield=True):
+                for s in streams:
+                    await s.aclose()
+        assert container.returncode is not None
+        done = CompletedContainer(
+            container.spec.argv, container.returncode,
+            captured.get("stdout") if capture_stdout else None,
+            captured.get("stderr") if capture_stderr else None,
+            container.pid,
+        )
+        if check and done.returncode != 0:
+            raise ContainerFailed(done.returncode, container.spec.argv, done.stdout, done.stderr)
+        return done
+
+    async def _ensure_reaped(self, container: Container) -> None:
+        """Kill and reap ``container`` unless it already was; shielded, so always completes."""
+        try:
+            if container.returncode is None:
+                with trio.CancelScope(shield=True):
+                    container.kill()
+                    await container._wait_and_reap()
+        finally:
+            self._running.discard(container)
+
+    async def _aclose(self) -> None:
+        self._closed = True
+        for container in list(self._running):
+            container.kill()
+        zygote = self._zygote
+        if zygote is not None:
+            zygote.shutdown()
+            await zygote.done.wait()
+        for container in list(self._running):
+            await container._reaped.wait()
+        os.close(self._devnull)
+
+
+async def _feed(stream: trio.lowlevel.FdStream, data: bytes) -> None:
+    async with stream:
+        with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await stream.send_all(data)
+
+
+async def _collect(stream: trio.lowlevel.FdStream, into: dict[str, bytes], name: str) -> None:
+    chunks = []
+    async for chunk in stream:
+        chunks.append(chunk)
+    into[name] = b"".join(chunks)
+
+
+async def _reap_orphan(pidfd: int) -> None:
+    with trio.CancelScope(shield=True):
+        await trio.lowlevel.wait_readable(pidfd)
+        with suppress(ChildProcessError):
+            os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG)
+        trio.lowlevel.notify_closing(pidfd)
+        os.close(pidfd)
+
+
+@asynccontextmanager
+async def open_supervisor() -> AsyncIterator[Supervisor]:
+    """Start a supervisor (and its zygote); on exit, kill and reap every container it started.
+
+    Example::
+
+        async with anyns.open_supervisor() as sup:
+            done = await sup.run(anyns.ContainerSpec(argv=["hostname"]), capture_stdout=True)
+    """
+    async with trio.open_nursery() as nursery:
+        supervisor: Supervisor = Supervisor._create(nursery)
+        try:
+            supervisor._connection()  # start the zygote now, from this thread
+            yield supervisor
+        finally:
+            with trio.CancelScope(shield=True):
+                await supervisor._aclose()
+            nursery.cancel_scope.cancel()
+

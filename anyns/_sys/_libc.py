@@ -1,0 +1,160 @@
+"""ctypes wrappers for the syscalls Python 3.11 lacks, named and ordered as in C.
+
+Every wrapper raises ``OSError(errno, "<name>(...) failed: <strerror>", path)``
+on failure and does nothing else: no logging, no retries, no policy.
+
+Pointers and 64-bit values are passed with explicit ctypes types because
+ctypes hands plain ints to variadic ``syscall()`` as 32-bit C ints.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+
+from . import _consts as C
+
+if platform.machine() not in ("x86_64", "AMD64"):  # pragma: no cover - other arches
+    # pivot_root has a per-architecture number; the rest (>= 424) are shared.
+    _PIVOT_ROOT_NR = {"aarch64": 41, "arm64": 41, "riscv64": 41}.get(platform.machine(), C.SYS_pivot_root)
+else:
+    _PIVOT_ROOT_NR = C.SYS_pivot_root
+
+_libc = ctypes.CDLL(None, use_errno=True)
+# clone3 must run with the GIL held (PyDLL): with CDLL the GIL would be
+# released and re-taken in both processes (research/spawn-path.md §1.1).
+_libc_gil = ctypes.PyDLL(None, use_errno=True)
+
+_syscall = _libc.syscall
+_syscall.restype = ctypes.c_long
+_syscall_gil = _libc_gil.syscall
+_syscall_gil.restype = ctypes.c_long
+
+_mount = _libc.mount
+_mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p)
+_mount.restype = ctypes.c_int
+_umount2 = _libc.umount2
+_umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
+_umount2.restype = ctypes.c_int
+_sethostname = _libc.sethostname
+_sethostname.argtypes = (ctypes.c_char_p, ctypes.c_size_t)
+_sethostname.restype = ctypes.c_int
+_unshare = _libc.unshare
+_unshare.argtypes = (ctypes.c_int,)
+_unshare.restype = ctypes.c_int
+_setns = _libc.setns
+_setns.argtypes = (ctypes.c_int, ctypes.c_int)
+_setns.restype = ctypes.c_int
+_prctl = _libc.prctl
+_prctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong)
+_prctl.restype = ctypes.c_int
+
+
+class clone_args(ctypes.Structure):  # noqa: N801 - the C name
+    """``struct clone_args`` (include/uapi/linux/sched.h), CLONE_ARGS_SIZE_VER2."""
+
+    _fields_ = [
+        (name, ctypes.c_uint64)
+        for name in (
+            "flags", "pidfd", "child_tid", "parent_tid", "exit_signal", "stack",
+            "stack_size", "tls", "set_tid", "set_tid_size", "cgroup",
+        )
+    ]
+
+
+class mount_attr(ctypes.Structure):  # noqa: N801 - the C name
+    """``struct mount_attr`` (include/uapi/linux/mount.h), MOUNT_ATTR_SIZE_VER0."""
+
+    _fields_ = [
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    ]
+
+
+def _fail(name: str, path: bytes | str | None = None) -> OSError:
+    err = ctypes.get_errno()
+    return OSError(err, f"{name} failed: {os.strerror(err)}", path)
+
+
+def clone3(flags: int, exit_signal: int, cgroup_fd: int = -1) -> tuple[int, int]:
+    """clone3 without CLONE_VM: returns ``(pid, pidfd)`` in the parent, ``(0, -1)`` in the child."""
+    pidfd = ctypes.c_int(-1)
+    args = clone_args(flags=flags, exit_signal=exit_signal)
+    if flags & C.CLONE_PIDFD:
+        args.pidfd = ctypes.addressof(pidfd)
+    if cgroup_fd >= 0:
+        args.flags |= C.CLONE_INTO_CGROUP
+        args.cgroup = cgroup_fd
+    ret = _syscall_gil(
+        ctypes.c_long(C.SYS_clone3), ctypes.byref(args), ctypes.c_size_t(ctypes.sizeof(args))
+    )
+    if ret == -1:
+        raise _fail("clone3")
+    return ret, pidfd.value
+
+
+def mount(
+    source: bytes | None, target: bytes, fstype: bytes | None, flags: int, data: bytes | None
+) -> None:
+    """mount(2)."""
+    if _mount(source, target, fstype, flags, data) != 0:
+        raise _fail("mount", target)
+
+
+def umount2(target: bytes, flags: int) -> None:
+    """umount2(2)."""
+    if _umount2(target, flags) != 0:
+        raise _fail("umount2", target)
+
+
+def pivot_root(new_root: bytes, put_old: bytes) -> None:
+    """pivot_root(2) (no glibc wrapper)."""
+    if _syscall(ctypes.c_long(_PIVOT_ROOT_NR), ctypes.c_char_p(new_root), ctypes.c_char_p(put_old)) != 0:
+        raise _fail("pivot_root", new_root)
+
+
+def sethostname(name: bytes) -> None:
+    """sethostname(2)."""
+    if _sethostname(name, len(name)) != 0:
+        raise _fail("sethostname")
+
+
+def unshare(flags: int) -> None:
+    """unshare(2) (os.unshare exists only from Python 3.12)."""
+    if _unshare(flags) != 0:
+        raise _fail("unshare")
+
+
+def setns(fd: int, nstype: int) -> None:
+    """setns(2); ``fd`` may be a pidfd on Linux >= 5.8."""
+    if _setns(fd, nstype) != 0:
+        raise _fail("setns")
+
+
+def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
+    """prctl(2)."""
+    ret: int = _prctl(option, arg2, arg3, arg4, arg5)
+    if ret == -1:
+        raise _fail("prctl")
+    return ret
+
+
+def close_range(first: int, last: int, flags: int) -> None:
+    """close_range(2) (Python has only os.closerange, without the CLOEXEC mode)."""
+    if _syscall(
+        ctypes.c_long(C.SYS_close_range), ctypes.c_uint(first), ctypes.c_uint(last), ctypes.c_uint(flags)
+    ) != 0:
+        raise _fail("close_range")
+
+
+def mount_setattr(dfd: int, path: bytes, flags: int, attr_set: int, attr_clr: int, propagation: int) -> None:
+    """mount_setattr(2), Linux 5.12."""
+    attr = mount_attr(attr_set, attr_clr, propagation, 0)
+    if _syscall(
+        ctypes.c_long(C.SYS_mount_setattr), ctypes.c_int(dfd), ctypes.c_char_p(path),
+        ctypes.c_uint(flags), ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)),
+    ) != 0:
+        raise _fail("mount_setattr", path)

@@ -1,0 +1,155 @@
+"""The zygote: a small, single-threaded, blocking process that clones containers.
+
+The supervisor starts it as a fresh interpreter (``python -I -S <this file>
+<socket fd> <supervisor pid> <package dir>``) from its own thread, never by
+forking the trio process. It imports only what the child path needs (no trio,
+no attrs), freezes the garbage collector so children share its pages, and
+serves one request at a time:
+
+1. receive ``spawn`` with the stdio fds and the error pipe (recvmsg with
+   MSG_CMSG_CLOEXEC: ``socket.recv_fds`` in 3.11 ignores its flags, gh-107898);
+2. ``clone3(CLONE_PIDFD | CLONE_PARENT | CLONE_CLEAR_SIGHAND | namespaces,
+   exit_signal=0)``: CLONE_PARENT makes the container the supervisor's child,
+   so the supervisor reaps it; CLONE_PARENT requires exit_signal 0;
+3. send the pidfd back and close everything it received.
+
+It never waits for a child: setup runs in the child while the zygote serves
+the next request. It exits on EOF from the supervisor, and dies with it
+(PR_SET_PDEATHSIG, set first thing).
+"""
+
+from __future__ import annotations
+
+import array
+import gc
+import os
+import signal
+import socket
+import sys
+from typing import Any
+
+if __name__ == "__main__":  # pragma: no cover - bootstrap, run by the supervisor
+    # Import the anyns subpackage without running anyns/__init__.py (which
+    # imports trio): register a bare package module pointing at its directory.
+    import types
+
+    _pkg = types.ModuleType("anyns")
+    _pkg.__path__ = [sys.argv[3]]
+    sys.modules["anyns"] = _pkg
+    from anyns._zygote import main
+
+    main(int(sys.argv[1]), int(sys.argv[2]))
+    raise SystemExit(0)
+
+from . import _child, _protocol
+from ._sys import _consts as C
+from ._sys import _libc
+
+_CLONE_BASE = C.CLONE_PIDFD | C.CLONE_PARENT | C.CLONE_CLEAR_SIGHAND
+_FDS_PER_SPAWN = 4
+
+
+def _receive(sock: socket.socket) -> tuple[bytes, list[int]]:
+    data, ancdata, _flags, _addr = sock.recvmsg(
+        _protocol.MAX_MESSAGE, socket.CMSG_SPACE(_protocol.MAX_FDS * 4), socket.MSG_CMSG_CLOEXEC
+    )
+    fds: list[int] = []
+    for level, kind, payload in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            received = array.array("i")
+            received.frombytes(payload[: len(payload) - len(payload) % received.itemsize])
+            fds.extend(received)
+    return data, fds
+
+
+def _send(sock: socket.socket, message: dict[str, Any], fds: tuple[int, ...] = ()) -> None:
+    ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+    sock.sendmsg([_protocol.encode(message)], ancillary)
+
+
+class Zygote:
+    """The serving loop and its plan cache."""
+
+    def __init__(self, sock: socket.socket, supervisor_pidfd: int) -> None:
+        self.sock = sock
+        self.supervisor_pidfd = supervisor_pidfd
+        self.plans: dict[int, tuple[int, _child.Linked, _child.Meta]] = {}
+
+    def serve(self) -> None:
+        """Serve until the supervisor closes its end."""
+        while True:
+            try:
+                data, fds = _receive(self.sock)
+            except (ConnectionResetError, BrokenPipeError):
+                return
+            if not data and not fds:
+                return  # EOF
+            try:
+                self.handle(data, fds)
+            finally:
+                for fd in fds:
+                    os.close(fd)
+
+    def handle(self, data: bytes, fds: list[int]) -> None:
+        """Answer one request; a bad request gets a ``failed`` reply, never kills the zygote."""
+        request_id: Any = None
+        try:
+            message = _protocol.decode(data)
+            request_id = message.get("id")
+            if message["op"] != "spawn":
+                raise ValueError(f"unknown request {message['op']!r}")
+            if len(fds) != _FDS_PER_SPAWN:
+                raise ValueError(f"spawn needs {_FDS_PER_SPAWN} fds, got {len(fds)}")
+            plan = self._plan(message)
+        except (ValueError, KeyError, TypeError) as e:
+            _send(self.sock, {"op": "failed", "id": request_id, "step": "protocol", "call": "recvmsg",
+                              "path": None, "errno": 0, "message": f"bad request: {e}"})
+            return
+        flags, linked, meta = plan
+        try:
+            pid, pidfd = _libc.clone3(_CLONE_BASE | flags, 0)
+        except OSError as e:
+            _send(self.sock, {"op": "failed", "id": request_id, "step": "clone", "call": "clone3",
+                              "path": None, "errno": e.errno, "message": os.strerror(e.errno or 0)})
+            return
+        if pid == 0:
+            _child.run(linked, meta, (fds[0], fds[1], fds[2], fds[3], self.supervisor_pidfd))
+        try:
+            _send(self.sock, {"op": "spawned", "id": request_id, "pid": pid}, (pidfd,))
+        finally:
+            os.close(pidfd)
+
+    def _plan(self, message: dict[str, Any]) -> tuple[int, _child.Linked, _child.Meta]:
+        key = message["plan"]
+        plan = self.plans.get(key)
+        if plan is None:
+            body = message.get("body")
+            if body is None:
+                raise ValueError(f"unknown plan {key!r} and no body")
+            linked, meta = _child.link(body["ops"])
+            plan = self.plans[key] = (int(body["flags"]), linked, meta)
+        return plan
+
+
+def main(sock_fd: int, supervisor_pid: int) -> None:
+    """Zygote entry point."""
+    # Die with the supervisor thread that started us; then make sure it had
+    # not already died before the prctl (we would have been reparented).
+    _libc.prctl(C.PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != supervisor_pid:
+        return
+    supervisor_pidfd = os.pidfd_open(supervisor_pid)
+    os.set_inheritable(supervisor_pidfd, False)
+    sock = socket.socket(fileno=sock_fd)
+    sock.set_inheritable(False)
+    # Device nodes and mount points get exactly the modes the plan asks for;
+    # the child sets the program's umask before execve.
+    os.umask(0)
+    zygote = Zygote(sock, supervisor_pidfd)
+    _send(sock, {"op": "hello", "version": _protocol.PROTOCOL_VERSION, "pid": os.getpid()})
+    # Keep the pages the children share clean: no collection will touch them
+    # (Python docs on gc.freeze for fork-without-exec servers).
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    zygote.serve()
