@@ -13,26 +13,35 @@ execve succeeds the pipe closes (it is close-on-exec) and the supervisor sees EO
 
 from __future__ import annotations
 
+import _signal
 import errno
-import fcntl
 import os
 import select
-import signal
-import socket
-import struct
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
 
 from . import _protocol
+from ._protocol import TYPE_CHECKING
 from ._sys import _consts as C
 from ._sys import _libc
 
 Rt = tuple[int, int, int, int, int]
-Linked = tuple[tuple[Callable[..., None], tuple[Any, ...]], ...]
+Linked = tuple[tuple[Callable[..., None], tuple["Any", ...]], ...]
 Meta = tuple[tuple[str, str, "str | None"], ...]
 
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
+
+_SIGPIPE = int(_signal.SIGPIPE)
+_SIGXFSZ = int(_signal.SIGXFSZ)
+_SIG_DFL = _signal.SIG_DFL
+_SIGKILL = int(_signal.SIGKILL)
+_SIG_SETMASK = _signal.SIG_SETMASK
 _STDIN, _STDOUT, _STDERR, _ERRPIPE, _SUPERVISOR = range(5)
 _EXIT_SETUP_FAILED = 127
+
+
+def _unshare(rt: Rt, flags: int) -> None:
+    _libc.unshare(flags)
 
 
 def _mount(rt: Rt, source: bytes | None, target: bytes, fstype: bytes | None, flags: int,
@@ -49,8 +58,28 @@ def _bind(rt: Rt, source: bytes, target: bytes, flags: int, kind: bytes) -> None
             os.makedirs(target, 0o755, exist_ok=True)
     elif not os.path.lexists(target):
         os.makedirs(os.path.dirname(target), 0o755, exist_ok=True)
-        os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644))
+        _touch(rt, target)
     _libc.mount(source, target, None, flags, None)
+
+
+def _touch(rt: Rt, path: bytes) -> None:
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644))
+
+
+def _mountpoint(rt: Rt, source: bytes | None, target: bytes) -> None:
+    """Best effort: make a mount point (a file for a file source) while the root is writable.
+
+    A failure here resurfaces, with the right step, when the mount is made.
+    """
+    try:
+        if source is not None and not os.path.isdir(source):
+            if not os.path.lexists(target):
+                os.makedirs(os.path.dirname(target), 0o755, exist_ok=True)
+                _touch(rt, target)
+        else:
+            os.makedirs(target, 0o755, exist_ok=True)
+    except OSError:
+        pass
 
 
 def _mount_setattr(rt: Rt, path: bytes, attr_set: int) -> None:
@@ -100,16 +129,9 @@ def _sethostname(rt: Rt, name: bytes) -> None:
     _libc.sethostname(name)
 
 
-def _lo_up(rt: Rt) -> None:
-    """Bring lo up with SIOCSIFFLAGS: no netlink library in the child."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, 0)
-    try:
-        ifr = bytearray(struct.pack("16sH22x", b"lo", 0))
-        fcntl.ioctl(s, C.SIOCGIFFLAGS, ifr)
-        struct.pack_into("H", ifr, 16, struct.unpack_from("H", ifr, 16)[0] | C.IFF_UP)
-        fcntl.ioctl(s, C.SIOCSIFFLAGS, ifr)
-    finally:
-        s.close()
+def _interface_up(rt: Rt, name: bytes) -> None:
+    """Bring an interface (lo) up with SIOCSIFFLAGS: no netlink library in the child."""
+    _libc.set_interface_up(name)
 
 
 def _umask(rt: Rt, mask: int) -> None:
@@ -132,10 +154,11 @@ def _close_fds(rt: Rt) -> None:
 
 def _signals(rt: Rt) -> None:
     # CLONE_CLEAR_SIGHAND reset handled signals; ignored ones survive exec, and
-    # CPython ignores SIGPIPE and SIGXFSZ (subprocess restore_signals does the same).
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
-    signal.pthread_sigmask(signal.SIG_SETMASK, ())
+    # CPython ignores SIGPIPE and SIGXFSZ (subprocess restore_signals does the
+    # same). _signal, not signal: the wrappers in signal.py touch enum machinery.
+    _signal.signal(_SIGPIPE, _SIG_DFL)
+    _signal.signal(_SIGXFSZ, _SIG_DFL)
+    _signal.pthread_sigmask(_SIG_SETMASK, ())
 
 
 def _pdeathsig(rt: Rt) -> None:
@@ -143,7 +166,7 @@ def _pdeathsig(rt: Rt) -> None:
     # supervisor thread that started the zygote (CLONE_PARENT makes that our
     # parent). If the supervisor died before this line, no signal will come:
     # its pidfd is readable then (getppid() is 0 inside a pid namespace).
-    _libc.prctl(C.PR_SET_PDEATHSIG, signal.SIGKILL)
+    _libc.prctl(C.PR_SET_PDEATHSIG, _SIGKILL)
     if select.select((rt[_SUPERVISOR],), (), (), 0)[0]:
         os._exit(_EXIT_SETUP_FAILED)
 
@@ -165,9 +188,12 @@ def _execve(rt: Rt, candidates: tuple[bytes, ...], argv: tuple[bytes, ...],
 
 
 OPS: dict[str, Callable[..., None]] = {
+    "unshare": _unshare,
     "mount": _mount,
     "bind": _bind,
     "mount_setattr": _mount_setattr,
+    "touch": _touch,
+    "mountpoint": _mountpoint,
     "mkdir": _mkdir,
     "ensure_dir": _ensure_dir,
     "makedirs": _makedirs,
@@ -177,7 +203,7 @@ OPS: dict[str, Callable[..., None]] = {
     "pivot_root": _pivot_root,
     "umount2": _umount2,
     "sethostname": _sethostname,
-    "lo_up": _lo_up,
+    "interface_up": _interface_up,
     "umask": _umask,
     "stdio": _stdio,
     "close_fds": _close_fds,
@@ -190,7 +216,7 @@ OPS: dict[str, Callable[..., None]] = {
 def _to_bytes(value: Any) -> Any:
     if isinstance(value, str):
         return os.fsencode(value)
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):
         return tuple(_to_bytes(v) for v in value)
     return value
 

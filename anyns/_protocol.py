@@ -19,7 +19,11 @@ record (``encode_failure``); EOF with no record means execve succeeded.
 from __future__ import annotations
 
 import json
-from typing import Any, Final
+
+# The zygote must stay small: typing is imported only by type checkers.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Final
 
 PROTOCOL_VERSION: Final = 1
 #: fds that may ride on one message

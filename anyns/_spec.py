@@ -123,9 +123,8 @@ def _to_env(value: Mapping[str, str] | Iterable[tuple[str, str]]) -> Environment
 #: /etc entries a HostRootfs shows by default (those present on the host): what
 #: user lookup, name resolution, the dynamic loader and Debian's alternatives need.
 HOST_ETC: Final = (
-    "passwd", "group", "hosts", "resolv.conf", "nsswitch.conf", "host.conf", "services",
-    "protocols", "localtime", "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives",
-    "os-release", "ssl", "ca-certificates",
+    "passwd", "group", "hosts", "resolv.conf", "nsswitch.conf", "localtime", "ld.so.cache",
+    "alternatives", "ssl",
 )
 
 

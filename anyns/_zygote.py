@@ -26,7 +26,10 @@ import os
 import signal
 import socket
 import sys
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 if __name__ == "__main__":  # pragma: no cover - bootstrap, run by the supervisor
     # Import the anyns subpackage without running anyns/__init__.py (which

@@ -61,6 +61,7 @@ CLOSE_RANGE_CLOEXEC = 1 << 2
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
 IFF_UP = 0x1
+IFF_LOOPBACK = 0x8
 
 # x86_64 syscall numbers (arch/x86/entry/syscalls/syscall_64.tbl); the numbers
 # from 424 on are shared by every architecture.

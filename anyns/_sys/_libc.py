@@ -11,15 +11,11 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
 
 from . import _consts as C
 
-if platform.machine() not in ("x86_64", "AMD64"):  # pragma: no cover - other arches
-    # pivot_root has a per-architecture number; the rest (>= 424) are shared.
-    _PIVOT_ROOT_NR = {"aarch64": 41, "arm64": 41, "riscv64": 41}.get(platform.machine(), C.SYS_pivot_root)
-else:
-    _PIVOT_ROOT_NR = C.SYS_pivot_root
+# pivot_root has a per-architecture number; those from 424 on are shared.
+_PIVOT_ROOT_NR = {"aarch64": 41, "riscv64": 41}.get(os.uname().machine, C.SYS_pivot_root)
 
 _libc = ctypes.CDLL(None, use_errno=True)
 # clone3 must run with the GIL held (PyDLL): with CDLL the GIL would be
@@ -49,6 +45,17 @@ _setns.restype = ctypes.c_int
 _prctl = _libc.prctl
 _prctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong)
 _prctl.restype = ctypes.c_int
+_socket = _libc.socket
+_socket.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int)
+_socket.restype = ctypes.c_int
+_ioctl = _libc.ioctl
+_ioctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p)
+_ioctl.restype = ctypes.c_int
+
+# struct ifreq (40 bytes on 64-bit): the name, then ifr_flags as a short.
+_IFREQ = ctypes.create_string_buffer(40)
+_AF_INET = 2
+_SOCK_DGRAM_CLOEXEC = 2 | 0o2000000
 
 
 class clone_args(ctypes.Structure):  # noqa: N801 - the C name
@@ -158,3 +165,22 @@ def mount_setattr(dfd: int, path: bytes, flags: int, attr_set: int, attr_clr: in
         ctypes.c_uint(flags), ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)),
     ) != 0:
         raise _fail("mount_setattr", path)
+
+
+def set_interface_up(name: bytes) -> None:
+    """SIOCSIFFLAGS(IFF_UP) on interface ``name`` of the current network namespace.
+
+    Uses a preallocated ``struct ifreq`` and raw libc calls: in the cloned child
+    every Python object it allocates costs copy-on-write page faults.
+    """
+    fd = _socket(_AF_INET, _SOCK_DGRAM_CLOEXEC, 0)
+    if fd < 0:
+        raise _fail("socket")
+    try:
+        ctypes.memset(_IFREQ, 0, 40)
+        ctypes.memmove(_IFREQ, name, min(len(name), 15))
+        ctypes.c_short.from_buffer(_IFREQ, 16).value = C.IFF_UP | C.IFF_LOOPBACK
+        if _ioctl(fd, C.SIOCSIFFLAGS, _IFREQ) != 0:
+            raise _fail("ioctl(SIOCSIFFLAGS)")
+    finally:
+        os.close(fd)
