@@ -1,16 +1,21 @@
 """The zygote wire protocol: sans-IO encoding shared by the zygote and the supervisor.
 
 Transport: one ``SOCK_SEQPACKET`` socket pair, so each message is one datagram
-and needs no framing; file descriptors travel as SCM_RIGHTS. Messages are
-JSON objects (never pickle) with an ``"op"`` tag:
+and needs no framing; file descriptors travel as SCM_RIGHTS. Never pickle.
+
+Every message starts with a fixed header ``struct.pack("=4sII", tag, a, b)``;
+the common messages are nothing more, so the zygote decodes and encodes them
+without allocating much (every page it writes between two clones is copied
+again, research/spawn-path.md §8). JSON appears only in rare messages.
 
 supervisor → zygote
-    ``spawn``  ``{"op", "id", "plan", "body"?}`` + fds ``[stdin, stdout, stderr, errpipe]``;
-               ``body`` (``Plan.to_wire()``) is sent the first time a plan id is used
+    ``SPWN`` a=request id, b=plan id; then, the first time a plan id is used
+    on this zygote, the plan (``Plan.to_wire()``) as JSON. fds: stdin,
+    stdout, stderr, error pipe.
 zygote → supervisor
-    ``hello``   ``{"op", "version", "pid"}`` once, when ready
-    ``spawned`` ``{"op", "id", "pid"}`` + fds ``[pidfd]``
-    ``failed``  ``{"op", "id", "step", "call", "path", "errno", "message"}``
+    ``HELO`` a=protocol version, b=zygote pid; once, when ready.
+    ``DONE`` a=request id, b=container pid; fds: the pidfd.
+    ``FAIL`` a=request id, b=errno; then JSON ``{"step", "call", "path", "message"}``.
 
 The child reports a setup failure on its close-on-exec error pipe as one
 record (``encode_failure``); EOF with no record means execve succeeded.
@@ -19,34 +24,55 @@ record (``encode_failure``); EOF with no record means execve succeeded.
 from __future__ import annotations
 
 import json
+import struct
 
 # The zygote must stay small: typing is imported only by type checkers.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Final
 
-PROTOCOL_VERSION: Final = 1
+PROTOCOL_VERSION: Final = 2
 #: fds that may ride on one message
 MAX_FDS: Final = 8
-#: the largest datagram either side sends (a plan body with hundreds of mounts fits)
+#: the largest datagram either side sends (a plan with thousands of mounts fits)
 MAX_MESSAGE: Final = 1 << 20
-#: the largest failure record the child writes (well under PIPE_BUF multiples; read to EOF anyway)
+#: the largest failure record the child writes
 MAX_FAILURE: Final = 4096
 
+SPAWN: Final = b"SPWN"
+HELLO: Final = b"HELO"
+DONE: Final = b"DONE"
+FAIL: Final = b"FAIL"
+
+_HEADER: Final = struct.Struct("=4sII")
+HEADER_SIZE: Final = _HEADER.size
 _SEP: Final = b"\0"
+_U32: Final = 0xFFFFFFFF
 
 
-def encode(message: dict[str, Any]) -> bytes:
-    """Encode one message."""
-    return json.dumps(message, separators=(",", ":")).encode()
+def encode(tag: bytes, a: int, b: int, body: dict[str, Any] | None = None) -> bytes:
+    """One message: the header, then ``body`` as JSON if given."""
+    header = _HEADER.pack(tag, a & _U32, b & _U32)
+    if body is None:
+        return header
+    return header + json.dumps(body, separators=(",", ":")).encode()
 
 
-def decode(data: bytes) -> dict[str, Any]:
-    """Decode one message; raises ValueError on anything that is not a tagged JSON object."""
-    message = json.loads(data)
-    if not isinstance(message, dict) or not isinstance(message.get("op"), str):
-        raise ValueError("not an anyns message")
-    return message
+def decode(data: bytes) -> tuple[bytes, int, int, dict[str, Any] | None]:
+    """Split a message into ``(tag, a, b, body)``.
+
+    Raises:
+        ValueError: truncated header or a body that is not a JSON object.
+    """
+    if len(data) < HEADER_SIZE:
+        raise ValueError(f"truncated message ({len(data)} bytes)")
+    tag, a, b = _HEADER.unpack_from(data)
+    if len(data) == HEADER_SIZE:
+        return tag, a, b, None
+    body = json.loads(data[HEADER_SIZE:])
+    if not isinstance(body, dict):
+        raise ValueError("message body is not a JSON object")
+    return tag, a, b, body
 
 
 def encode_failure(step: str, call: str, path: str | None, errno: int, message: str) -> bytes:

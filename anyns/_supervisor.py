@@ -137,34 +137,32 @@ class _ZygoteConnection:
 
     def _dispatch(self, data: bytes, fds: list[int]) -> None:
         try:
-            message = _protocol.decode(data)
+            tag, a, b, body = _protocol.decode(data)
         except ValueError:
-            message = {"op": "?"}
-        op = message["op"]
-        if op == "hello":
-            if message.get("version") != _protocol.PROTOCOL_VERSION:
+            tag, a, b, body = b"?", 0, 0, None
+        if tag == _protocol.HELLO:
+            if a != _protocol.PROTOCOL_VERSION:
                 self.error = ZygoteError(
-                    f"zygote speaks protocol {message.get('version')!r}, "
-                    f"the supervisor {_protocol.PROTOCOL_VERSION}"
+                    f"zygote speaks protocol {a}, the supervisor {_protocol.PROTOCOL_VERSION}"
                 )
                 self.sock.close()
             return
-        pending = self.pending.pop(message.get("id", -1), None)
-        if op == "spawned" and len(fds) == 1:
+        pending = self.pending.pop(a, None)
+        if tag == _protocol.DONE and len(fds) == 1:
             if pending is None or pending.abandoned or self.closing:
                 self._on_orphan(fds[0])
                 return
-            pending.pid = int(message["pid"])
+            pending.pid = b
             pending.pidfd = fds[0]
         else:
             for fd in fds:
                 os.close(fd)
             if pending is None:
                 return
-            if op == "failed":
+            if tag == _protocol.FAIL and body is not None:
                 pending.error = _setup_error(
-                    message.get("step") or "clone", message.get("call") or "clone3",
-                    message.get("path"), int(message.get("errno") or 0), str(message.get("message")),
+                    str(body.get("step") or "clone"), str(body.get("call") or "clone3"),
+                    body.get("path"), b, str(body.get("message")),
                 )
             else:
                 pending.error = ZygoteError(f"unexpected reply from the zygote: {data[:200]!r}")
@@ -190,21 +188,21 @@ class _ZygoteConnection:
         """Send one spawn request; the answer arrives in the returned ``_Pending``."""
         if self.error is not None:
             raise self.error
-        message: dict[str, Any] = {"op": "spawn", "id": next(_request_ids), "plan": plan_id}
-        if plan_id not in self.sent_plans:
-            message["body"] = plan.to_wire()
+        request_id = next(_request_ids)
+        body = plan.to_wire() if plan_id not in self.sent_plans else None
+        message = _protocol.encode(_protocol.SPAWN, request_id, plan_id, body)
         pending = _Pending()
-        self.pending[message["id"]] = pending
+        self.pending[request_id] = pending
         try:
             async with self.send_lock:
                 await self.sock.sendmsg(
-                    [_protocol.encode(message)], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
+                    [message], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
                 )
         except OSError as e:
-            self.pending.pop(message["id"], None)
+            self.pending.pop(request_id, None)
             raise ZygoteError(f"sending to the zygote failed: {e}") from e
         except BaseException:
-            self.pending.pop(message["id"], None)
+            self.pending.pop(request_id, None)
             raise
         self.sent_plans.add(plan_id)
         return pending

@@ -25,6 +25,7 @@ import gc
 import os
 import signal
 import socket
+import struct
 import sys
 
 TYPE_CHECKING = False
@@ -65,9 +66,9 @@ def _receive(sock: socket.socket) -> tuple[bytes, list[int]]:
     return data, fds
 
 
-def _send(sock: socket.socket, message: dict[str, Any], fds: tuple[int, ...] = ()) -> None:
-    ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
-    sock.sendmsg([_protocol.encode(message)], ancillary)
+_SOL_SOCKET = socket.SOL_SOCKET
+_SCM_RIGHTS = socket.SCM_RIGHTS
+_pack_fd = struct.Struct("i").pack
 
 
 class Zygote:
@@ -93,44 +94,51 @@ class Zygote:
                 for fd in fds:
                     os.close(fd)
 
+    def fail(self, request_id: int, err: int, step: str, call: str, message: str) -> None:
+        """Answer a request with FAIL; the zygote itself carries on."""
+        body = {"step": step, "call": call, "path": None, "message": message}
+        self.sock.send(_protocol.encode(_protocol.FAIL, request_id, err, body))
+
     def handle(self, data: bytes, fds: list[int]) -> None:
-        """Answer one request; a bad request gets a ``failed`` reply, never kills the zygote."""
-        request_id: Any = None
+        """Answer one request; a bad request gets a FAIL reply, never kills the zygote.
+
+        Everything after clone3 is kept to a few C calls: each page the zygote
+        writes while a child still shares it is copied.
+        """
+        request_id = 0
         try:
-            message = _protocol.decode(data)
-            request_id = message.get("id")
-            if message["op"] != "spawn":
-                raise ValueError(f"unknown request {message['op']!r}")
+            tag, request_id, plan_id, body = _protocol.decode(data)
+            if tag != _protocol.SPAWN:
+                raise ValueError(f"unknown request {tag!r}")
             if len(fds) != _FDS_PER_SPAWN:
                 raise ValueError(f"spawn needs {_FDS_PER_SPAWN} fds, got {len(fds)}")
-            plan = self._plan(message)
+            plan = self.plans.get(plan_id)
+            if plan is None:
+                plan = self._link(plan_id, body)
         except (ValueError, KeyError, TypeError) as e:
-            _send(self.sock, {"op": "failed", "id": request_id, "step": "protocol", "call": "recvmsg",
-                              "path": None, "errno": 0, "message": f"bad request: {e}"})
+            self.fail(request_id, 0, "protocol", "recvmsg", f"bad request: {e}")
             return
         flags, linked, meta = plan
         try:
             pid, pidfd = _libc.clone3(_CLONE_BASE | flags, 0)
         except OSError as e:
-            _send(self.sock, {"op": "failed", "id": request_id, "step": "clone", "call": "clone3",
-                              "path": None, "errno": e.errno, "message": os.strerror(e.errno or 0)})
+            self.fail(request_id, e.errno or 0, "clone", "clone3", os.strerror(e.errno or 0))
             return
         if pid == 0:
             _child.run(linked, meta, (fds[0], fds[1], fds[2], fds[3], self.supervisor_pidfd))
         try:
-            _send(self.sock, {"op": "spawned", "id": request_id, "pid": pid}, (pidfd,))
+            self.sock.sendmsg(
+                (_protocol.encode(_protocol.DONE, request_id, pid),),
+                ((_SOL_SOCKET, _SCM_RIGHTS, _pack_fd(pidfd)),),
+            )
         finally:
             os.close(pidfd)
 
-    def _plan(self, message: dict[str, Any]) -> tuple[int, _child.Linked, _child.Meta]:
-        key = message["plan"]
-        plan = self.plans.get(key)
-        if plan is None:
-            body = message.get("body")
-            if body is None:
-                raise ValueError(f"unknown plan {key!r} and no body")
-            linked, meta = _child.link(body["ops"])
-            plan = self.plans[key] = (int(body["flags"]), linked, meta)
+    def _link(self, plan_id: int, body: dict[str, Any] | None) -> tuple[int, _child.Linked, _child.Meta]:
+        if body is None:
+            raise ValueError(f"unknown plan {plan_id} and no plan sent")
+        linked, meta = _child.link(body["ops"])
+        plan = self.plans[plan_id] = (int(body["flags"]), linked, meta)
         return plan
 
 
@@ -149,7 +157,8 @@ def main(sock_fd: int, supervisor_pid: int) -> None:
     # the child sets the program's umask before execve.
     os.umask(0)
     zygote = Zygote(sock, supervisor_pidfd)
-    _send(sock, {"op": "hello", "version": _protocol.PROTOCOL_VERSION, "pid": os.getpid()})
+    sock.send(_protocol.encode(_protocol.HELLO, _protocol.PROTOCOL_VERSION, os.getpid()))
+    _child.warm_up()
     # Keep the pages the children share clean: no collection will touch them
     # (Python docs on gc.freeze for fork-without-exec servers).
     gc.collect()

@@ -86,21 +86,31 @@ def _fail(name: str, path: bytes | str | None = None) -> OSError:
     return OSError(err, f"{name} failed: {os.strerror(err)}", path)
 
 
-def clone3(flags: int, exit_signal: int, cgroup_fd: int = -1) -> tuple[int, int]:
-    """clone3 without CLONE_VM: returns ``(pid, pidfd)`` in the parent, ``(0, -1)`` in the child."""
-    pidfd = ctypes.c_int(-1)
-    args = clone_args(flags=flags, exit_signal=exit_signal)
-    if flags & C.CLONE_PIDFD:
-        args.pidfd = ctypes.addressof(pidfd)
-    if cgroup_fd >= 0:
-        args.flags |= C.CLONE_INTO_CGROUP
-        args.cgroup = cgroup_fd
-    ret = _syscall_gil(
-        ctypes.c_long(C.SYS_clone3), ctypes.byref(args), ctypes.c_size_t(ctypes.sizeof(args))
-    )
+# One preallocated argument block: clone3 is called once per container from
+# the zygote, where every allocation after a clone costs copy-on-write faults.
+_CLONE_ARGS = clone_args()
+_CLONE_PIDFD_OUT = ctypes.c_int(-1)
+_CLONE_ARGS_REF = ctypes.byref(_CLONE_ARGS)
+_CLONE_ARGS_SIZE = ctypes.c_size_t(ctypes.sizeof(_CLONE_ARGS))
+_CLONE_NR = ctypes.c_long(C.SYS_clone3)
+_CLONE_ARGS.pidfd = ctypes.addressof(_CLONE_PIDFD_OUT)
+
+
+def clone3(flags: int, exit_signal: int) -> tuple[int, int]:
+    """clone3 without CLONE_VM, always with CLONE_PIDFD.
+
+    Returns ``(pid, pidfd)`` in the parent and ``(0, -1)`` in the child.
+    Not reentrant (one preallocated argument block), which the single-threaded
+    zygote never needs.
+    """
+    args = _CLONE_ARGS
+    args.flags = flags | C.CLONE_PIDFD
+    args.exit_signal = exit_signal
+    _CLONE_PIDFD_OUT.value = -1
+    ret = _syscall_gil(_CLONE_NR, _CLONE_ARGS_REF, _CLONE_ARGS_SIZE)
     if ret == -1:
         raise _fail("clone3")
-    return ret, pidfd.value
+    return ret, _CLONE_PIDFD_OUT.value
 
 
 def mount(
