@@ -294,7 +294,7 @@ def run(linked: Linked, meta: Meta, rt: Rt) -> NoReturn:
         try:
             step, call, path = meta[min(index, len(meta) - 1)]
             err = e.errno if isinstance(e, OSError) and e.errno else 0
-            message = (e.strerror or str(e)) if isinstance(e, OSError) else f"{type(e).__name__}: {e}"
+            message = os.strerror(err) if err else f"{type(e).__name__}: {e}"
             os.write(rt[_ERRPIPE], _protocol.encode_failure(step, call, path, err, message))
         except BaseException:  # noqa: BLE001, S110 - the exit code still says "failed"
             pass

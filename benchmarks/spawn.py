@@ -270,6 +270,7 @@ def describe_machine() -> dict[str, Any]:
         "bwrap": _command_version(["bwrap", "--version"]),
         "unshare": _command_version(["unshare", "--version"]),
         "euid": os.geteuid(),
+        "loadavg_start": os.getloadavg(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
@@ -512,6 +513,10 @@ def print_summary(report: Report) -> None:
         f"cpu={mc.get('cpu_model')} bwrap={mc.get('bwrap')}"
         f" unshare={mc.get('unshare')} anyns={mc.get('anyns')}"
     )
+    _say(
+        f"load average before the run: {mc['loadavg_start'][0]:.2f}"
+        " (other work on the machine skews every tool; rerun when quiet)"
+    )
     _say()
     _say(HEADER)
     for concurrency in report.config["concurrency"]:
@@ -686,6 +691,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report.anyns_error = "\n".join(filter(None, [report.anyns_error, _format_exc(exc)]))
         _say(f"!! anyns FAILED:\n{_format_exc(exc)}")
 
+    report.machine["loadavg_end"] = os.getloadavg()
     print_summary(report)
     write_json(report, args.json)
 

@@ -1,0 +1,185 @@
+"""The command line: ``python -m anyns run [options] -- CMD…`` and ``python -m anyns demo``.
+
+``run`` passes stdio through and exits with the container's status (128+N
+when signal N killed it, like a shell). Errors are one line on stderr:
+``anyns: <what failed> (hint: …)``, with exit status 125 for a setup or spec
+error, 126 when the program is not executable, 127 when it is not found.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import sys
+import time
+from collections.abc import Sequence
+
+import trio
+
+from ._container import namespaces_of
+from ._errors import AnynsError, ExecError, SetupError
+from ._spec import DEFAULT_PATH, Bind, ContainerSpec, DirRootfs, HostRootfs, Namespaces, Tmpfs
+from ._supervisor import open_supervisor
+
+EXIT_SETUP_FAILED = 125
+EXIT_NOT_EXECUTABLE = 126
+EXIT_NOT_FOUND = 127
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m anyns", description="Run Linux containers from trio.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run one command in a container",
+                              usage="python -m anyns run [options] -- CMD [ARG...]")
+    run.add_argument("--rootfs", metavar="DIR", help="root filesystem directory (default: read-only host /usr)")
+    run.add_argument("--rw", action="store_true", help="make the --rootfs directory writable")
+    run.add_argument("--hostname", metavar="NAME", help="hostname inside the container")
+    run.add_argument("--env", metavar="K=V", action="append", default=[],
+                     help="environment variable (repeatable); the environment is otherwise just PATH")
+    run.add_argument("--cwd", metavar="DIR", default="/", help="working directory inside")
+    run.add_argument("--bind", metavar="SRC:DST", action="append", default=[], help="bind-mount a host path")
+    run.add_argument("--ro-bind", metavar="SRC:DST", action="append", default=[],
+                     help="bind-mount a host path read-only")
+    run.add_argument("--tmpfs", metavar="DIR", action="append", default=[], help="mount a tmpfs")
+    run.add_argument("--share-net", action="store_true", help="use the host's network namespace")
+    run.add_argument("cmd", nargs=argparse.REMAINDER, help="the command, after --")
+
+    demo = commands.add_parser("demo", help="start a few hundred containers at once and show the result")
+    demo.add_argument("--count", type=int, default=300, help="containers to start (default 300)")
+    demo.add_argument("--concurrency", type=int, default=64, help="containers in flight (default 64)")
+    return parser
+
+
+def _split_mount(value: str, option: str) -> tuple[str, str]:
+    source, sep, target = value.partition(":")
+    if not sep:
+        target = source
+    if not source or not target:
+        raise AnynsError(f"{option} {value!r}: expected SRC:DST")
+    return os.path.abspath(source), target
+
+
+def spec_from_args(args: argparse.Namespace) -> ContainerSpec:
+    """Build the ContainerSpec that ``run``'s options describe."""
+    cmd = list(args.cmd)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    if not cmd:
+        raise AnynsError("run: no command given (put it after --)")
+    env = {"PATH": DEFAULT_PATH}
+    for item in args.env:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise AnynsError(f"--env {item!r}: expected K=V")
+        env[key] = value
+    mounts: list[Bind | Tmpfs] = []
+    for value in args.bind:
+        mounts.append(Bind(*_split_mount(value, "--bind")))
+    for value in args.ro_bind:
+        mounts.append(Bind(*_split_mount(value, "--ro-bind"), readonly=True))
+    for value in args.tmpfs:
+        mounts.append(Tmpfs(value))
+    namespaces = Namespaces.DEFAULT
+    if args.share_net:
+        namespaces &= ~Namespaces.NET
+    rootfs = DirRootfs(os.path.abspath(args.rootfs), readonly=not args.rw) if args.rootfs else HostRootfs()
+    return ContainerSpec(argv=cmd, rootfs=rootfs, hostname=args.hostname, namespaces=namespaces,
+                         mounts=mounts, env=env, cwd=args.cwd)
+
+
+async def _run(spec: ContainerSpec) -> int:
+    async with open_supervisor() as sup:
+        done = await sup.run(spec, stdin=None, check=False)
+    return done.returncode if done.returncode >= 0 else 128 - done.returncode
+
+
+def _fail(message: str, status: int) -> int:
+    print(f"anyns: {message}", file=sys.stderr)
+    return status
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m anyns`` and the ``anyns`` script."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return trio.run(_run, spec_from_args(args))
+        return trio.run(demo, args.count, args.concurrency)
+    except ExecError as e:
+        return _fail(str(e), EXIT_NOT_FOUND if e.errno == errno.ENOENT else EXIT_NOT_EXECUTABLE)
+    except (SetupError, AnynsError) as e:
+        return _fail(str(e), EXIT_SETUP_FAILED)
+    except KeyboardInterrupt:
+        return 130
+
+
+# ----------------------------------------------------------------------------- demo
+
+_PROBE = (
+    'echo "$$"; hostname; '
+    "for k in mnt pid net uts ipc; do readlink /proc/self/ns/$k; done"
+)
+
+
+async def demo(count: int = 300, concurrency: int = 64) -> int:
+    """Start ``count`` containers (``concurrency`` at a time) and report what each saw.
+
+    Every container runs a shell that prints its pid, its hostname and its
+    namespace ids; the table checks each against what isolation promises.
+    """
+    host_ns = namespaces_of(os.getpid())
+    results: list[tuple[int, bytes] | BaseException] = []
+    limiter = trio.CapacityLimiter(concurrency)
+    out = sys.stdout
+    started = time.perf_counter()
+
+    async def one(index: int, sup: object) -> None:
+        spec = ContainerSpec(argv=["/bin/sh", "-c", _PROBE], hostname=f"box-{index}")
+        async with limiter:
+            try:
+                done = await sup.run(spec, capture_stdout=True)  # type: ignore[attr-defined]
+                results.append((index, done.stdout))
+            except AnynsError as e:
+                results.append(e)
+        if len(results) % 25 == 0 or len(results) == count:
+            rate = len(results) / (time.perf_counter() - started)
+            out.write(f"\r  {len(results):5d}/{count} containers done  ({rate:6.0f}/s)")
+            out.flush()
+
+    print(f"anyns demo: {count} containers on the host rootfs, {concurrency} at a time")
+    async with open_supervisor() as sup, trio.open_nursery() as nursery:
+        for i in range(count):
+            nursery.start_soon(one, i, sup)
+    elapsed = time.perf_counter() - started
+    print()
+
+    failures = [r for r in results if isinstance(r, BaseException)]
+    pid1 = own_host = ns_differ = 0
+    for result in results:
+        if isinstance(result, BaseException):
+            continue
+        index, stdout = result
+        lines = stdout.decode().split()
+        if len(lines) < 7:
+            continue
+        pid1 += lines[0] == "1"
+        own_host += lines[1] == f"box-{index}"
+        ids = dict(zip(("mnt", "pid", "net", "uts", "ipc"), lines[2:7]))
+        ns_differ += all(ids[k] != host_ns[k] for k in ids)
+    ok = count - len(failures)
+    rows = [
+        ("containers started and reaped", f"{ok} of {count}"),
+        ("containers/s", f"{count / elapsed:.0f}"),
+        ("failures", str(len(failures))),
+        ("saw themselves as pid 1", f"{pid1} of {ok}"),
+        ("saw their own hostname", f"{own_host} of {ok}"),
+        ("mnt/pid/net/uts/ipc ids all differ from the host's", f"{ns_differ} of {ok}"),
+    ]
+    width = max(len(r[0]) for r in rows)
+    for name, value in rows:
+        print(f"  {name:<{width}}  {value}")
+    for failure in failures[:3]:
+        print(f"  failure: {failure}")
+    return 0 if not failures and pid1 == own_host == ns_differ == ok else 1
