@@ -17,19 +17,20 @@ import _signal
 import errno
 import os
 import select
-from collections.abc import Callable, Sequence
 
 from . import _protocol
 from ._protocol import TYPE_CHECKING
 from ._sys import _consts as C
 from ._sys import _libc
 
-Rt = tuple[int, int, int, int, int]
-Linked = tuple[tuple[Callable[..., None], tuple["Any", ...]], ...]
-Meta = tuple[tuple[str, str, "str | None"], ...]
-
 if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
     from typing import Any, NoReturn
+
+# The aliases are strings: collections.abc and typing stay out of the zygote.
+Rt = "tuple[int, int, int, int, int]"
+Linked = "tuple[tuple[Callable[..., None], tuple[Any, ...]], ...]"
+Meta = "tuple[tuple[str, str, str | None], ...]"
 
 _SIGPIPE = int(_signal.SIGPIPE)
 _SIGXFSZ = int(_signal.SIGXFSZ)
@@ -187,7 +188,7 @@ def _execve(rt: Rt, candidates: tuple[bytes, ...], argv: tuple[bytes, ...],
     raise first
 
 
-OPS: dict[str, Callable[..., None]] = {
+OPS: "dict[str, Callable[..., None]]" = {
     "unshare": _unshare,
     "mount": _mount,
     "bind": _bind,

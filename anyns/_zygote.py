@@ -20,11 +20,10 @@ the next request. It exits on EOF from the supervisor, and dies with it
 
 from __future__ import annotations
 
-import array
+import _signal
+import _socket
 import gc
 import os
-import signal
-import socket
 import struct
 import sys
 
@@ -53,28 +52,27 @@ _CLONE_BASE = C.CLONE_PIDFD | C.CLONE_PARENT | C.CLONE_CLEAR_SIGHAND
 _FDS_PER_SPAWN = 4
 
 
-def _receive(sock: socket.socket) -> tuple[bytes, list[int]]:
+def _receive(sock: _socket.socket) -> tuple[bytes, list[int]]:
     data, ancdata, _flags, _addr = sock.recvmsg(
-        _protocol.MAX_MESSAGE, socket.CMSG_SPACE(_protocol.MAX_FDS * 4), socket.MSG_CMSG_CLOEXEC
+        _protocol.MAX_MESSAGE, _socket.CMSG_SPACE(_protocol.MAX_FDS * 4), _socket.MSG_CMSG_CLOEXEC
     )
     fds: list[int] = []
     for level, kind, payload in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            received = array.array("i")
-            received.frombytes(payload[: len(payload) - len(payload) % received.itemsize])
-            fds.extend(received)
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+            # memoryview, not array: the array module imports collections.
+            fds.extend(memoryview(payload[: len(payload) - len(payload) % 4]).cast("i").tolist())
     return data, fds
 
 
-_SOL_SOCKET = socket.SOL_SOCKET
-_SCM_RIGHTS = socket.SCM_RIGHTS
+_SOL_SOCKET = _socket.SOL_SOCKET
+_SCM_RIGHTS = _socket.SCM_RIGHTS
 _pack_fd = struct.Struct("i").pack
 
 
 class Zygote:
     """The serving loop and its plan cache."""
 
-    def __init__(self, sock: socket.socket, supervisor_pidfd: int) -> None:
+    def __init__(self, sock: _socket.socket, supervisor_pidfd: int) -> None:
         self.sock = sock
         self.supervisor_pidfd = supervisor_pidfd
         self.plans: dict[int, tuple[int, _child.Linked, _child.Meta]] = {}
@@ -84,7 +82,7 @@ class Zygote:
         while True:
             try:
                 data, fds = _receive(self.sock)
-            except (ConnectionResetError, BrokenPipeError):
+            except (ConnectionResetError, BrokenPipeError):  # supervisor gone
                 return
             if not data and not fds:
                 return  # EOF
@@ -146,13 +144,14 @@ def main(sock_fd: int, supervisor_pid: int) -> None:
     """Zygote entry point."""
     # Die with the supervisor thread that started us; then make sure it had
     # not already died before the prctl (we would have been reparented).
-    _libc.prctl(C.PR_SET_PDEATHSIG, signal.SIGKILL)
+    _libc.prctl(C.PR_SET_PDEATHSIG, _signal.SIGKILL)
     if os.getppid() != supervisor_pid:
         return
     supervisor_pidfd = os.pidfd_open(supervisor_pid)
     os.set_inheritable(supervisor_pidfd, False)
-    sock = socket.socket(fileno=sock_fd)
-    sock.set_inheritable(False)
+    # _socket, not socket: socket.py imports enum and selectors (zygote size, see _protocol).
+    sock = _socket.socket(fileno=sock_fd)
+    os.set_inheritable(sock_fd, False)
     # Device nodes and mount points get exactly the modes the plan asks for;
     # the child sets the program's umask before execve.
     os.umask(0)
