@@ -13,6 +13,8 @@ Example::
     trio.run(main)
 """
 
+from contextlib import suppress as _suppress
+
 from ._container import CompletedContainer, Container, NamespaceId, namespaces_of
 from ._errors import (
     AnynsError,
@@ -60,8 +62,6 @@ __all__ = [
 for _name in __all__:
     _obj = globals()[_name]
     if getattr(_obj, "__module__", "").startswith("anyns."):
-        try:
+        with _suppress(AttributeError, TypeError):
             _obj.__module__ = "anyns"
-        except (AttributeError, TypeError):
-            pass
-del _name, _obj
+del _name, _obj, _suppress

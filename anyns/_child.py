@@ -13,7 +13,7 @@ execve succeeds the pipe closes (it is close-on-exec) and the supervisor sees EO
 
 from __future__ import annotations
 
-import _signal
+import _signal  # type: ignore[import-not-found]  # no typeshed stub
 import errno
 import os
 import select
@@ -23,14 +23,14 @@ from ._protocol import TYPE_CHECKING
 from ._sys import _consts as C
 from ._sys import _libc
 
+# Type-checking only: collections.abc and typing stay out of the zygote.
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
-    from typing import Any, NoReturn
+    from typing import Any, NoReturn, TypeAlias
 
-# The aliases are strings: collections.abc and typing stay out of the zygote.
-Rt = "tuple[int, int, int, int, int]"
-Linked = "tuple[tuple[Callable[..., None], tuple[Any, ...]], ...]"
-Meta = "tuple[tuple[str, str, str | None], ...]"
+    Rt: TypeAlias = tuple[int, int, int, int, int]
+    Linked: TypeAlias = tuple[tuple[Callable[..., None], tuple[Any, ...]], ...]
+    Meta: TypeAlias = tuple[tuple[str, str, str | None], ...]
 
 _SIGPIPE = int(_signal.SIGPIPE)
 _SIGXFSZ = int(_signal.SIGXFSZ)
@@ -188,7 +188,7 @@ def _execve(rt: Rt, candidates: tuple[bytes, ...], argv: tuple[bytes, ...],
     raise first
 
 
-OPS: "dict[str, Callable[..., None]]" = {
+OPS: dict[str, Callable[..., None]] = {
     "unshare": _unshare,
     "mount": _mount,
     "bind": _bind,
@@ -255,7 +255,7 @@ def warm_up(rounds: int = 20) -> None:
     rt = (-1, -1, -1, -1, -1)
     for _ in range(rounds):
         for name, args in _WARM_UP_CALLS:
-            try:
+            try:  # noqa: SIM105 - contextlib would be one more module in the zygote
                 OPS[name](rt, *args)
             except (OSError, ValueError):
                 pass
@@ -291,12 +291,12 @@ def run(linked: Linked, meta: Meta, rt: Rt) -> NoReturn:
             fn(rt, *args)
             index += 1
         raise OSError(errno.EINVAL, "the plan ended without execve")
-    except BaseException as e:  # noqa: BLE001 - everything becomes a record; nothing may escape
+    except BaseException as e:
         try:
             step, call, path = meta[min(index, len(meta) - 1)]
             err = e.errno if isinstance(e, OSError) and e.errno else 0
             message = os.strerror(err) if err else f"{type(e).__name__}: {e}"
             os.write(rt[_ERRPIPE], _protocol.encode_failure(step, call, path, err, message))
-        except BaseException:  # noqa: BLE001, S110 - the exit code still says "failed"
+        except BaseException:
             pass
     os._exit(_EXIT_SETUP_FAILED)

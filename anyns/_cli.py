@@ -105,8 +105,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "run":
-            return trio.run(_run, spec_from_args(args))
-        return trio.run(demo, args.count, args.concurrency)
+            status: int = trio.run(_run, spec_from_args(args))
+        else:
+            status = trio.run(demo, args.count, args.concurrency)
+        return status
     except ExecError as e:
         return _fail(str(e), EXIT_NOT_FOUND if e.errno == errno.ENOENT else EXIT_NOT_EXECUTABLE)
     except (SetupError, AnynsError) as e:
@@ -166,7 +168,7 @@ async def demo(count: int = 300, concurrency: int = 64) -> int:
             continue
         pid1 += lines[0] == "1"
         own_host += lines[1] == f"box-{index}"
-        ids = dict(zip(("mnt", "pid", "net", "uts", "ipc"), lines[2:7]))
+        ids = dict(zip(("mnt", "pid", "net", "uts", "ipc"), lines[2:7], strict=True))
         ns_differ += all(ids[k] != host_ns[k] for k in ids)
     ok = count - len(failures)
     rows = [

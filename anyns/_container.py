@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 from collections.abc import Mapping, Sequence
+from contextlib import suppress
 from typing import TYPE_CHECKING, Any, Final, NoReturn, final
 
 import trio
@@ -168,10 +169,8 @@ class Container(metaclass=NoPublicConstructor):
         """
         if self.returncode is not None:
             return
-        try:
+        with suppress(ProcessLookupError):  # exited, not yet reaped
             signal.pidfd_send_signal(self._pidfd, sig)
-        except ProcessLookupError:
-            pass  # exited, not yet reaped
 
     def terminate(self) -> None:
         """Send SIGTERM (ignored by a pid-1 program without a SIGTERM handler)."""

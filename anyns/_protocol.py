@@ -81,14 +81,13 @@ class _ScanContext:
     object_pairs_hook = None
     parse_float = float
     parse_int = int
-    memo: dict[str, str] = {}
 
     @staticmethod
     def parse_constant(name: str) -> float:
         raise ValueError(f"{name} is not allowed in a message")
 
 
-_scan = _json.make_scanner(_ScanContext())
+_scan = _json.make_scanner(_ScanContext())  # type: ignore[arg-type]  # duck-typed JSONDecoder
 
 
 def _loads(text: str) -> Any:

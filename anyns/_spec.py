@@ -11,7 +11,7 @@ import enum
 import os
 import posixpath
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, Final, Union
+from typing import Any, Final
 
 import attrs
 
@@ -83,7 +83,7 @@ def _container_path(where: str, value: str) -> str:
 class Environment(Mapping[str, str]):
     """An immutable, hashable mapping of environment variables."""
 
-    __slots__ = ("_items", "_hash")
+    __slots__ = ("_hash", "_items")
 
     def __init__(self, items: Mapping[str, str] | Iterable[tuple[str, str]] = ()) -> None:
         pairs = dict(items.items() if isinstance(items, Mapping) else items)
@@ -166,7 +166,7 @@ class DirRootfs:
         _check_abs_path("DirRootfs.path", value)
 
 
-Rootfs = Union[HostRootfs, DirRootfs]
+Rootfs = HostRootfs | DirRootfs
 
 _PROPAGATIONS: Final = (None, "shared", "private", "slave", "unbindable")
 
@@ -211,7 +211,7 @@ class Tmpfs:
             raise _fail("Tmpfs.mode", f"expected a file mode such as 0o755, got {self.mode!r}")
 
 
-Mount = Union[Bind, Tmpfs]
+Mount = Bind | Tmpfs
 
 _MAX_HOSTNAME: Final = 64  # HOST_NAME_MAX; sethostname(2) refuses longer names
 

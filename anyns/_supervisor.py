@@ -20,7 +20,7 @@ import sys
 import tempfile
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
-from typing import IO, Any, Final, Union, final
+from typing import IO, Any, Final, final
 
 import attrs
 import trio
@@ -44,10 +44,10 @@ PIPE: Final = subprocess.PIPE
 DEVNULL: Final = subprocess.DEVNULL
 STDOUT: Final = subprocess.STDOUT
 
-StdinArg = Union[bytes, bytearray, memoryview, int, IO[Any], None]
-StdoutArg = Union[int, IO[Any], None]
+StdinArg = bytes | bytearray | memoryview | int | IO[Any] | None
+StdoutArg = int | IO[Any] | None
 
-_ZYGOTE_FILE: Final = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_zygote.py")
+_ZYGOTE_FILE: Final = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_zygote_main.py")
 _PACKAGE_DIR: Final = os.path.dirname(os.path.abspath(__file__))
 _READ_CHUNK: Final = 65536
 
@@ -607,7 +607,7 @@ async def _reap_orphan(pidfd: int) -> None:
     with trio.CancelScope(shield=True):
         await trio.lowlevel.wait_readable(pidfd)
         with suppress(ChildProcessError):
-            os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG)
+            os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG)  # noqa: ASYNC222 - WNOHANG
         trio.lowlevel.notify_closing(pidfd)
         os.close(pidfd)
 

@@ -1,7 +1,7 @@
 """The zygote: a small, single-threaded, blocking process that clones containers.
 
-The supervisor starts it as a fresh interpreter (``python -I -S <this file>
-<socket fd> <supervisor pid> <package dir>``) from its own thread, never by
+The supervisor starts it as a fresh interpreter (``python -I -S
+anyns/_zygote_main.py <socket fd> <supervisor pid> <package dir>``) from its own thread, never by
 forking the trio process. It imports only what the child path needs (no trio,
 no attrs), freezes the garbage collector so children share its pages, and
 serves one request at a time:
@@ -20,33 +20,19 @@ the next request. It exits on EOF from the supervisor, and dies with it
 
 from __future__ import annotations
 
-import _signal
+import _signal  # type: ignore[import-not-found]  # no typeshed stub
 import _socket
 import gc
 import os
 import struct
-import sys
-
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from typing import Any
-
-if __name__ == "__main__":  # pragma: no cover - bootstrap, run by the supervisor
-    # Import the anyns subpackage without running anyns/__init__.py (which
-    # imports trio): register a bare package module pointing at its directory.
-    import types
-
-    _pkg = types.ModuleType("anyns")
-    _pkg.__path__ = [sys.argv[3]]
-    sys.modules["anyns"] = _pkg
-    from anyns._zygote import main
-
-    main(int(sys.argv[1]), int(sys.argv[2]))
-    raise SystemExit(0)
 
 from . import _child, _protocol
 from ._sys import _consts as C
 from ._sys import _libc
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 _CLONE_BASE = C.CLONE_PIDFD | C.CLONE_PARENT | C.CLONE_CLEAR_SIGHAND
 _FDS_PER_SPAWN = 4
@@ -132,7 +118,9 @@ class Zygote:
         finally:
             os.close(pidfd)
 
-    def _link(self, plan_id: int, body: dict[str, Any] | None) -> tuple[int, _child.Linked, _child.Meta]:
+    def _link(
+        self, plan_id: int, body: dict[str, Any] | None
+    ) -> tuple[int, _child.Linked, _child.Meta]:
         if body is None:
             raise ValueError(f"unknown plan {plan_id} and no plan sent")
         linked, meta = _child.link(body["ops"])

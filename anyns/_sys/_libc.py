@@ -58,7 +58,7 @@ _AF_INET = 2
 _SOCK_DGRAM_CLOEXEC = 2 | 0o2000000
 
 
-class clone_args(ctypes.Structure):  # noqa: N801 - the C name
+class clone_args(ctypes.Structure):
     """``struct clone_args`` (include/uapi/linux/sched.h), CLONE_ARGS_SIZE_VER2."""
 
     _fields_ = [
@@ -70,7 +70,7 @@ class clone_args(ctypes.Structure):  # noqa: N801 - the C name
     ]
 
 
-class mount_attr(ctypes.Structure):  # noqa: N801 - the C name
+class mount_attr(ctypes.Structure):
     """``struct mount_attr`` (include/uapi/linux/mount.h), MOUNT_ATTR_SIZE_VER0."""
 
     _fields_ = [
