@@ -122,6 +122,8 @@ class _ZygoteConnection:
                         socket.CMSG_SPACE(_protocol.MAX_FDS * 4),
                         socket.MSG_CMSG_CLOEXEC,
                     )
+                except ConnectionResetError:
+                    break  # it died; _finish says how
                 except OSError as e:
                     self.error = ZygoteError(f"reading from the zygote failed: {e}")
                     break
@@ -169,19 +171,21 @@ class _ZygoteConnection:
         pending.event.set()
 
     async def _finish(self) -> None:
-        error = self.error or ZygoteError(
-            "the zygote exited" if not self.closing else "the supervisor is closing"
-        )
-        self.error = error
-        for pending in self.pending.values():
-            pending.error = error
-            pending.event.set()
-        self.pending.clear()
         self.sock.close()
         await trio.lowlevel.wait_readable(self.pidfd)
-        self.process.wait()
+        status = self.process.wait()
         trio.lowlevel.notify_closing(self.pidfd)
         os.close(self.pidfd)
+        if self.error is None:
+            if self.closing:
+                self.error = ZygoteError("the supervisor is closing")
+            else:
+                how = f"was killed by signal {-status}" if status < 0 else f"exited with status {status}"
+                self.error = ZygoteError(f"the zygote (pid {self.process.pid}) {how} before answering")
+        for pending in self.pending.values():
+            pending.error = self.error
+            pending.event.set()
+        self.pending.clear()
         self.done.set()
 
     async def request_spawn(self, plan_id: int, plan: Plan, fds: list[int]) -> _Pending:
@@ -200,7 +204,11 @@ class _ZygoteConnection:
                 )
         except OSError as e:
             self.pending.pop(request_id, None)
-            raise ZygoteError(f"sending to the zygote failed: {e}") from e
+            # The request never reached a zygote: mark this one dead so that
+            # the caller may safely retry on a new one.
+            if self.error is None:
+                self.error = ZygoteError(f"sending to the zygote failed: {e}")
+            raise _RequestNotSent(str(e)) from e
         except BaseException:
             self.pending.pop(request_id, None)
             raise
@@ -215,6 +223,10 @@ class _ZygoteConnection:
 
 
 _request_ids = itertools.count(1)
+
+
+class _RequestNotSent(Exception):
+    """The zygote was gone before the request was sent; retrying on a new one is safe."""
 
 
 def _setup_error(step: str, call: str, path: str | None, err: int, message: str) -> SetupError:
@@ -406,7 +418,13 @@ class Supervisor(metaclass=NoPublicConstructor):
         if self._closed:
             raise ZygoteError("the supervisor is closed")
         plan_id, plan = self._plan(spec)
-        pending = await self._connection().request_spawn(plan_id, plan, fds)
+        try:
+            pending = await self._connection().request_spawn(plan_id, plan, fds)
+        except _RequestNotSent:
+            try:  # once, on a fresh zygote
+                pending = await self._connection().request_spawn(plan_id, plan, fds)
+            except _RequestNotSent as e:
+                raise ZygoteError(f"the zygote died and a new one did not take requests: {e}") from None
         answered = False
         try:
             await pending.event.wait()
