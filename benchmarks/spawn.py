@@ -10,10 +10,12 @@ from a shared counter). For every (tool, C) pair we record:
 * per-spawn latency p50/p90/p99 -- from the call to the moment it returns
   (start, setup, exec, exit and reap together).
 
-The isolation is the same for anyns and bubblewrap: new mount, pid, uts, ipc
-and net namespaces, a root that is a read-only view of the host's ``/usr``
-(plus ``bin``/``lib``/``lib64``/``sbin`` links), ``/proc``, ``/dev`` and a
-``/tmp`` tmpfs. The tools:
+anyns and bubblewrap do the same kind of work: new mount, pid, uts, ipc and
+net namespaces (loopback up), pivot_root into a fresh root that is a
+read-only view of the host's ``/usr`` (plus ``bin``/``lib``/``lib64``/``sbin``
+links), ``/proc``, ``/dev`` and a ``/tmp`` tmpfs. anyns runs its defaults,
+which may do a little more (its ``HostRootfs`` also binds a few ``/etc``
+files); the spec it used is recorded in the JSON. The tools:
 
 ``anyns``
     ``await sup.run(anyns.ContainerSpec(argv=["/bin/true"]))`` on one
@@ -396,14 +398,10 @@ def _row(m: Measurement) -> str:
     )
 
 
-HEADER = (
-    f"{'tool':<16} {'C':>5} {'N':>6} {'containers/s':>13} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8}"
-)
+HEADER = f"{'tool':<16} {'C':>5} {'N':>6} {'containers/s':>13} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8}"
 
 
-async def _measure_all(
-    report: Report, runners: dict[str, RunOne], args: argparse.Namespace
-) -> None:
+async def _measure_all(report: Report, runners: dict[str, RunOne], args: argparse.Namespace) -> None:
     """Warm up every tool, then measure all tools at each concurrency level."""
     for tool, run_one in list(runners.items()):
         try:
@@ -421,7 +419,7 @@ async def _measure_all(
             order = order[k:] + order[:k]  # rotate: no fixed predecessor
         for tool in order:
             runner = runners.get(tool)
-            if runner is None:  # failed earlier at this level
+            if runner is None:  # defensive: dropped after a failure
                 continue
             await settle()
             try:
@@ -468,14 +466,14 @@ async def async_main(report: Report, args: argparse.Namespace) -> None:
     async with contextlib.AsyncExitStack() as stack:
         if "anyns" in args.tools:
             report.commands["anyns"] = (
-                "async with anyns.open_supervisor() as sup: "
-                "await sup.run(anyns.ContainerSpec(argv=['/bin/true']))"
+                "async with anyns.open_supervisor() as sup: await sup.run(anyns.ContainerSpec(argv=['/bin/true']))"
             )
             try:
                 import anyns  # imported late: optional until it exists
 
                 report.machine["anyns"] = getattr(anyns, "__version__", "unknown")
                 spec = anyns.ContainerSpec(argv=[PAYLOAD])
+                report.commands["anyns_spec"] = repr(spec)
                 sup = await stack.enter_async_context(anyns.open_supervisor())
             except Exception as exc:
                 report.anyns_error = f"setup: {_format_exc(exc)}"
@@ -509,10 +507,7 @@ def print_summary(report: Report) -> None:
         f" kernel={mc.get('kernel')} python={mc.get('python')}"
         f" trio={mc.get('trio')}"
     )
-    _say(
-        f"cpu={mc.get('cpu_model')} bwrap={mc.get('bwrap')}"
-        f" unshare={mc.get('unshare')} anyns={mc.get('anyns')}"
-    )
+    _say(f"cpu={mc.get('cpu_model')} bwrap={mc.get('bwrap')} unshare={mc.get('unshare')} anyns={mc.get('anyns')}")
     _say(
         f"load average before the run: {mc['loadavg_start'][0]:.2f}"
         " (other work on the machine skews every tool; rerun when quiet)"
@@ -595,9 +590,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--concurrency",
         type=_int_list,
         default=None,
-        help="comma-separated in-flight counts (default "
-        + ",".join(map(str, DEFAULT_CONCURRENCY))
-        + ")",
+        help="comma-separated in-flight counts (default " + ",".join(map(str, DEFAULT_CONCURRENCY)) + ")",
     )
     parser.add_argument(
         "--quick",
@@ -652,10 +645,7 @@ def check_gate(report: Report, min_ratio: float) -> bool:
     num, den = GATE_RATIO
     ratio = report.ratio(num, den, top)
     if ratio is None:
-        _say(
-            f"--min-ratio {min_ratio}: no {num}/{den} ratio at C={top} "
-            "(a tool was skipped); gate not evaluated"
-        )
+        _say(f"--min-ratio {min_ratio}: no {num}/{den} ratio at C={top} (a tool was skipped); gate not evaluated")
         return True
     ok = ratio >= min_ratio
     verdict = "ok" if ok else "BELOW TARGET"
@@ -674,10 +664,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "tools": args.tools,
         "quick": args.quick,
     }
-    _say(
-        f"spawn benchmark: N={args.n} per batch, concurrency {args.concurrency},"
-        f" tools {','.join(args.tools)}"
-    )
+    _say(f"spawn benchmark: N={args.n} per batch, concurrency {args.concurrency}, tools {','.join(args.tools)}")
     try:
         trio.run(async_main, report, args)
     except KeyboardInterrupt:
