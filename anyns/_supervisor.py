@@ -510,13 +510,19 @@ class Supervisor(metaclass=NoPublicConstructor):
                 err_w = -1
                 stdio.close_child_ends()
             os.set_blocking(err_r, False)
-            failure = await _read_to_eof(err_r, _protocol.MAX_FAILURE)
-            if failure:
-                with trio.CancelScope(shield=True):
-                    await container._wait_and_reap()
-                raise _setup_error(*_protocol.decode_failure(failure))
+            if started:
+                # nursery.start returns only once the program runs: wait for
+                # EOF on the error pipe (it is close-on-exec) or a failure record.
+                failure = await _read_to_eof(err_r, _protocol.MAX_FAILURE)
+                if failure:
+                    with trio.CancelScope(shield=True):
+                        await container._wait_and_reap()
+                    raise _setup_error(*_protocol.decode_failure(failure))
             return await self._supervise(
-                container, stdio, feed, capture_stdout, capture_stderr, check, task_status
+                container, stdio, feed, capture_stdout, capture_stderr, check, task_status,
+                # Without nursery.start nobody needs the moment of exec: one
+                # wait (on the pidfd) instead of two, then the record if any.
+                -1 if started else err_r,
             )
         finally:
             if err_w >= 0:
@@ -537,8 +543,13 @@ class Supervisor(metaclass=NoPublicConstructor):
         capture_stderr: bool,
         check: bool,
         task_status: trio.TaskStatus[Container],
+        err_r: int,
     ) -> CompletedContainer:
-        """From a successful exec to the container's exit: stream stdio, wait, reap."""
+        """From the clone (or the exec) to the container's exit: stream stdio, wait, reap.
+
+        ``err_r`` is the error pipe when the exec has not been confirmed yet:
+        after the exit it holds a failure record, or nothing if execve succeeded.
+        """
         captured: dict[str, bytes] = {}
         streams: list[trio.lowlevel.FdStream] = []
 
@@ -575,6 +586,10 @@ class Supervisor(metaclass=NoPublicConstructor):
                 for s in streams:
                     await s.aclose()
         assert container.returncode is not None
+        if err_r >= 0:
+            failure = await _read_to_eof(err_r, _protocol.MAX_FAILURE)
+            if failure:
+                raise _setup_error(*_protocol.decode_failure(failure))
         done = CompletedContainer(
             container.spec.argv, container.returncode,
             captured.get("stdout") if capture_stdout else None,
