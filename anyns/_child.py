@@ -18,7 +18,7 @@ import errno
 import os
 import select
 
-from . import _protocol
+from . import _protocol, _skeleton
 from ._protocol import TYPE_CHECKING
 from ._sys import _consts as C
 from ._sys import _libc
@@ -50,37 +50,50 @@ def _mount(rt: Rt, source: bytes | None, target: bytes, fstype: bytes | None, fl
     _libc.mount(source, target, fstype, flags, data)
 
 
-def _bind(rt: Rt, source: bytes, target: bytes, flags: int, kind: bytes) -> None:
-    """Bind ``source`` on ``target``, creating a missing mount point of the source's kind."""
-    if kind == b"auto":
-        kind = b"dir" if os.path.isdir(source) else b"file"
-    if kind == b"dir":
-        if not os.path.isdir(target):
-            os.makedirs(target, 0o755, exist_ok=True)
-    elif not os.path.lexists(target):
-        os.makedirs(os.path.dirname(target), 0o755, exist_ok=True)
-        _touch(rt, target)
-    _libc.mount(source, target, None, flags, None)
+def _attach_skeleton(rt: Rt, skeleton: list[int], newroot: bytes) -> None:
+    """Attach a private copy of the zygote's prebuilt root tree at ``newroot``."""
+    tree = _libc.open_tree(
+        skeleton[0], b"", C.OPEN_TREE_CLONE | C.OPEN_TREE_CLOEXEC | C.AT_RECURSIVE | C.AT_EMPTY_PATH
+    )
+    _libc.move_mount(tree, b"", C.AT_FDCWD, newroot, C.MOVE_MOUNT_F_EMPTY_PATH)
+    os.close(tree)
 
 
-def _touch(rt: Rt, path: bytes) -> None:
-    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644))
-
-
-def _mountpoint(rt: Rt, source: bytes | None, target: bytes) -> None:
-    """Best effort: make a mount point (a file for a file source) while the root is writable.
-
-    A failure here resurfaces, with the right step, when the mount is made.
-    """
+def _mkpath(rt: Rt, root: bytes, rel: bytes, as_file: int) -> None:
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        if source is not None and not os.path.isdir(source):
-            if not os.path.lexists(target):
-                os.makedirs(os.path.dirname(target), 0o755, exist_ok=True)
-                _touch(rt, target)
-        else:
-            os.makedirs(target, 0o755, exist_ok=True)
+        _skeleton.make_path_beneath(fd, rel, bool(as_file))
+    finally:
+        os.close(fd)
+
+
+def _mountpoint(rt: Rt, source: bytes | None, root: bytes, rel: bytes) -> None:
+    """Best effort: a failure resurfaces, with its step, when the mount is made."""
+    try:
+        _mkpath(rt, root, rel, source is not None and not os.path.isdir(source))
     except OSError:
         pass
+
+
+def _mount_beneath(rt: Rt, source: bytes, root: bytes, rel: bytes, fstype: bytes | None, flags: int,
+                   data: bytes | None, create: int) -> None:
+    """Mount on ``root/rel`` without following any symlink on the way, creating it if missing.
+
+    ``create``: 1 a directory, 3 a directory or a file like ``source``. The
+    mount goes onto ``/proc/self/fd/N`` of the opened mount point, so a link
+    swapped in cannot redirect it (runc CVE-2021-30465).
+    """
+    _mkpath(rt, root, rel, create == 3 and not os.path.isdir(source))
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in rel.split(b"/"):
+            if part:
+                next_fd = os.open(part, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                os.close(fd)
+                fd = next_fd
+        _libc.mount(source, b"/proc/self/fd/%d" % fd, fstype, flags, data)
+    finally:
+        os.close(fd)
 
 
 def _mount_setattr(rt: Rt, path: bytes, attr_set: int) -> None:
@@ -100,10 +113,6 @@ def _ensure_dir(rt: Rt, path: bytes) -> None:
         return
     if (st.st_mode & 0o170000) != 0o040000:
         raise OSError(errno.ENOTDIR, "mount point is not a directory (or is a symlink)", path)
-
-
-def _makedirs(rt: Rt, path: bytes) -> None:
-    os.makedirs(path, 0o755, exist_ok=True)
 
 
 def _mknod(rt: Rt, path: bytes, mode: int, major: int, minor: int) -> None:
@@ -191,13 +200,13 @@ def _execve(rt: Rt, candidates: tuple[bytes, ...], argv: tuple[bytes, ...],
 OPS: dict[str, Callable[..., None]] = {
     "unshare": _unshare,
     "mount": _mount,
-    "bind": _bind,
-    "mount_setattr": _mount_setattr,
-    "touch": _touch,
+    "attach_skeleton": _attach_skeleton,
+    "mkpath": _mkpath,
     "mountpoint": _mountpoint,
+    "mount_beneath": _mount_beneath,
+    "mount_setattr": _mount_setattr,
     "mkdir": _mkdir,
     "ensure_dir": _ensure_dir,
-    "makedirs": _makedirs,
     "mknod": _mknod,
     "symlink": _symlink,
     "chdir": _chdir,
@@ -228,7 +237,7 @@ _WARM_UP_CALLS = (
     ("unshare", (0,)),
     ("mount", (None, _NOWHERE, None, 0, None)),
     ("mount_setattr", (_NOWHERE, 0)),
-    ("touch", (_NOWHERE,)),
+    ("mkpath", (b"/proc/self", b"anyns-warm-up/x", 1)),
     ("mkdir", (_NOWHERE,)),
     ("ensure_dir", (_NOWHERE,)),
     ("mknod", (_NOWHERE, 0o666, 1, 3)),
@@ -250,19 +259,22 @@ def warm_up(rounds: int = 20) -> None:
     runs. Done here, once, the children inherit warm code objects instead of
     each writing to (and so copying) those pages again: about 10% fewer
     copy-on-write faults per container. Operations with lasting effects on
-    the zygote (stdio, close_fds, signals, umask, bind, makedirs) are left out.
+    the zygote (stdio, close_fds, signals, umask, mount_beneath) are left out.
     """
     rt = (-1, -1, -1, -1, -1)
     for _ in range(rounds):
         for name, args in _WARM_UP_CALLS:
-            try:  # noqa: SIM105 - contextlib would be one more module in the zygote
+            try:
                 OPS[name](rt, *args)
             except (OSError, ValueError):
                 pass
 
 
-def link(ops: Sequence[Sequence[Any]]) -> tuple[Linked, Meta]:
+def link(ops: Sequence[Sequence[Any]], skeleton: list[int] | None = None) -> tuple[Linked, Meta]:
     """Turn a wire plan's ops into callables with bytes arguments, once per plan.
+
+    ``skeleton`` is the zygote's holder of the prebuilt root tree fd, which
+    ``attach_skeleton`` reads when the child runs (it may be rebuilt).
 
     Raises:
         ValueError: an unknown operation or a malformed op.
@@ -275,6 +287,10 @@ def link(ops: Sequence[Sequence[Any]]) -> tuple[Linked, Meta]:
         if fn is None:
             raise ValueError(f"unknown child operation {call!r}")
         converted = tuple(_to_bytes(a) for a in args)
+        if call == "attach_skeleton":
+            if skeleton is None:
+                raise ValueError("attach_skeleton without a skeleton")
+            converted = (skeleton, *converted)
         if call == "execve":
             candidates, argv, env = converted
             converted = (candidates, argv, dict(e.split(b"=", 1) for e in env))

@@ -23,7 +23,9 @@ The order (each line a step)::
                  costs the creator ~0.4 ms
     propagation  make / rslave: nothing the container mounts reaches the host,
                  host unmounts still reach the container (runc's default)
-    rootfs       the new root: a tmpfs with read-only host binds, or a bind of a directory
+    rootfs       the new root: a copy of the zygote's prebuilt HostRootfs skeleton
+                 (``_skeleton``: tmpfs, read-only host binds, mount points), or a
+                 bind of a directory
     dev          /dev: tmpfs, device nodes, a devpts instance, /dev/shm
     tmp          /tmp: tmpfs
     proc         /proc for the new pid namespace (before the pivot: in a user
@@ -80,6 +82,9 @@ _ROOT_DIRS: Final = ("usr", "etc", "proc", "dev", "tmp", "run", "root", "home", 
 _PROPAGATION_FLAGS: Final = {"private": MS_PRIVATE, "slave": MS_SLAVE, "unbindable": MS_UNBINDABLE}
 _RO_ATTRS: Final = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV
 _DEFAULT_UMASK: Final = 0o022
+#: what ``mount_beneath`` creates when the mount point is missing (see ``_child``)
+_CREATE_DIR: Final = 1
+_CREATE_LIKE_SOURCE: Final = 3
 
 
 @attrs.frozen
@@ -115,10 +120,15 @@ class Plan:
 
     clone_flags: int
     ops: tuple[Op, ...]
+    skeleton: tuple[tuple[Arg, ...], ...] | None = None
 
     def to_wire(self) -> dict[str, object]:
         """The JSON-able form the zygote receives (see ``_protocol``)."""
-        return {"flags": self.clone_flags, "ops": [list(op) for op in self.ops]}
+        return {
+            "flags": self.clone_flags,
+            "ops": [list(op) for op in self.ops],
+            "skeleton": None if self.skeleton is None else [list(op) for op in self.skeleton],
+        }
 
 
 class _Builder:
@@ -139,11 +149,6 @@ class _Builder:
               data: str | None = None) -> None:
         self.op(step, "mount", path, source, self.at(path), fstype, flags, data)
 
-    def bind(self, step: str, source: str, path: str, *, recursive: bool = True,
-             kind: str = "auto") -> None:
-        flags = MS_BIND | (MS_REC if recursive else 0)
-        self.op(step, "bind", path, source, self.at(path), flags, kind)
-
     def setattr(self, step: str, path: str, attr_set: int) -> None:
         self.op(step, "mount_setattr", path, self.at(path), attr_set)
 
@@ -159,8 +164,10 @@ def compile_plan(spec: ContainerSpec, host: HostLayout) -> Plan:
 
     b.op("propagation", "mount", "/", None, "/", None, MS_REC | MS_SLAVE, None)
 
+    skeleton = None
     if isinstance(spec.rootfs, HostRootfs):
-        _host_rootfs(b, spec, host)  # makes every mount point below
+        skeleton = _host_skeleton(spec, host)  # has every mount point below
+        b.op("rootfs", "attach_skeleton", "/", host.newroot)
     else:
         _dir_rootfs(b, spec.rootfs)
         for step, path in (("dev", "/dev"), ("tmp", "/tmp"), ("proc", "/proc")):
@@ -205,52 +212,49 @@ def compile_plan(spec: ContainerSpec, host: HostLayout) -> Plan:
     b.op("pdeathsig", "pdeathsig", None)
     b.op("exec", "execve", spec.argv[0], _exec_candidates(spec), spec.argv,
          tuple(f"{k}={v}" for k, v in spec.env.items()))
-    return Plan(clone_flags=int(ns & Namespaces.PID), ops=tuple(b.ops))
+    return Plan(clone_flags=int(ns & Namespaces.PID), ops=tuple(b.ops), skeleton=skeleton)
 
 
-def _host_rootfs(b: _Builder, spec: ContainerSpec, host: HostLayout) -> None:
+def _host_skeleton(spec: ContainerSpec, host: HostLayout) -> tuple[tuple[Arg, ...], ...]:
+    """The HostRootfs root as ``_skeleton`` operations (paths relative to the root)."""
     rootfs = spec.rootfs
     assert isinstance(rootfs, HostRootfs)
-    b.mount("rootfs", "tmpfs", "/", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")
-    for name in _ROOT_DIRS:
-        b.op("rootfs", "mkdir", f"/{name}", b.at(f"/{name}"))
-    for name, target in host.top_links:
-        b.op("rootfs", "symlink", f"/{name}", target, b.at(f"/{name}"))
-    for name in host.top_dirs:
-        b.op("rootfs", "mkdir", f"/{name}", b.at(f"/{name}"))
-    for name in ("usr", *host.top_dirs):
-        b.mount("rootfs", f"/{name}", f"/{name}", None, MS_BIND | MS_REC)
+    ops: list[tuple[Arg, ...]] = [("mkdir", name) for name in _ROOT_DIRS]
+    ops += [("symlink", target, name) for name, target in host.top_links]
+    ops += [("mkdir", name) for name in host.top_dirs]
     wanted = set(rootfs.etc)
-    for name in host.etc_dirs:
-        if name in wanted:
-            b.op("rootfs", "mkdir", f"/etc/{name}", b.at(f"/etc/{name}"))
-            b.mount("rootfs", f"/etc/{name}", f"/etc/{name}", None, MS_BIND | MS_REC)
-    for name in host.etc_files:
-        if name in wanted:
-            b.op("rootfs", "touch", f"/etc/{name}", b.at(f"/etc/{name}"))
-            b.mount("rootfs", f"/etc/{name}", f"/etc/{name}", None, MS_BIND)
-    # Mount points of the spec's mounts must exist before the root turns read-only.
+    ops += [("mkdir", f"etc/{name}") for name in host.etc_dirs if name in wanted]
+    ops += [("touch", f"etc/{name}") for name in host.etc_files if name in wanted]
+    # Mount points of the spec's mounts exist before the host binds (so making
+    # one never writes through a bind into the host) and before the root turns
+    # read-only.
     for mount in spec.mounts:
         source = mount.source if isinstance(mount, Bind) else None
-        b.op("rootfs", "mountpoint", mount.target, source, b.at(mount.target))
+        ops.append(("mountpoint", source, mount.target.lstrip("/")))
+    ops += [("bind", f"/{name}", name, 1) for name in ("usr", *host.top_dirs)]
+    ops += [("bind", f"/etc/{name}", f"etc/{name}", 1) for name in host.etc_dirs if name in wanted]
+    ops += [("bind", f"/etc/{name}", f"etc/{name}", 0) for name in host.etc_files if name in wanted]
     # One recursive call makes the root and every bind in it read-only.
-    b.setattr("rootfs", "/", _RO_ATTRS)
+    ops.append(("readonly",))
+    return tuple(ops)
 
 
 def _dir_rootfs(b: _Builder, rootfs: DirRootfs) -> None:
     # The host path is what goes wrong here, so errors name it.
-    b.op("rootfs", "bind", rootfs.path, rootfs.path, b.root, MS_BIND | MS_REC, "dir")
+    b.op("rootfs", "mount", rootfs.path, rootfs.path, b.root, None, MS_BIND | MS_REC, None)
     if rootfs.readonly:
         b.op("rootfs", "mount_setattr", rootfs.path, b.root, _RO_ATTRS)
 
 
 def _user_mount(b: _Builder, mount: Bind | Tmpfs) -> None:
+    rel = mount.target.lstrip("/")
     if isinstance(mount, Tmpfs):
         data = f"mode={mount.mode:o}" + (f",size={mount.size}" if mount.size else "")
-        b.op("mounts", "makedirs", mount.target, b.at(mount.target))
-        b.mount("mounts", "tmpfs", mount.target, "tmpfs", MS_NOSUID | MS_NODEV, data)
+        b.op("mounts", "mount_beneath", mount.target, "tmpfs", b.root, rel, "tmpfs", MS_NOSUID | MS_NODEV,
+             data, _CREATE_DIR)
         return
-    b.bind("mounts", mount.source, mount.target, recursive=mount.recursive)
+    flags = MS_BIND | (MS_REC if mount.recursive else 0)
+    b.op("mounts", "mount_beneath", mount.target, mount.source, b.root, rel, None, flags, None, _CREATE_LIKE_SOURCE)
     attr = (
         (MOUNT_ATTR_RDONLY if mount.readonly else 0)
         | (MOUNT_ATTR_NOSUID if mount.nosuid else 0)

@@ -12,6 +12,7 @@ supervisor → zygote
     ``SPWN`` a=request id, b=plan id; then, the first time a plan id is used
     on this zygote, the plan (``Plan.to_wire()``) as JSON. fds: stdin,
     stdout, stderr, error pipe.
+    ``DROP`` a=0, b=plan id: forget a plan (the supervisor's cache let it go).
 zygote → supervisor
     ``HELO`` a=protocol version, b=zygote pid; once, when ready.
     ``DONE`` a=request id, b=container pid; fds: the pidfd.
@@ -43,6 +44,7 @@ SPAWN: Final = b"SPWN"
 HELLO: Final = b"HELO"
 DONE: Final = b"DONE"
 FAIL: Final = b"FAIL"
+DROP: Final = b"DROP"
 
 _HEADER: Final = struct.Struct("=4sII")
 HEADER_SIZE: Final = _HEADER.size
@@ -50,7 +52,7 @@ _SEP: Final = b"\0"
 _U32: Final = 0xFFFFFFFF
 
 
-def _dumps(value: Any) -> str:
+def dumps(value: Any) -> str:
     """JSON for the plain values messages carry (dict, list, tuple, str, int, bool, None).
 
     Written out here, not ``json.dumps``: the json package pulls ``re`` and
@@ -67,9 +69,9 @@ def _dumps(value: Any) -> str:
     if isinstance(value, str):
         return _json.encode_basestring_ascii(value)
     if isinstance(value, (list, tuple)):
-        return "[" + ",".join(_dumps(v) for v in value) + "]"
+        return "[" + ",".join(dumps(v) for v in value) + "]"
     if isinstance(value, dict):
-        return "{" + ",".join(f"{_json.encode_basestring_ascii(str(k))}:{_dumps(v)}" for k, v in value.items()) + "}"
+        return "{" + ",".join(f"{_json.encode_basestring_ascii(str(k))}:{dumps(v)}" for k, v in value.items()) + "}"
     raise TypeError(f"cannot encode {type(value).__name__} in a message")
 
 
@@ -105,7 +107,7 @@ def encode(tag: bytes, a: int, b: int, body: dict[str, Any] | None = None) -> by
     header = _HEADER.pack(tag, a & _U32, b & _U32)
     if body is None:
         return header
-    return header + _dumps(body).encode()
+    return header + dumps(body).encode()
 
 
 def decode(data: bytes) -> tuple[bytes, int, int, dict[str, Any] | None]:

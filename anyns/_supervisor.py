@@ -79,7 +79,7 @@ def _fds_from(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
 class _ZygoteConnection:
     """One zygote process and the socket to it; replaced by a new one if it dies."""
 
-    def __init__(self, on_orphan: Callable[[int], None]) -> None:
+    def __init__(self, on_orphan: Callable[[int], None], newroot: str) -> None:
         # Started synchronously from the calling (trio) thread, never from a
         # worker thread: the zygote's PDEATHSIG, and through CLONE_PARENT the
         # containers' parent, are tied to this thread (spawn-path.md §9.1).
@@ -87,11 +87,12 @@ class _ZygoteConnection:
         try:
             self.process = subprocess.Popen(
                 [sys.executable, "-I", "-S", "-X", "utf8", _ZYGOTE_FILE,
-                 str(theirs.fileno()), str(os.getpid()), _PACKAGE_DIR],
+                 str(theirs.fileno()), str(os.getpid()), _PACKAGE_DIR, newroot],
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
-                env={},
+                # Nothing of the supervisor's environment, but the test knob.
+                env={k: v for k, v in os.environ.items() if k == "ANYNS_FORCE_FALLBACK"},
                 # Its own process group: a ^C meant for the supervisor must
                 # not kill the zygote or the containers behind the
                 # supervisor's back; the supervisor kills them itself.
@@ -390,7 +391,7 @@ class Supervisor(metaclass=NoPublicConstructor):
     def _connection(self) -> _ZygoteConnection:
         zygote = self._zygote
         if zygote is None or zygote.error is not None:
-            zygote = self._zygote = _ZygoteConnection(self._adopt_orphan)
+            zygote = self._zygote = _ZygoteConnection(self._adopt_orphan, self._newroot)
             self._nursery.start_soon(zygote.serve_replies)
         return zygote
 

@@ -25,8 +25,9 @@ import _socket
 import gc
 import os
 import struct
+import time
 
-from . import _child, _protocol
+from . import _child, _protocol, _skeleton
 from ._sys import _consts as C
 from ._sys import _libc
 
@@ -34,6 +35,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+_monotonic = time.monotonic
 _CLONE_BASE = C.CLONE_PIDFD | C.CLONE_PARENT | C.CLONE_CLEAR_SIGHAND
 _FDS_PER_SPAWN = 4
 
@@ -58,10 +60,20 @@ _pack_fd = struct.Struct("i").pack
 class Zygote:
     """The serving loop and its plan cache."""
 
-    def __init__(self, sock: _socket.socket, supervisor_pidfd: int) -> None:
+    def __init__(self, sock: _socket.socket, supervisor_pidfd: int, newroot: str) -> None:
         self.sock = sock
         self.supervisor_pidfd = supervisor_pidfd
+        self.newroot = newroot
         self.plans: dict[int, tuple[int, _child.Linked, _child.Meta]] = {}
+        #: prebuilt root trees, shared by every plan with the same skeleton:
+        #: key -> [fd, built at (monotonic)]; the fd holder is what the linked
+        #: attach_skeleton op reads, so a rebuild reaches those plans too
+        self.skeletons: dict[str, list[Any]] = {}
+        #: None until the first build says whether detached trees work here
+        # ANYNS_FORCE_FALLBACK=detached-trees forces the other rung (for tests).
+        forced = "detached-trees" in os.environ.get("ANYNS_FORCE_FALLBACK", "")
+        self.detached_trees: bool | None = False if forced else None
+        self.next_refresh = float("inf")
 
     def serve(self) -> None:
         """Serve until the supervisor closes its end."""
@@ -92,6 +104,9 @@ class Zygote:
         request_id = 0
         try:
             tag, request_id, plan_id, body = _protocol.decode(data)
+            if tag == _protocol.DROP:
+                self.plans.pop(plan_id, None)
+                return
             if tag != _protocol.SPAWN:
                 raise ValueError(f"unknown request {tag!r}")
             if len(fds) != _FDS_PER_SPAWN:
@@ -103,6 +118,8 @@ class Zygote:
             self.fail(request_id, 0, "protocol", "recvmsg", f"bad request: {e}")
             return
         flags, linked, meta = plan
+        if self.skeletons and _monotonic() > self.next_refresh:
+            self._refresh_skeletons()
         try:
             pid, pidfd = _libc.clone3(_CLONE_BASE | flags, 0)
         except OSError as e:
@@ -123,12 +140,50 @@ class Zygote:
     ) -> tuple[int, _child.Linked, _child.Meta]:
         if body is None:
             raise ValueError(f"unknown plan {plan_id} and no plan sent")
-        linked, meta = _child.link(body["ops"])
+        ops = body["ops"]
+        holder = None
+        skeleton = body.get("skeleton")
+        if skeleton is not None:
+            holder = self._skeleton(skeleton)
+            if holder is None:  # no detached trees here: the child builds the root itself
+                at = next(i for i, op in enumerate(ops) if op[1] == "attach_skeleton")
+                ops = [*ops[:at], *_skeleton.expand_for_child(skeleton, self.newroot), *ops[at + 1:]]
+        linked, meta = _child.link(ops, holder)
         plan = self.plans[plan_id] = (int(body["flags"]), linked, meta)
         return plan
 
+    def _skeleton(self, ops: list[Any]) -> list[Any] | None:
+        """The holder of a prebuilt root tree for ``ops``, or None where the kernel can't."""
+        key = _protocol.dumps(ops)
+        holder = self.skeletons.get(key)
+        if holder is not None or self.detached_trees is False:
+            return holder
+        try:
+            fd = _skeleton.build_in_zygote(ops)
+        except OSError:
+            # Refused by the kernel, or a host path is missing: the child runs
+            # the same steps and reports a failure precisely.
+            if self.detached_trees is None:
+                self.detached_trees = False
+            return None
+        self.detached_trees = True
+        holder = self.skeletons[key] = [fd, ops]
+        self.next_refresh = min(self.next_refresh, _monotonic() + _skeleton.MAX_AGE)
+        return holder
 
-def main(sock_fd: int, supervisor_pid: int) -> None:
+    def _refresh_skeletons(self) -> None:
+        """Rebuild every root tree, so replaced host files reach new containers."""
+        for holder in self.skeletons.values():
+            try:
+                fd = _skeleton.build_in_zygote(holder[1])
+            except OSError:
+                continue  # keep the old tree
+            os.close(holder[0])
+            holder[0] = fd
+        self.next_refresh = _monotonic() + _skeleton.MAX_AGE
+
+
+def main(sock_fd: int, supervisor_pid: int, newroot: str) -> None:
     """Zygote entry point."""
     # Die with the supervisor thread that started us; then make sure it had
     # not already died before the prctl (we would have been reparented).
@@ -143,7 +198,7 @@ def main(sock_fd: int, supervisor_pid: int) -> None:
     # Device nodes and mount points get exactly the modes the plan asks for;
     # the child sets the program's umask before execve.
     os.umask(0)
-    zygote = Zygote(sock, supervisor_pidfd)
+    zygote = Zygote(sock, supervisor_pidfd, newroot)
     sock.send(_protocol.encode(_protocol.HELLO, _protocol.PROTOCOL_VERSION, os.getpid()))
     _child.warm_up()
     # Keep the pages the children share clean: no collection will touch them

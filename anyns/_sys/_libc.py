@@ -177,6 +177,50 @@ def mount_setattr(dfd: int, path: bytes, flags: int, attr_set: int, attr_clr: in
         raise _fail("mount_setattr", path)
 
 
+def open_tree(dfd: int, path: bytes, flags: int) -> int:
+    """open_tree(2), Linux 5.2: with OPEN_TREE_CLONE, a detached copy of a mount (tree)."""
+    fd: int = _syscall(ctypes.c_long(C.SYS_open_tree), ctypes.c_int(dfd), ctypes.c_char_p(path), ctypes.c_uint(flags))
+    if fd < 0:
+        raise _fail("open_tree", path)
+    return fd
+
+
+def move_mount(from_dfd: int, from_path: bytes, to_dfd: int, to_path: bytes, flags: int) -> None:
+    """move_mount(2), Linux 5.2: attach a detached mount, or move one."""
+    if _syscall(
+        ctypes.c_long(C.SYS_move_mount), ctypes.c_int(from_dfd), ctypes.c_char_p(from_path),
+        ctypes.c_int(to_dfd), ctypes.c_char_p(to_path), ctypes.c_uint(flags),
+    ) != 0:
+        raise _fail("move_mount", to_path)
+
+
+def fsopen(fsname: bytes, flags: int) -> int:
+    """fsopen(2), Linux 5.2."""
+    fd: int = _syscall(ctypes.c_long(C.SYS_fsopen), ctypes.c_char_p(fsname), ctypes.c_uint(flags))
+    if fd < 0:
+        raise _fail("fsopen")
+    return fd
+
+
+def fsconfig(fd: int, cmd: int, key: bytes | None, value: bytes | None, aux: int) -> None:
+    """fsconfig(2), Linux 5.2."""
+    if _syscall(
+        ctypes.c_long(C.SYS_fsconfig), ctypes.c_int(fd), ctypes.c_uint(cmd), ctypes.c_char_p(key),
+        ctypes.c_char_p(value), ctypes.c_int(aux),
+    ) != 0:
+        raise _fail("fsconfig")
+
+
+def fsmount(fsfd: int, flags: int, attr_flags: int) -> int:
+    """fsmount(2), Linux 5.2: a detached mount of a configured filesystem."""
+    fd: int = _syscall(
+        ctypes.c_long(C.SYS_fsmount), ctypes.c_int(fsfd), ctypes.c_uint(flags), ctypes.c_uint(attr_flags)
+    )
+    if fd < 0:
+        raise _fail("fsmount")
+    return fd
+
+
 def set_interface_up(name: bytes) -> None:
     """SIOCSIFFLAGS(IFF_UP) on interface ``name`` of the current network namespace.
 
