@@ -248,6 +248,7 @@ _WARM_UP_CALLS = (
     ("sethostname", (b"x" * 65,)),  # EINVAL: longer than HOST_NAME_MAX
     ("interface_up", (b"anyns-none",)),
     ("pdeathsig", ()),
+    ("attach_skeleton", ([-1], _NOWHERE)),  # EBADF
     ("execve", ((_NOWHERE,), (b"x",), {b"A": b"B"})),
 )
 
@@ -268,6 +269,11 @@ def warm_up(rounds: int = 20) -> None:
                 OPS[name](rt, *args)
             except (OSError, ValueError):
                 pass
+        # The calls behind stdio, close_fds and signals, made harmless:
+        os.dup2(0, 0)
+        _libc.close_range(0x7FFFFFFE, 0x7FFFFFFF, C.CLOSE_RANGE_CLOEXEC)
+        _signal.signal(_SIGPIPE, _signal.SIG_IGN)  # as CPython set it
+        _signal.pthread_sigmask(_signal.SIG_BLOCK, ())
 
 
 def link(ops: Sequence[Sequence[Any]], skeleton: list[int] | None = None) -> tuple[Linked, Meta]:

@@ -8,6 +8,8 @@ at setup time, as a ``SetupError`` naming the path.
 from __future__ import annotations
 
 import enum
+import functools
+import operator
 import os
 import posixpath
 from collections.abc import Iterable, Iterator, Mapping
@@ -60,6 +62,12 @@ def _check_text(where: str, value: str) -> None:
         raise _fail(where, f"expected a str, got {type(value).__name__}")
     if "\0" in value:
         raise _fail(where, "contains a NUL byte")
+    try:
+        # What the zygote does with it (it runs in UTF-8 mode): bytes that
+        # os.fsdecode turned into surrogates survive, other lone surrogates don't.
+        value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raise _fail(where, f"cannot be encoded as a file system string: {value!r}") from None
 
 
 def _check_abs_path(where: str, value: str) -> None:
@@ -226,11 +234,13 @@ def _to_mounts(value: Iterable[Mount]) -> tuple[Mount, ...]:
     return tuple(value)
 
 
+_ALL_NAMESPACES: Final = functools.reduce(operator.or_, Namespaces, 0)
+
+
 def _to_namespaces(value: Any) -> Namespaces:
-    try:
-        return Namespaces(value)
-    except (ValueError, TypeError):
-        raise _fail("namespaces", f"expected an anyns.Namespaces flag set, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, int) or int(value) & ~_ALL_NAMESPACES or value < 0:
+        raise _fail("namespaces", f"expected an anyns.Namespaces flag set, got {value!r}")
+    return Namespaces(value)
 
 
 @attrs.frozen(kw_only=True)
@@ -276,7 +286,7 @@ class ContainerSpec:
             _check_text("hostname", self.hostname)
             if Namespaces.UTS not in self.namespaces:
                 raise _fail("hostname", "setting a hostname needs Namespaces.UTS")
-            encoded = self.hostname.encode()
+            encoded = self.hostname.encode("utf-8", "surrogateescape")
             if not encoded or len(encoded) > _MAX_HOSTNAME:
                 raise _fail("hostname", f"must be 1 to {_MAX_HOSTNAME} bytes, got {len(encoded)}")
         for i, mount in enumerate(self.mounts):

@@ -552,6 +552,38 @@ class Supervisor(metaclass=NoPublicConstructor):
         after the exit it holds a failure record, or nothing if execve succeeded.
         """
         captured: dict[str, bytes] = {}
+        if stdio.parent_in < 0 and stdio.parent_out < 0 and stdio.parent_err < 0:
+            # No pipes to serve, so no nursery (the common case at scale).
+            task_status.started(container)
+            await container._wait_and_reap()
+        else:
+            await self._serve_stdio(container, stdio, feed, capture_stdout, capture_stderr, captured, task_status)
+        assert container.returncode is not None
+        if err_r >= 0:
+            failure = await _read_to_eof(err_r, _protocol.MAX_FAILURE)
+            if failure:
+                raise _setup_error(*_protocol.decode_failure(failure))
+        done = CompletedContainer(
+            container.spec.argv, container.returncode,
+            captured.get("stdout") if capture_stdout else None,
+            captured.get("stderr") if capture_stderr else None,
+            container.pid,
+        )
+        if check and done.returncode != 0:
+            raise ContainerFailed(done.returncode, container.spec.argv, done.stdout, done.stderr)
+        return done
+
+    async def _serve_stdio(
+        self,
+        container: Container,
+        stdio: _Stdio,
+        feed: bytes | None,
+        capture_stdout: bool,
+        capture_stderr: bool,
+        captured: dict[str, bytes],
+        task_status: trio.TaskStatus[Container],
+    ) -> None:
+        """Feed stdin, collect or hand out stdout/stderr, until the container is reaped."""
         streams: list[trio.lowlevel.FdStream] = []
 
         def stream(fd: int) -> trio.lowlevel.FdStream:
@@ -586,20 +618,6 @@ class Supervisor(metaclass=NoPublicConstructor):
             with trio.CancelScope(shield=True):
                 for s in streams:
                     await s.aclose()
-        assert container.returncode is not None
-        if err_r >= 0:
-            failure = await _read_to_eof(err_r, _protocol.MAX_FAILURE)
-            if failure:
-                raise _setup_error(*_protocol.decode_failure(failure))
-        done = CompletedContainer(
-            container.spec.argv, container.returncode,
-            captured.get("stdout") if capture_stdout else None,
-            captured.get("stderr") if capture_stderr else None,
-            container.pid,
-        )
-        if check and done.returncode != 0:
-            raise ContainerFailed(done.returncode, container.spec.argv, done.stdout, done.stderr)
-        return done
 
     async def _ensure_reaped(self, container: Container) -> None:
         """Kill and reap ``container`` unless it already was; shielded, so always completes."""
