@@ -50,6 +50,9 @@ StdoutArg = int | IO[Any] | None
 _ZYGOTE_FILE: Final = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_zygote_main.py")
 _PACKAGE_DIR: Final = os.path.dirname(os.path.abspath(__file__))
 _READ_CHUNK: Final = 65536
+#: how long a cancelled spawn waits for the zygote's answer before leaving the
+#: container to the reply reader (only a hung zygote takes this long)
+_ABANDON_AFTER: Final = 5.0
 
 
 # --------------------------------------------------------------------------- zygote
@@ -396,10 +399,8 @@ class Supervisor(metaclass=NoPublicConstructor):
         return zygote
 
     def _adopt_orphan(self, pidfd: int) -> None:
-        """A container nobody waits for any more (its spawn was cancelled): kill and reap it."""
-        with suppress(ProcessLookupError):
-            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-        self._nursery.start_soon(_reap_orphan, pidfd)
+        """A container nobody waits for any more (a late answer): kill and reap it."""
+        self._nursery.start_soon(_kill_and_reap, pidfd)
 
     def _plan(self, spec: ContainerSpec) -> tuple[int, Plan]:
         cached = self._plans.get(spec)
@@ -426,16 +427,21 @@ class Supervisor(metaclass=NoPublicConstructor):
                 pending = await self._connection().request_spawn(plan_id, plan, fds)
             except _RequestNotSent as e:
                 raise ZygoteError(f"the zygote died and a new one did not take requests: {e}") from None
-        answered = False
         try:
             await pending.event.wait()
-            answered = True
-        finally:
-            if not answered:  # cancelled: whoever holds the pidfd must kill and reap
-                if not pending.event.is_set():
-                    pending.abandoned = True  # the reply reader will
-                elif pending.pidfd >= 0:
-                    self._adopt_orphan(pending.pidfd)
+        except BaseException:
+            # Cancelled before the answer: the container may exist already.
+            # Nothing may outlive this call, so wait (shielded; the zygote
+            # answers in well under a millisecond) and kill and reap it.
+            with trio.move_on_after(_ABANDON_AFTER) as scope:
+                scope.shield = True
+                await pending.event.wait()
+                if pending.pidfd >= 0:
+                    await _kill_and_reap(pending.pidfd)
+                    pending.pidfd = -1
+            if not pending.event.is_set():
+                pending.abandoned = True  # a hung zygote: the reply reader adopts it later
+            raise
         if pending.error is not None:
             raise pending.error
         container: Container = Container._create(spec, pending.pid, pending.pidfd)
@@ -655,8 +661,11 @@ async def _collect(stream: trio.lowlevel.FdStream, into: dict[str, bytes], name:
     into[name] = b"".join(chunks)
 
 
-async def _reap_orphan(pidfd: int) -> None:
+async def _kill_and_reap(pidfd: int) -> None:
+    """SIGKILL a container nobody owns, wait for it, reap it, close its pidfd; shielded."""
     with trio.CancelScope(shield=True):
+        with suppress(ProcessLookupError):
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
         await trio.lowlevel.wait_readable(pidfd)
         with suppress(ChildProcessError):
             os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG)  # noqa: ASYNC222 - WNOHANG
