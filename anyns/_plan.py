@@ -170,9 +170,11 @@ def compile_plan(spec: ContainerSpec, host: HostLayout) -> Plan:
         b.op("rootfs", "attach_skeleton", "/", host.newroot)
     else:
         _dir_rootfs(b, spec.rootfs)
-        for step, path in (("dev", "/dev"), ("tmp", "/tmp"), ("proc", "/proc")):
-            b.op(step, "ensure_dir", path, b.at(path))
+    # A directory root must have the mount points already, as real directories.
+    ensure = skeleton is None
 
+    if ensure:
+        b.op("dev", "ensure_dir", "/dev", b.at("/dev"))
     b.mount("dev", "tmpfs", "/dev", "tmpfs", MS_NOSUID | MS_STRICTATIME, "mode=0755,size=64k")
     for name, major, minor in DEVICES:
         b.op("dev", "mknod", f"/dev/{name}", b.at(f"/dev/{name}"), 0o666, major, minor)
@@ -186,8 +188,12 @@ def compile_plan(spec: ContainerSpec, host: HostLayout) -> Plan:
     for target, name in _DEV_LINKS:
         b.op("dev", "symlink", f"/dev/{name}", target, b.at(f"/dev/{name}"))
 
+    if ensure:
+        b.op("tmp", "ensure_dir", "/tmp", b.at("/tmp"))
     b.mount("tmp", "tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
 
+    if ensure:
+        b.op("proc", "ensure_dir", "/proc", b.at("/proc"))
     b.mount("proc", "proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
 
     for mount in spec.mounts:
