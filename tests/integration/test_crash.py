@@ -1,0 +1,118 @@
+"""Nothing outlives its owner: a killed supervisor, or runs cancelled at random points."""
+
+from __future__ import annotations
+
+import functools
+import os
+import random
+import select
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import trio
+
+import anyns
+
+_SCRIPT = textwrap.dedent(
+    """
+    import functools, trio, anyns
+
+    async def main():
+        spec = anyns.ContainerSpec(argv=["sleep", "1000"])
+        async with anyns.open_supervisor() as sup, trio.open_nursery() as nursery:
+            run = functools.partial(sup.run, check=False)
+            boxes = [await nursery.start(run, spec) for _ in range(20)]
+            print(sup._zygote.process.pid, *(b.pid for b in boxes), flush=True)
+            await trio.sleep_forever()
+
+    trio.run(main)
+    """
+)
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _wait_all_exited(pidfds: list[int], timeout: float) -> list[int]:
+    """Wait until every pidfd reports its process exited; return those that did not in time."""
+    poller = select.poll()
+    for fd in pidfds:
+        poller.register(fd, select.POLLIN)
+    pending = set(pidfds)
+    deadline = time.monotonic() + timeout
+    while pending and (left := deadline - time.monotonic()) > 0:
+        for fd, _event in poller.poll(left * 1000):
+            pending.discard(fd)
+            poller.unregister(fd)
+    return sorted(pending)
+
+
+def test_supervisor_killed_takes_zygote_and_containers_along() -> None:
+    """SIGKILL of the supervisor process: within a second, no zygote and no container is left."""
+    proc = subprocess.Popen([sys.executable, "-c", _SCRIPT], stdout=subprocess.PIPE, text=True)
+    pidfds: list[int] = []
+    try:
+        assert proc.stdout is not None
+        pids = [int(p) for p in proc.stdout.readline().split()]
+        assert len(pids) == 21
+        assert all(_alive(pid) for pid in pids)
+        pidfds = [os.pidfd_open(pid) for pid in pids]
+
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+        assert _wait_all_exited(pidfds, timeout=1.0) == []
+    finally:
+        for fd in pidfds:
+            os.close(fd)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def _gone(pids: list[int]) -> bool:
+    return not any(os.path.exists(f"/proc/{pid}") for pid in pids)
+
+
+async def test_cancelled_runs_leave_nothing_behind() -> None:
+    """Runs cancelled at random points: each container is reaped by the time its run returns."""
+    rng = random.Random(7)
+    specs = [
+        anyns.ContainerSpec(argv=["sleep", "0.05"]),
+        anyns.ContainerSpec(argv=["cat"]),
+        anyns.ContainerSpec(argv=["true"]),
+    ]
+    pids: list[int] = []
+    leftovers: list[int] = []
+    limiter = trio.CapacityLimiter(16)
+    async with anyns.open_supervisor() as sup:
+
+        async def one() -> None:
+            mine: list[int] = []
+            async with limiter, trio.open_nursery() as outer:
+                # the cancel lands before the spawn, during setup, or while it runs
+                outer.cancel_scope.deadline = trio.current_time() + rng.random() * 0.02
+                async with trio.open_nursery() as nursery:
+                    box = await nursery.start(functools.partial(sup.run, check=False), rng.choice(specs))
+                    mine.append(box.pid)
+            pids.extend(mine)
+            if not _gone(mine):
+                leftovers.extend(mine)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(300):
+                nursery.start_soon(one)
+        assert sup._running == set()
+    assert pids, "no container started at all: the test proves nothing"
+    assert leftovers == []
