@@ -18,8 +18,8 @@ import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager, suppress
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager, suppress
 from typing import IO, Any, Final, final
 
 import attrs
@@ -598,32 +598,48 @@ class Supervisor(metaclass=NoPublicConstructor):
             return s
 
         try:
-            async with trio.open_nursery() as nursery:
-                if stdio.parent_in >= 0:
-                    sin = stream(stdio.parent_in)
-                    if feed is not None:
-                        nursery.start_soon(_feed, sin, feed)
-                    else:
-                        container.stdin = sin
-                if stdio.parent_out >= 0:
-                    sout = stream(stdio.parent_out)
-                    if capture_stdout:
-                        nursery.start_soon(_collect, sout, captured, "stdout")
-                    else:
-                        container.stdout = sout
-                if stdio.parent_err >= 0:
-                    serr = stream(stdio.parent_err)
-                    if capture_stderr:
-                        nursery.start_soon(_collect, serr, captured, "stderr")
-                    else:
-                        container.stderr = serr
-                stdio.parent_in = stdio.parent_out = stdio.parent_err = -1  # the streams own them
-                task_status.started(container)
-                await container._wait_and_reap()
+            with _single_exceptions():
+                async with trio.open_nursery() as nursery:
+                    self._start_streams(nursery, container, stdio, feed, capture_stdout, capture_stderr,
+                                        captured, stream)
+                    task_status.started(container)
+                    await container._wait_and_reap()
         finally:
             with trio.CancelScope(shield=True):
                 for s in streams:
                     await s.aclose()
+
+    def _start_streams(
+        self,
+        nursery: trio.Nursery,
+        container: Container,
+        stdio: _Stdio,
+        feed: bytes | None,
+        capture_stdout: bool,
+        capture_stderr: bool,
+        captured: dict[str, bytes],
+        stream: Callable[[int], trio.lowlevel.FdStream],
+    ) -> None:
+        """Wrap the supervisor's pipe ends in streams: fed or collected here, or handed out."""
+        if stdio.parent_in >= 0:
+            sin = stream(stdio.parent_in)
+            if feed is not None:
+                nursery.start_soon(_feed, sin, feed)
+            else:
+                container.stdin = sin
+        if stdio.parent_out >= 0:
+            sout = stream(stdio.parent_out)
+            if capture_stdout:
+                nursery.start_soon(_collect, sout, captured, "stdout")
+            else:
+                container.stdout = sout
+        if stdio.parent_err >= 0:
+            serr = stream(stdio.parent_err)
+            if capture_stderr:
+                nursery.start_soon(_collect, serr, captured, "stderr")
+            else:
+                container.stderr = serr
+        stdio.parent_in = stdio.parent_out = stdio.parent_err = -1  # the streams own them
 
     async def _ensure_reaped(self, container: Container) -> None:
         """Kill and reap ``container`` unless it already was; shielded, so always completes."""
@@ -673,6 +689,27 @@ async def _kill_and_reap(pidfd: int) -> None:
         os.close(pidfd)
 
 
+@contextmanager
+def _single_exceptions() -> Iterator[None]:
+    """Let a lone exception out of an internal nursery as itself, not in an ExceptionGroup.
+
+    anyns's own nurseries only host helper tasks, so with trio's strict
+    exception groups (the default since 0.25) a caller's ``ExecError`` or
+    ``ContainerFailed`` would otherwise arrive wrapped in a group of one.
+    """
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) != 1 or isinstance(group.exceptions[0], BaseExceptionGroup):
+            raise
+        exc = group.exceptions[0]
+        context = exc.__context__
+        try:
+            raise exc  # the group only wrapped it: keep exc's own __cause__
+        finally:
+            exc.__context__ = context
+
+
 @asynccontextmanager
 async def open_supervisor() -> AsyncIterator[Supervisor]:
     """Start a supervisor (and its zygote); on exit, kill and reap every container it started.
@@ -682,13 +719,14 @@ async def open_supervisor() -> AsyncIterator[Supervisor]:
         async with anyns.open_supervisor() as sup:
             done = await sup.run(anyns.ContainerSpec(argv=["hostname"]), capture_stdout=True)
     """
-    async with trio.open_nursery() as nursery:
-        supervisor: Supervisor = Supervisor._create(nursery)
-        try:
-            supervisor._connection()  # start the zygote now, from this thread
-            yield supervisor
-        finally:
-            with trio.CancelScope(shield=True):
-                await supervisor._aclose()
-            nursery.cancel_scope.cancel()
+    with _single_exceptions():
+        async with trio.open_nursery() as nursery:
+            supervisor: Supervisor = Supervisor._create(nursery)
+            try:
+                supervisor._connection()  # start the zygote now, from this thread
+                yield supervisor
+            finally:
+                with trio.CancelScope(shield=True):
+                    await supervisor._aclose()
+                nursery.cancel_scope.cancel()
 
