@@ -1,0 +1,206 @@
+"""Many containers, cancellation, supervisor exit, zygote death, and the zygote's imports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from functools import partial
+
+import trio
+from _util import alive, children_of_me, is_zombie_or_gone, lines, read, read_lines, sh, sh_spec
+
+import anyns
+
+SLEEP = anyns.ContainerSpec(argv=["sleep", "1000"])
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(anyns.__file__)))
+
+
+async def test_200_containers_at_once(sup: anyns.Supervisor) -> None:
+    """200 concurrent containers each run their own spec and report their own output."""
+    results: dict[int, anyns.CompletedContainer] = {}
+
+    async def one(i: int) -> None:
+        spec = sh_spec('echo "$ID $(hostname) $$"', hostname=f"box{i}",
+                       env={"PATH": "/usr/bin:/bin", "ID": str(i)})
+        results[i] = await sup.run(spec, capture_stdout=True, capture_stderr=True)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(200):
+            nursery.start_soon(one, i)
+    assert sorted(results) == list(range(200))
+    for i, done in results.items():
+        assert (done.returncode, done.stdout, done.stderr) == (0, f"{i} box{i} 1\n".encode(), b"")
+    assert len({done.pid for done in results.values()}) == 200
+
+
+async def test_200_running_at_the_same_time(sup: anyns.Supervisor) -> None:
+    """200 containers can be alive at once, each its own pid 1, and all are reaped."""
+    async with trio.open_nursery() as nursery:
+        boxes = [await nursery.start(partial(sup.run, SLEEP, check=False)) for _ in range(200)]
+        alive = children_of_me()
+        assert all(alive.get(box.pid) == "sleep 1000" for box in boxes)
+        assert all(box.ns_pid == 1 for box in boxes)
+        assert len({box.namespaces["pid"] for box in boxes}) == 200
+        for box in boxes:
+            box.kill()
+    assert all(box.returncode == -9 for box in boxes)
+    assert all(is_zombie_or_gone(box.pid) and box.pid not in children_of_me() for box in boxes)
+
+
+async def test_cancelled_container_is_killed_and_reaped(sup: anyns.Supervisor) -> None:
+    """Cancelling a started run kills and reaps its container within a second."""
+    with trio.fail_after(1):
+        async with trio.open_nursery() as nursery:
+            box = await nursery.start(sup.run, SLEEP)
+            assert box.pid in children_of_me()
+            nursery.cancel_scope.cancel()
+    assert box.returncode == -9
+    assert not alive(box.pid)
+    assert box.pid not in children_of_me()
+
+
+async def test_cancelled_plain_run_is_killed_and_reaped(sup: anyns.Supervisor) -> None:
+    """Cancelling a plain ``await sup.run`` kills and reaps its container before it returns."""
+    r, w = os.pipe2(os.O_CLOEXEC)
+    pid = 0
+    try:
+        with trio.CancelScope() as scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(partial(sup.run, sh_spec("echo ready; exec sleep 1000"),
+                                           stdout=w))
+                os.set_blocking(r, False)
+                await trio.lowlevel.wait_readable(r)
+                assert os.read(r, 100) == b"ready\n"
+                [pid] = set(children_of_me()) - {_zygote_pid(sup)}
+                scope.cancel()
+        assert scope.cancelled_caught
+        assert not alive(pid)
+    finally:
+        trio.lowlevel.notify_closing(r)
+        os.close(r)
+        os.close(w)
+
+
+async def test_cancel_at_any_point_of_a_spawn_leaves_nothing() -> None:
+    """Runs cancelled after 0, 1, 2… scheduler steps (mid-spawn included) leave no process."""
+    before = set(children_of_me())
+    async with anyns.open_supervisor() as sup:
+        await sh(sup, "true")  # the zygote is up and the plan cache warm
+        for steps in range(40):
+            with trio.CancelScope() as scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(sup.run, SLEEP)
+                    for _ in range(steps):
+                        await trio.lowlevel.checkpoint()
+                    scope.cancel()
+            assert scope.cancelled_caught
+        done = await sh(sup, "echo after")
+        assert done.stdout == b"after\n"
+    assert set(children_of_me()) <= before
+
+
+async def test_leaving_supervisor_kills_running_containers() -> None:
+    """Leaving open_supervisor kills and reaps containers started in an outer nursery."""
+    async with trio.open_nursery() as outer:
+        async with anyns.open_supervisor() as sup:
+            boxes = [await outer.start(partial(sup.run, SLEEP, check=False)) for _ in range(5)]
+            zygote = _zygote_pid(sup)
+            assert {box.pid for box in boxes} <= set(children_of_me())
+        assert all(box.returncode == -9 for box in boxes)
+        left = children_of_me()
+        assert not {box.pid for box in boxes} & set(left)
+        assert zygote not in left
+    assert not any(alive(box.pid) for box in boxes)
+
+
+async def test_error_in_supervisor_block_kills_containers() -> None:
+    """An exception leaving open_supervisor still kills and reaps every container."""
+    boxes: list[anyns.Container] = []
+    caught: list[BaseException] = []
+    try:  # except*: the nursery may wrap it in a group (trio's strict_exception_groups)
+        async with trio.open_nursery() as outer, anyns.open_supervisor() as sup:
+            boxes.append(await outer.start(partial(sup.run, SLEEP, check=False)))
+            raise RuntimeError("boom")
+    except* RuntimeError as group:
+        caught.extend(group.exceptions)
+    assert [str(err) for err in caught] == ["boom"]
+    assert [box.returncode for box in boxes] == [-9]
+    assert not alive(boxes[0].pid)
+
+
+def _zygote_pid(sup: anyns.Supervisor) -> int:
+    """The current zygote's pid (a private detail, as the test contract allows)."""
+    assert sup._zygote is not None
+    return sup._zygote.process.pid
+
+
+async def test_zygote_death_spares_running_containers(sup: anyns.Supervisor) -> None:
+    """After the zygote is killed, running containers keep running and a new zygote serves."""
+    async with trio.open_nursery() as nursery:
+        box = await nursery.start(partial(sup.run, anyns.ContainerSpec(argv=["cat"]),
+                                          stdin=anyns.PIPE, stdout=anyns.PIPE))
+        old = _zygote_pid(sup)
+        pidfd = os.pidfd_open(old)
+        try:
+            os.kill(old, signal.SIGKILL)
+            await trio.lowlevel.wait_readable(pidfd)  # it has exited
+        finally:
+            trio.lowlevel.notify_closing(pidfd)
+            os.close(pidfd)
+        done = await sh(sup, "echo new-zygote")
+        assert done.stdout == b"new-zygote\n"
+        assert _zygote_pid(sup) != old
+        await box.stdin.send_all(b"still alive\n")
+        assert await read_lines(box.stdout, 1) == ["still alive"]
+        await box.stdin.aclose()
+    assert box.returncode == 0
+
+
+async def test_next_spawn_after_zygote_exit_works(sup: anyns.Supervisor) -> None:
+    """The first spawn after the zygote has exited succeeds on a new zygote (no ZygoteError)."""
+    await sh(sup, "true")
+    old = _zygote_pid(sup)
+    pidfd = os.pidfd_open(old)
+    try:
+        os.kill(old, signal.SIGKILL)
+        # Block on purpose (no trio checkpoint, so the supervisor cannot notice first) until
+        # it has exited; WNOWAIT leaves it for the supervisor to reap.
+        os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOWAIT)  # noqa: ASYNC222
+    finally:
+        os.close(pidfd)
+    done = await sh(sup, "echo new-zygote")
+    assert done.stdout == b"new-zygote\n"
+    assert _zygote_pid(sup) != old
+
+
+async def test_zygote_has_no_trio_mapped(sup: anyns.Supervisor) -> None:
+    """The live zygote runs -I -S and maps nothing of trio (importing trio maps _ssl/libssl)."""
+    await sh(sup, "true")
+    zygote = _zygote_pid(sup)
+    maps = read(f"/proc/{zygote}/maps")
+    assert b"libpython" in maps or b"/python" in maps  # the check reads real mappings
+    for needle in (b"/trio/", b"/attr/", b"/attrs/", b"/pyroute2/", b"/_ssl.", b"libssl"):
+        assert needle not in maps, needle
+    argv = read(f"/proc/{zygote}/cmdline").split(b"\0")
+    assert b"-I" in argv and b"-S" in argv
+
+
+async def test_zygote_module_imports_no_trio(sup: anyns.Supervisor) -> None:
+    """Importing anyns._zygote the way the zygote does pulls in no trio, attrs or pyroute2."""
+    code = (
+        "import sys, types\n"
+        "pkg = types.ModuleType('anyns'); pkg.__path__ = [sys.argv[1]]; sys.modules['anyns'] = pkg\n"
+        "import anyns._zygote\n"
+        "bad = sorted(m for m in sys.modules\n"
+        "             if m.split('.')[0] in {'trio', 'attr', 'attrs', 'pyroute2', 'outcome'})\n"
+        "print(bad)\n"
+    )
+    proc = await trio.run_process(
+        [sys.executable, "-c", code, os.path.join(REPO, "anyns")], capture_stdout=True,
+        capture_stderr=True, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert lines(proc.stdout) == ["[]"]
+    done = await sh(sup, "echo container")  # and the real zygote serves
+    assert done.stdout == b"container\n"

@@ -1,0 +1,112 @@
+"""The exception tree, its messages, pickling, the OSError mapping and diagnose() hints."""
+
+from __future__ import annotations
+
+import errno
+import pickle
+import subprocess
+
+import pytest
+
+import anyns
+from anyns import _errors
+
+
+def test_tree() -> None:
+    """Every anyns error derives from AnynsError, with the documented extra bases."""
+    assert issubclass(anyns.SpecError, ValueError)
+    assert issubclass(anyns.ExecError, anyns.SetupError)
+    assert issubclass(anyns.ContainerFailed, subprocess.CalledProcessError)
+    for cls in (anyns.SpecError, anyns.SetupError, anyns.ExecError, anyns.ContainerFailed,
+                anyns.ZygoteError, anyns.NetworkError, anyns.UnsupportedError):
+        assert issubclass(cls, anyns.AnynsError)
+
+
+def test_setup_error_fields_and_message() -> None:
+    """SetupError keeps its fields and says step, call, path, errno, text and hint in order."""
+    err = anyns.SetupError("mounts", "mount", "/data", errno.ENOENT, "No such file or directory",
+                           "create it")
+    assert (err.step, err.syscall, err.path, err.errno, err.strerror, err.hint) == (
+        "mounts", "mount", "/data", errno.ENOENT, "No such file or directory", "create it")
+    assert str(err) == ("mounts: mount '/data' failed: [Errno 2] No such file or directory "
+                        "(hint: create it)")
+    assert str(anyns.SetupError("protocol", "recvmsg", None, 0, "bad request")) == (
+        "protocol: recvmsg failed: bad request")
+
+
+@pytest.mark.parametrize("err", [
+    anyns.SetupError("rootfs", "mount", "/r", errno.ENOENT, "gone", "hint"),
+    anyns.ExecError("exec", "execve", "/bin/x", errno.EACCES, "denied", None),
+    anyns.ContainerFailed(3, ["/bin/sh", "-c", "exit 3"], b"out", b"err"),
+    anyns.ContainerFailed(-9, ["sleep", "1"]),
+])
+def test_errors_pickle(err: Exception) -> None:
+    """Errors survive pickling (for multiprocessing and trio.to_thread users) unchanged."""
+    copy = pickle.loads(pickle.dumps(err))
+    assert type(copy) is type(err)
+    assert str(copy) == str(err)
+    assert copy.__dict__ == err.__dict__
+
+
+def test_container_failed_messages() -> None:
+    """ContainerFailed names the argv and the exit status or the signal."""
+    assert str(anyns.ContainerFailed(3, ["a", "b"])) == "container ['a', 'b'] exited with status 3"
+    assert str(anyns.ContainerFailed(-9, ["a"])) == "container ['a'] was killed by SIGKILL"
+    assert str(anyns.ContainerFailed(-15, ["a"])) == "container ['a'] was killed by SIGTERM"
+    err = anyns.ContainerFailed(1, ("a",), b"o", b"e")
+    assert (err.returncode, err.cmd, err.stdout, err.output, err.stderr) == (1, ["a"], b"o", b"o",
+                                                                             b"e")
+
+
+@pytest.mark.parametrize(("number", "cls"), [
+    (errno.ENOENT, FileNotFoundError),
+    (errno.EACCES, PermissionError),
+    (errno.EPERM, PermissionError),
+    (errno.ENOTDIR, NotADirectoryError),
+    (errno.EEXIST, FileExistsError),
+    (errno.EROFS, OSError),
+])
+def test_oserror_subclass(number: int, cls: type[OSError]) -> None:
+    """oserror() rebuilds the OSError subclass Python would raise for that errno."""
+    err = _errors.oserror(number, "text", "/p")
+    assert type(err) is cls
+    assert (err.errno, err.strerror, err.filename) == (number, "text", "/p")
+    assert _errors.oserror(number, "", None).strerror  # filled in from os.strerror
+
+
+@pytest.mark.parametrize(("step", "syscall", "number", "path", "expected"), [
+    ("exec", "execve", errno.ENOENT, "/x", "not inside the container's root"),
+    ("exec", "execve", errno.EACCES, "/x", "not executable"),
+    ("exec", "execve", errno.ENOEXEC, "/x", "#! line"),
+    ("clone", "clone3", errno.ENOSPC, None, "max_*_namespaces"),
+    ("clone", "clone3", errno.EAGAIN, None, "process limit"),
+    ("rootfs", "mount", errno.ENOENT, "/r", "root filesystem directory does not exist"),
+    ("dev", "mount", errno.EPERM, "/dev", "CAP_SYS_ADMIN"),
+    ("proc", "mount", errno.EACCES, "/proc", "masked /proc"),
+    ("mounts", "mount", errno.ENOSPC, "/m", "mount-max"),
+    ("mounts", "mount", errno.ENOENT, "/m", "'/m' does not exist"),
+    ("process", "stdio", errno.EMFILE, None, "ulimit -n"),
+])
+def test_diagnose_hints(step: str, syscall: str, number: int, path: str | None,
+                        expected: str) -> None:
+    """diagnose() gives the hint for each known host cause."""
+    hint = _errors.diagnose(step, syscall, number, path)
+    assert hint is not None and expected in hint
+    assert hint == hint.lower() or hint[0].islower()
+
+
+def test_diagnose_clone3_eperm_names_the_cause() -> None:
+    """clone3 EPERM gets a hint about privileges or disabled user namespaces."""
+    hint = _errors.diagnose("clone", "clone3", errno.EPERM, None)
+    assert hint is not None and ("CAP_SYS_ADMIN" in hint or "user namespaces" in hint)
+
+
+@pytest.mark.parametrize(("step", "syscall", "number"), [
+    ("exec", "execve", errno.E2BIG),
+    ("mounts", "mount", errno.EINVAL),
+    ("hostname", "sethostname", errno.EINVAL),
+    ("process", "chdir", errno.ENOENT),
+])
+def test_diagnose_unknown_is_none(step: str, syscall: str, number: int) -> None:
+    """Causes without a known host setting get no hint."""
+    assert _errors.diagnose(step, syscall, number, "/p") is None

@@ -1,0 +1,161 @@
+"""The public surface (exports, names) and the import layering the design requires."""
+
+from __future__ import annotations
+
+import ast
+import os
+import pathlib
+import subprocess
+
+import pytest
+
+import anyns
+
+PACKAGE = pathlib.Path(anyns.__file__).parent
+#: modules the zygote and the cloned child may load: never trio, pyroute2 or attrs
+ZYGOTE_SIDE = ("_child.py", "_zygote.py", "_zygote_main.py", "_protocol.py", "_sys")
+#: modules that must stay synchronous: never trio or pyroute2
+SYNC_SIDE = ("_spec.py", "_plan.py", "_errors.py", *ZYGOTE_SIDE)
+ASYNC_ONLY = {"trio", "pyroute2", "outcome", "sniffio"}
+ATTRS = {"attr", "attrs"}
+
+
+def test_all_names_exist_and_are_public() -> None:
+    """Every name in anyns.__all__ exists; public classes and functions say module 'anyns'."""
+    assert len(set(anyns.__all__)) == len(anyns.__all__)
+    for name in anyns.__all__:
+        obj = getattr(anyns, name)
+        if isinstance(obj, type) or callable(obj):
+            assert obj.__module__ == "anyns", (name, obj.__module__)
+    assert isinstance(anyns.__version__, str) and anyns.__version__
+
+
+def test_contract_names_are_exported() -> None:
+    """The names of the public API contract are all exported."""
+    contract = {"ContainerSpec", "HostRootfs", "DirRootfs", "Namespaces", "Bind", "Tmpfs",
+                "open_supervisor", "Supervisor", "Container", "CompletedContainer", "NamespaceId",
+                "namespaces_of", "PIPE", "DEVNULL", "STDOUT", "AnynsError", "SpecError",
+                "SetupError", "ExecError", "ContainerFailed", "ZygoteError", "NetworkError",
+                "UnsupportedError"}
+    assert contract <= set(anyns.__all__)
+    assert (anyns.PIPE, anyns.DEVNULL, anyns.STDOUT) == (subprocess.PIPE, subprocess.DEVNULL,
+                                                         subprocess.STDOUT)
+    assert issubclass(anyns.CompletedContainer, subprocess.CompletedProcess)
+
+
+@pytest.mark.parametrize("cls", [anyns.Container, anyns.Supervisor])
+def test_handles_have_no_public_constructor(cls: type) -> None:
+    """Container and Supervisor are made by anyns only."""
+    with pytest.raises(TypeError, match="no public constructor"):
+        cls()
+
+
+def test_namespace_id_and_namespaces_of() -> None:
+    """namespaces_of(pid) matches readlink /proc/PID/ns/*; NamespaceId splits kind and inode."""
+    mine = anyns.namespaces_of(os.getpid())
+    for kind, ident in mine.items():
+        assert ident == os.readlink(f"/proc/self/ns/{kind}")
+        assert isinstance(ident, anyns.NamespaceId)
+        assert ident.kind == kind
+        assert ident == f"{kind}:[{ident.inode}]"
+    assert {"mnt", "pid", "net", "uts", "ipc"} <= set(mine)
+
+
+def test_namespaces_of_missing_pid() -> None:
+    """namespaces_of() of a pid that does not exist raises ProcessLookupError."""
+    with open("/proc/sys/kernel/pid_max") as f:
+        missing = int(f.read()) + 1
+    with pytest.raises(ProcessLookupError):
+        anyns.namespaces_of(missing)
+
+
+def _runtime_imports(path: pathlib.Path) -> set[str]:
+    """Top-level names of what ``path`` imports at run time (not under TYPE_CHECKING)."""
+    tree = ast.parse(path.read_text(), str(path))
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(tree)
+    return found
+
+
+def _internal_imports(path: pathlib.Path) -> set[pathlib.Path]:
+    """The anyns modules ``path`` imports (``from . import x``, ``from anyns.x import y``)."""
+    found: set[pathlib.Path] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if not isinstance(node, ast.ImportFrom):
+            continue
+        module = (node.module or "").split(".") if node.module else []
+        if node.level:
+            base = path.parent
+            for _ in range(node.level - 1):
+                base = base.parent
+        elif module[:1] == ["anyns"]:
+            base, module = PACKAGE, module[1:]
+        else:
+            continue
+        target = base.joinpath(*module)
+        candidates = [target.with_suffix(".py"), target / "__init__.py"]
+        for alias in node.names:
+            candidates += [target / f"{alias.name}.py", target / alias.name / "__init__.py"]
+        found.update(c for c in candidates if c.exists() and c != PACKAGE.with_suffix(".py"))
+    return found
+
+
+def _files(entries: tuple[str, ...]) -> list[pathlib.Path]:
+    files: list[pathlib.Path] = []
+    for entry in entries:
+        path = PACKAGE / entry
+        if path.is_dir():
+            files.extend(sorted(path.glob("*.py")))
+        elif path.exists():
+            files.append(path)
+    return files
+
+
+def _closure(start: list[pathlib.Path]) -> set[pathlib.Path]:
+    seen: set[pathlib.Path] = set()
+    todo = list(start)
+    while todo:
+        path = todo.pop()
+        if path in seen or path == PACKAGE / "__init__.py":
+            continue
+        seen.add(path)
+        todo.extend(_internal_imports(path))
+    return seen
+
+
+@pytest.mark.parametrize("module", [str(p.relative_to(PACKAGE)) for p in _files(SYNC_SIDE)])
+def test_sync_layers_never_import_trio(module: str) -> None:
+    """spec, plan, errors, protocol, child, zygote and _sys (and what they import) avoid trio."""
+    for path in _closure([PACKAGE / module]):
+        bad = _runtime_imports(path) & ASYNC_ONLY
+        assert not bad, f"{path.relative_to(PACKAGE)} imports {sorted(bad)}"
+
+
+def test_zygote_side_never_imports_attrs() -> None:
+    """child, zygote, protocol and _sys (and what they import) avoid attrs."""
+    closure = _closure(_files(ZYGOTE_SIDE))
+    assert PACKAGE / "_zygote.py" in closure and PACKAGE / "_child.py" in closure
+    for path in closure:
+        bad = _runtime_imports(path) & ATTRS
+        assert not bad, f"{path.relative_to(PACKAGE)} imports {sorted(bad)}"
+
+
+def test_layering_check_can_see_imports() -> None:
+    """The checker finds the imports it looks for (so the tests above can fail)."""
+    assert "trio" in _runtime_imports(PACKAGE / "_supervisor.py")
+    assert "attrs" in _runtime_imports(PACKAGE / "_spec.py")
+    assert PACKAGE / "_protocol.py" in _internal_imports(PACKAGE / "_child.py")
+    assert PACKAGE / "_plan.py" in _closure([PACKAGE / "_supervisor.py"])

@@ -1,0 +1,149 @@
+"""compile_plan: the documented step order, and what each spec field turns into."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from strategies import specs
+
+import anyns
+from anyns import Namespaces, _child, _plan, _protocol
+
+STEP_ORDER = ("namespaces", "propagation", "rootfs", "dev", "tmp", "proc", "mounts", "pivot_root",
+              "hostname", "network", "process", "pdeathsig", "exec")
+NEWROOT = "/x"
+
+layouts = st.builds(
+    _plan.HostLayout,
+    newroot=st.just(NEWROOT),
+    top_links=st.lists(st.sampled_from([("bin", "usr/bin"), ("lib", "usr/lib"),
+                                        ("sbin", "usr/sbin")]), unique=True).map(tuple),
+    top_dirs=st.lists(st.sampled_from(["lib32", "lib64"]), unique=True).map(tuple),
+    etc_files=st.lists(st.sampled_from(["passwd", "hosts", "group"]), unique=True).map(tuple),
+    etc_dirs=st.lists(st.sampled_from(["ssl", "alternatives"]), unique=True).map(tuple),
+)
+
+
+def compile_(spec: anyns.ContainerSpec, layout: _plan.HostLayout | None = None) -> _plan.Plan:
+    return _plan.compile_plan(spec, layout or _plan.HostLayout(newroot=NEWROOT))
+
+
+def spec(**fields: object) -> anyns.ContainerSpec:
+    fields.setdefault("argv", ["/bin/true"])
+    return anyns.ContainerSpec(**fields)  # type: ignore[arg-type]
+
+
+def first_index(ops: tuple[_plan.Op, ...], step: str) -> int:
+    return next(i for i, op in enumerate(ops) if op[0] == step)
+
+
+def test_step_order_matches_the_module_docstring() -> None:
+    """The order tested here is the one _plan's docstring documents."""
+    doc = _plan.__doc__ or ""
+    listed = re.findall(r"^    ([a-z_]+) ", doc.split("The order")[1], re.MULTILINE)
+    assert tuple(listed) == STEP_ORDER
+
+
+@given(specs(), layouts)
+def test_steps_follow_the_documented_order(spec: anyns.ContainerSpec,
+                                           layout: _plan.HostLayout) -> None:
+    """Ops come in documented step order; pivot_root after all mounts; pdeathsig, then execve."""
+    ops = compile_(spec, layout).ops
+    # A DirRootfs' mount-point checks run early under their own step names: the known
+    # deviation test_dir_rootfs_steps_follow_the_documented_order is about.
+    ranks = [STEP_ORDER.index(step) for step, call, _, _ in ops if call != "ensure_dir"]
+    assert ranks == sorted(ranks)
+    pivot = first_index(ops, "pivot_root")
+    assert "pivot_root" in [call for step, call, _, _ in ops if step == "pivot_root"]
+    after = [call for _, call, _, _ in ops[pivot:]]
+    assert not [c for c in after if ("mount" in c or "bind" in c) and c != "umount2"], after
+    assert ops[-1][:2] == ("exec", "execve")
+    assert ops[-2][:2] == ("pdeathsig", "pdeathsig")
+    assert [op[1] for op in ops].count("execve") == 1
+    assert [op[0] for op in ops].count("pdeathsig") == 1
+
+
+def test_dir_rootfs_steps_follow_the_documented_order() -> None:
+    """With a DirRootfs too, every op (mount-point checks included) is in documented order."""
+    ops = compile_(spec(rootfs=anyns.DirRootfs("/srv/root"))).ops
+    steps = [step for step, _, _, _ in ops]
+    assert steps == sorted(steps, key=STEP_ORDER.index)
+
+
+@given(specs(), layouts)
+def test_namespace_flags(spec: anyns.ContainerSpec, layout: _plan.HostLayout) -> None:
+    """clone3 gets only CLONE_NEWPID; every other namespace is unshared first thing."""
+    plan = compile_(spec, layout)
+    assert plan.clone_flags == int(spec.namespaces & Namespaces.PID)
+    assert plan.ops[0][:2] == ("namespaces", "unshare")
+    assert plan.ops[0][3] == (int(spec.namespaces) & ~int(Namespaces.PID),)
+    assert [op for op in plan.ops if op[1] == "unshare"] == [plan.ops[0]]
+
+
+@given(specs(), layouts)
+def test_fields_become_their_ops(spec: anyns.ContainerSpec, layout: _plan.HostLayout) -> None:
+    """hostname, NET, cwd, mounts, argv and env each show up in their own step."""
+    ops = compile_(spec, layout).ops
+    in_step = lambda step: [op for op in ops if op[0] == step]  # noqa: E731
+    hostname_ops = in_step("hostname")
+    if spec.hostname is None:
+        assert hostname_ops == []
+    else:
+        assert [op[1:] for op in hostname_ops] == [("sethostname", None, (spec.hostname,))]
+    assert bool(in_step("network")) == (Namespaces.NET in spec.namespaces)
+    assert ("process", "chdir", spec.cwd, (spec.cwd,)) in in_step("process")
+    # The spec's mounts are made in their order, each named by its target.
+    paths = [op[2] for op in in_step("mounts")]
+    assert set(paths) == {m.target for m in spec.mounts}
+    firsts = [paths.index(target) for target in dict.fromkeys(m.target for m in spec.mounts)]
+    assert firsts == sorted(firsts)
+    step, call, path, (candidates, argv, env) = ops[-1]
+    assert (step, call, path, argv) == ("exec", "execve", spec.argv[0], spec.argv)
+    assert sorted(env) == sorted(f"{k}={v}" for k, v in spec.env.items())
+    if "/" in spec.argv[0]:
+        assert candidates == (spec.argv[0],)
+    else:
+        assert candidates and all(c.endswith("/" + spec.argv[0]) for c in candidates)
+
+
+@given(specs(), layouts)
+def test_plan_is_pure_and_survives_the_wire(spec: anyns.ContainerSpec,
+                                            layout: _plan.HostLayout) -> None:
+    """Compiling is deterministic, every op is one the child knows, and the plan travels as JSON."""
+    plan = compile_(spec, layout)
+    assert compile_(spec, layout) == plan
+    assert {op[1] for op in plan.ops} <= set(_child.OPS)
+    data = _protocol.encode(_protocol.SPAWN, 1, 1, plan.to_wire())
+    assert len(data) < _protocol.MAX_MESSAGE
+    body = _protocol.decode(data)[3]
+    assert body is not None
+    assert body["flags"] == plan.clone_flags
+    assert body["ops"] == [[step, call, path, list(_lists(args))]
+                           for step, call, path, args in plan.ops]
+
+
+def _lists(args: tuple[object, ...]) -> list[object]:
+    return [list(a) if isinstance(a, tuple) else a for a in args]
+
+
+def test_dir_rootfs_errors_name_the_host_path() -> None:
+    """The first rootfs op of a DirRootfs names its host path, so a failure points at it."""
+    ops = compile_(spec(rootfs=anyns.DirRootfs("/srv/root"))).ops
+    rootfs = [op for op in ops if op[0] == "rootfs"]
+    assert rootfs and rootfs[0][2] == "/srv/root"
+
+
+def test_shared_bind_propagation_is_unsupported() -> None:
+    """Bind(propagation='shared') builds as a spec but compiling it raises UnsupportedError."""
+    s = spec(mounts=[anyns.Bind("/a", "/b", propagation="shared")])
+    with pytest.raises(anyns.UnsupportedError, match="shared"):
+        compile_(s)
+
+
+def test_exec_candidates_follow_path() -> None:
+    """A bare argv[0] is tried in each PATH entry in order, like execvp."""
+    ops = compile_(spec(argv=["tool"], env={"PATH": "/a:/b/:/c"})).ops
+    assert ops[-1][3][0] == ("/a/tool", "/b/tool", "/c/tool")
