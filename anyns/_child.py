@@ -223,6 +223,22 @@ OPS: dict[str, Callable[..., None]] = {
 }
 
 
+#: the syscall an error names when an operation fails in a stdlib call
+#: (``_libc`` wrappers name theirs on the exception)
+_SYSCALL_OF = {
+    "ensure_dir": "mkdir",
+    "mkpath": "mkdir",
+    "mountpoint": "mkdir",
+    "mount_beneath": "mount",
+    "attach_skeleton": "move_mount",
+    "interface_up": "ioctl",
+    "stdio": "dup2",
+    "close_fds": "close_range",
+    "signals": "sigaction",
+    "pdeathsig": "prctl",
+}
+
+
 def _to_bytes(value: Any) -> Any:
     if isinstance(value, str):
         return os.fsencode(value)
@@ -301,7 +317,7 @@ def link(ops: Sequence[Sequence[Any]], skeleton: list[int] | None = None) -> tup
             candidates, argv, env = converted
             converted = (candidates, argv, dict(e.split(b"=", 1) for e in env))
         linked.append((fn, converted))
-        meta.append((str(step), "execve" if call == "execve" else str(call), path))
+        meta.append((str(step), _SYSCALL_OF.get(call, call), path))
     return tuple(linked), tuple(meta)
 
 
@@ -316,6 +332,7 @@ def run(linked: Linked, meta: Meta, rt: Rt) -> NoReturn:
     except BaseException as e:
         try:
             step, call, path = meta[min(index, len(meta) - 1)]
+            call = getattr(e, "syscall", call)  # the exact call, when a _libc wrapper failed
             err = e.errno if isinstance(e, OSError) and e.errno else 0
             message = os.strerror(err) if err else f"{type(e).__name__}: {e}"
             os.write(rt[_ERRPIPE], _protocol.encode_failure(step, call, path, err, message))

@@ -169,6 +169,16 @@ def diagnose(step: str, syscall: str, errno: int, path: str | None) -> str | Non
             return "creating namespaces needs CAP_SYS_ADMIN (run as root) or a user namespace"
         if errno == _errno.EAGAIN:
             return "the process limit was reached (ulimit -u, /proc/sys/kernel/pid_max, or a pids cgroup)"
+    if step in ("dev", "tmp", "proc") and errno in (_errno.EROFS, _errno.ENOTDIR):
+        return (
+            f"the root filesystem needs a real directory {path or '/' + step}: "
+            "create it, or use DirRootfs(path, readonly=False)"
+        )
+    if step == "mounts" and errno == _errno.EROFS:
+        return (
+            "the mount point does not exist and its parent is read-only: "
+            "mount on an existing directory, or below a Tmpfs mount"
+        )
     if step == "rootfs" and errno == _errno.ENOENT:
         return "the root filesystem directory does not exist"
     if syscall == "mount":

@@ -83,7 +83,9 @@ class mount_attr(ctypes.Structure):
 
 def _fail(name: str, path: bytes | str | None = None) -> OSError:
     err = ctypes.get_errno()
-    return OSError(err, f"{name} failed: {os.strerror(err)}", path)
+    error = OSError(err, f"{name} failed: {os.strerror(err)}", path)
+    error.syscall = name  # type: ignore[attr-defined]  # read by the child's failure report
+    return error
 
 
 # One preallocated argument block: clone3 is called once per container from
