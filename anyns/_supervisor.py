@@ -627,18 +627,13 @@ class Supervisor(metaclass=NoPublicConstructor):
                 nursery.start_soon(_feed, sin, feed)
             else:
                 container.stdin = sin
-        if stdio.parent_out >= 0:
-            sout = stream(stdio.parent_out)
-            if capture_stdout:
-                nursery.start_soon(_collect, sout, captured, "stdout")
-            else:
-                container.stdout = sout
-        if stdio.parent_err >= 0:
-            serr = stream(stdio.parent_err)
-            if capture_stderr:
-                nursery.start_soon(_collect, serr, captured, "stderr")
-            else:
-                container.stderr = serr
+        for name, fd, capture in (("stdout", stdio.parent_out, capture_stdout),
+                                  ("stderr", stdio.parent_err, capture_stderr)):
+            if fd >= 0:
+                if capture:
+                    nursery.start_soon(_collect, stream(fd), captured, name)
+                else:
+                    setattr(container, name, stream(fd))
         stdio.parent_in = stdio.parent_out = stdio.parent_err = -1  # the streams own them
 
     async def _ensure_reaped(self, container: Container) -> None:
