@@ -26,7 +26,7 @@ from ._errors import (
     UnsupportedError,
     ZygoteError,
 )
-from ._spec import Bind, ContainerSpec, DirRootfs, Environment, HostRootfs, Namespaces, Tmpfs
+from ._spec import Bind, ContainerSpec, DirRootfs, Environment, HostRootfs, Namespaces, OverlayRootfs, Tmpfs
 from ._supervisor import DEVNULL, PIPE, STDOUT, Supervisor, open_supervisor
 from ._version import __version__
 
@@ -47,6 +47,7 @@ __all__ = [
     "NamespaceId",
     "Namespaces",
     "NetworkError",
+    "OverlayRootfs",
     "SetupError",
     "SpecError",
     "Supervisor",

@@ -75,15 +75,40 @@ def _mountpoint(rt: Rt, source: bytes | None, root: bytes, rel: bytes) -> None:
         pass
 
 
-def _mount_beneath(rt: Rt, source: bytes, root: bytes, rel: bytes, fstype: bytes | None, flags: int,
-                   data: bytes | None, create: int) -> None:
-    """Mount on ``root/rel`` without following any symlink on the way, creating it if missing.
+def _makedirs(rt: Rt, path: bytes) -> None:
+    os.makedirs(path, 0o755, exist_ok=True)
 
-    ``create``: 1 a directory, 3 a directory or a file like ``source``. The
-    mount goes onto ``/proc/self/fd/N`` of the opened mount point, so a link
-    swapped in cannot redirect it (runc CVE-2021-30465).
+
+def _stat(rt: Rt, path: bytes) -> None:
+    os.stat(path)
+
+
+#: detached copies of shared bind sources, made before the tree turns slave
+#: (each child is its own process: this list is private to it)
+_TREES: list[int] = []
+
+
+def _open_tree(rt: Rt, source: bytes, recursive: int) -> None:
+    """Keep a detached copy of ``source``; it stays in the host mount's peer group."""
+    flags = C.OPEN_TREE_CLONE | C.OPEN_TREE_CLOEXEC | (C.AT_RECURSIVE if recursive else 0)
+    _TREES.append(_libc.open_tree(C.AT_FDCWD, source, flags))
+
+
+def _attach_tree(rt: Rt, index: int, source: bytes, root: bytes, rel: bytes) -> None:
+    """Attach the kept copy ``index`` on ``root/rel``, resolved like ``_mount_beneath``."""
+    fd = _open_beneath(root, rel, os.path.isdir(source))
+    try:
+        _libc.move_mount(_TREES[index], b"", fd, b"", C.MOVE_MOUNT_F_EMPTY_PATH | C.MOVE_MOUNT_T_EMPTY_PATH)
+    finally:
+        os.close(fd)
+
+
+def _open_beneath(root: bytes, rel: bytes, is_dir: bool) -> int:
+    """Create ``root/rel`` if missing (a directory, or a file if not ``is_dir``) and open it O_PATH.
+
+    No symlink is followed on the way: the result lies inside ``root``.
     """
-    _mkpath(rt, root, rel, create == 3 and not os.path.isdir(source))
+    _mkpath((), root, rel, not is_dir)  # type: ignore[arg-type]
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for part in rel.split(b"/"):
@@ -91,6 +116,29 @@ def _mount_beneath(rt: Rt, source: bytes, root: bytes, rel: bytes, fstype: bytes
                 next_fd = os.open(part, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
                 os.close(fd)
                 fd = next_fd
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _mount_beneath(rt: Rt, source: bytes, root: bytes, rel: bytes, fstype: bytes | None, flags: int,
+                   data: bytes | None, create: int) -> None:
+    """Mount on ``root/rel`` without following any symlink on the way, creating it if missing.
+
+    ``create``: 1 a directory, 3 a directory or a file like ``source``. The
+    mount goes onto ``/proc/self/fd/N`` of the opened mount point, so no link
+    can redirect it onto the host (runc CVE-2021-30465).
+    """
+    is_dir = True
+    if create == 3:
+        try:
+            is_dir = (os.stat(source).st_mode & 0o170000) == 0o040000
+        except OSError as e:
+            e.anyns_path = source  # type: ignore[attr-defined]  # the error names the source
+            raise
+    fd = _open_beneath(root, rel, is_dir)
+    try:
         _libc.mount(source, b"/proc/self/fd/%d" % fd, fstype, flags, data)
     finally:
         os.close(fd)
@@ -204,6 +252,10 @@ OPS: dict[str, Callable[..., None]] = {
     "mkpath": _mkpath,
     "mountpoint": _mountpoint,
     "mount_beneath": _mount_beneath,
+    "makedirs": _makedirs,
+    "stat": _stat,
+    "open_tree": _open_tree,
+    "attach_tree": _attach_tree,
     "mount_setattr": _mount_setattr,
     "mkdir": _mkdir,
     "ensure_dir": _ensure_dir,
@@ -230,6 +282,8 @@ _SYSCALL_OF = {
     "mkpath": "mkdir",
     "mountpoint": "mkdir",
     "mount_beneath": "mount",
+    "attach_tree": "move_mount",
+    "makedirs": "mkdir",
     "attach_skeleton": "move_mount",
     "interface_up": "ioctl",
     "stdio": "dup2",
@@ -333,6 +387,7 @@ def run(linked: Linked, meta: Meta, rt: Rt) -> NoReturn:
         try:
             step, call, path = meta[min(index, len(meta) - 1)]
             call = getattr(e, "syscall", call)  # the exact call, when a _libc wrapper failed
+            path = os.fsdecode(getattr(e, "anyns_path", None) or path or "") or None
             err = e.errno if isinstance(e, OSError) and e.errno else 0
             message = os.strerror(err) if err else f"{type(e).__name__}: {e}"
             os.write(rt[_ERRPIPE], _protocol.encode_failure(step, call, path, err, message))

@@ -21,16 +21,19 @@ The order (each line a step)::
                  the child itself); done here, in parallel children, rather
                  than in the serial zygote's clone3: a network namespace alone
                  costs the creator ~0.4 ms
-    propagation  make / rslave: nothing the container mounts reaches the host,
-                 host unmounts still reach the container (runc's default)
+    propagation  clone the sources of shared binds (still peers of the host's
+                 mounts), then make / rslave (or rprivate): nothing the
+                 container mounts reaches the host, host unmounts still reach
+                 the container (runc's default)
     rootfs       the new root: a copy of the zygote's prebuilt HostRootfs skeleton
-                 (``_skeleton``: tmpfs, read-only host binds, mount points), or a
-                 bind of a directory
+                 (``_skeleton``: tmpfs, read-only host binds, mount points), a
+                 bind of a directory, or an overlay with its own upper layer
     dev          /dev: tmpfs, device nodes, a devpts instance, /dev/shm
     tmp          /tmp: tmpfs
     proc         /proc for the new pid namespace (before the pivot: in a user
                  namespace proc can only be mounted while the host's is visible)
-    mounts       the spec's mounts, in order
+    mounts       the spec's mounts, in order, each resolved beneath the new
+                 root without following symlinks
     pivot_root   pivot_root(".", ".") and detach the old root (runc, LXC)
     hostname     sethostname
     network      lo up
@@ -47,8 +50,7 @@ from typing import Final
 
 import attrs
 
-from ._errors import UnsupportedError
-from ._spec import DEFAULT_PATH, Bind, ContainerSpec, DirRootfs, HostRootfs, Namespaces, Tmpfs
+from ._spec import DEFAULT_PATH, Bind, ContainerSpec, DirRootfs, HostRootfs, Namespaces, OverlayRootfs, Tmpfs
 from ._sys._consts import (
     MNT_DETACH,
     MOUNT_ATTR_NODEV,
@@ -162,12 +164,21 @@ def compile_plan(spec: ContainerSpec, host: HostLayout) -> Plan:
     if unshared:
         b.op("namespaces", "unshare", None, unshared)
 
-    b.op("propagation", "mount", "/", None, "/", None, MS_REC | MS_SLAVE, None)
+    # A shared bind must stay a peer of its host mount: clone it now, while
+    # the copied tree is still in the host's peer groups; it is attached in
+    # the mounts step (turning the tree slave first would make a bind of it a slave).
+    shared = [m for m in spec.mounts if isinstance(m, Bind) and m.propagation == "shared"]
+    for mount in shared:
+        b.op("propagation", "open_tree", mount.source, mount.source, int(mount.recursive))
+    flag = MS_SLAVE if spec.root_propagation == "slave" else MS_PRIVATE
+    b.op("propagation", "mount", "/", None, "/", None, MS_REC | flag, None)
 
     skeleton = None
     if isinstance(spec.rootfs, HostRootfs):
         skeleton = _host_skeleton(spec, host)  # has every mount point below
         b.op("rootfs", "attach_skeleton", "/", host.newroot)
+    elif isinstance(spec.rootfs, OverlayRootfs):
+        _overlay_rootfs(b, spec.rootfs)
     else:
         _dir_rootfs(b, spec.rootfs)
     # A directory root must have the mount points already, as real directories.
@@ -196,12 +207,12 @@ def compile_plan(spec: ContainerSpec, host: HostLayout) -> Plan:
         b.op("proc", "ensure_dir", "/proc", b.at("/proc"))
     b.mount("proc", "proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
 
-    for mount in spec.mounts:
-        _user_mount(b, mount)
+    for each in spec.mounts:
+        _user_mount(b, each, shared.index(each) if each in shared else -1)
 
     # pivot_root(".", "."): the old root ends up stacked under the new one and
     # is detached lazily; no put_old directory is needed (runc, LXC, pivot_root(2)).
-    b.op("pivot_root", "chdir", "/", host.newroot)
+    b.op("pivot_root", "chdir", "/", b.root)
     b.op("pivot_root", "pivot_root", "/", ".", ".")
     b.op("pivot_root", "umount2", "/", ".", MNT_DETACH)
 
@@ -245,6 +256,31 @@ def _host_skeleton(spec: ContainerSpec, host: HostLayout) -> tuple[tuple[Arg, ..
     return tuple(ops)
 
 
+def _overlay_rootfs(b: _Builder, rootfs: OverlayRootfs) -> None:
+    """overlayfs on ``<newroot>/root``; the per-container upper layer lives on a tmpfs at ``<newroot>``.
+
+    The tmpfs is detached with the old root after the pivot, and lives on as
+    long as the overlay that uses it: it vanishes with the container.
+    """
+    scratch = b.root
+    if rootfs.upper is None:
+        b.op("rootfs", "mount", "/", "tmpfs", scratch, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")
+        upper, work = f"{scratch}/upper", f"{scratch}/work"
+        b.op("rootfs", "mkdir", None, upper)
+        b.op("rootfs", "mkdir", None, work)
+    else:
+        upper, work = f"{rootfs.upper}/diff", f"{rootfs.upper}/work"
+        b.op("rootfs", "makedirs", rootfs.upper, upper)  # a host path the caller chose
+        b.op("rootfs", "makedirs", rootfs.upper, work)
+        b.op("rootfs", "mount", "/", "tmpfs", scratch, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")
+    b.op("rootfs", "mkdir", None, f"{scratch}/root")
+    for layer in rootfs.lower:  # so that a missing layer is named, not just "overlay: ENOENT"
+        b.op("rootfs", "stat", layer, layer)
+    data = f"lowerdir={':'.join(rootfs.lower)},upperdir={upper},workdir={work}"
+    b.op("rootfs", "mount", rootfs.lower[0], "overlay", f"{scratch}/root", "overlay", 0, data)
+    b.root = f"{scratch}/root"
+
+
 def _dir_rootfs(b: _Builder, rootfs: DirRootfs) -> None:
     # The host path is what goes wrong here, so errors name it.
     b.op("rootfs", "mount", rootfs.path, rootfs.path, b.root, None, MS_BIND | MS_REC, None)
@@ -252,15 +288,20 @@ def _dir_rootfs(b: _Builder, rootfs: DirRootfs) -> None:
         b.op("rootfs", "mount_setattr", rootfs.path, b.root, _RO_ATTRS)
 
 
-def _user_mount(b: _Builder, mount: Bind | Tmpfs) -> None:
+def _user_mount(b: _Builder, mount: Bind | Tmpfs, tree: int) -> None:
+    """One of the spec's mounts; ``tree`` indexes the clone of a shared bind (else -1)."""
     rel = mount.target.lstrip("/")
     if isinstance(mount, Tmpfs):
         data = f"mode={mount.mode:o}" + (f",size={mount.size}" if mount.size else "")
         b.op("mounts", "mount_beneath", mount.target, "tmpfs", b.root, rel, "tmpfs", MS_NOSUID | MS_NODEV,
              data, _CREATE_DIR)
         return
-    flags = MS_BIND | (MS_REC if mount.recursive else 0)
-    b.op("mounts", "mount_beneath", mount.target, mount.source, b.root, rel, None, flags, None, _CREATE_LIKE_SOURCE)
+    if tree >= 0:
+        b.op("mounts", "attach_tree", mount.target, tree, mount.source, b.root, rel)
+    else:
+        flags = MS_BIND | (MS_REC if mount.recursive else 0)
+        b.op("mounts", "mount_beneath", mount.target, mount.source, b.root, rel, None, flags, None,
+             _CREATE_LIKE_SOURCE)
     attr = (
         (MOUNT_ATTR_RDONLY if mount.readonly else 0)
         | (MOUNT_ATTR_NOSUID if mount.nosuid else 0)
@@ -269,11 +310,7 @@ def _user_mount(b: _Builder, mount: Bind | Tmpfs) -> None:
     )
     if attr:
         b.setattr("mounts", mount.target, attr)
-    if mount.propagation == "shared":
-        raise UnsupportedError(
-            "bind propagation='shared' is not supported yet: use 'private', 'slave' or 'unbindable'"
-        )
-    if mount.propagation is not None:
+    if mount.propagation is not None and mount.propagation != "shared":
         flag = _PROPAGATION_FLAGS[mount.propagation] | (MS_REC if mount.recursive else 0)
         b.mount("mounts", None, mount.target, None, flag)
 

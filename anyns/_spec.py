@@ -26,6 +26,7 @@ __all__ = [
     "DirRootfs",
     "Environment",
     "HostRootfs",
+    "OverlayRootfs",
     "Mount",
     "Namespaces",
     "Rootfs",
@@ -174,7 +175,51 @@ class DirRootfs:
         _check_abs_path("DirRootfs.path", value)
 
 
-Rootfs = HostRootfs | DirRootfs
+def _to_paths(value: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> tuple[str, ...]:
+    if isinstance(value, (str, os.PathLike)):
+        return (_path(value),)
+    return tuple(_path(v) for v in value)
+
+
+def _check_overlay_path(where: str, value: str) -> None:
+    _check_abs_path(where, value)
+    # overlayfs takes its layers in one option string: these would split it
+    for bad in (",", ":", "\\"):
+        if bad in value:
+            raise _fail(where, f"overlay paths cannot contain {bad!r}, got {value!r}")
+
+
+@attrs.frozen
+class OverlayRootfs:
+    """A copy-on-write root: read-only ``lower`` directories, and a writable layer per container.
+
+    ``lower`` lists the layers top first (as overlayfs does); they are never
+    written. Each container gets its own upper layer on a tmpfs, which
+    vanishes with it, unless ``upper`` names a host directory: then the
+    container's changes are kept in ``upper/diff`` (``upper/work`` is
+    overlayfs's scratch space). Two running containers cannot share one
+    ``upper``. Missing mount points (``/dev``, ``/proc``, ``/tmp``, the
+    spec's mounts) are created in the upper layer.
+    """
+
+    lower: tuple[str, ...] = attrs.field(converter=_to_paths)
+    upper: str | None = attrs.field(default=None, kw_only=True)
+
+    def __attrs_post_init__(self) -> None:
+        if not self.lower:
+            raise _fail("OverlayRootfs.lower", "needs at least one directory")
+        for i, path in enumerate(self.lower):
+            _check_overlay_path(f"OverlayRootfs.lower[{i}]", path)
+        if self.upper is not None:
+            object.__setattr__(self, "upper", _path(self.upper))
+            assert self.upper is not None
+            _check_overlay_path("OverlayRootfs.upper", self.upper)
+
+
+Rootfs = HostRootfs | DirRootfs | OverlayRootfs
+
+#: what ``ContainerSpec.root_propagation`` accepts: how the container's whole tree relates to the host's
+ROOT_PROPAGATIONS: Final = ("slave", "private")
 
 _PROPAGATIONS: Final = (None, "shared", "private", "slave", "unbindable")
 
@@ -253,12 +298,15 @@ class ContainerSpec:
     Args:
         argv: the program and its arguments; ``argv[0]`` is searched in ``PATH``
             from ``env`` unless it contains a ``/``.
-        rootfs: ``HostRootfs()`` (default) or ``DirRootfs(path)``.
+        rootfs: ``HostRootfs()`` (default), ``DirRootfs(path)`` or ``OverlayRootfs(lower)``.
         hostname: the hostname inside (needs ``Namespaces.UTS``); None keeps the host's.
         namespaces: the namespaces the container gets of its own.
         mounts: ``Bind`` and ``Tmpfs`` mounts, applied in order after the root is built.
         env: the whole environment of the program; the supervisor's own is never passed.
         cwd: the working directory inside the container.
+        root_propagation: ``"slave"`` (default: unmounts on the host reach the
+            container, nothing flows back, as runc does) or ``"private"`` (no
+            propagation either way). A ``Bind`` can choose its own.
     """
 
     argv: tuple[str, ...] = attrs.field(converter=_to_argv)
@@ -268,6 +316,7 @@ class ContainerSpec:
     mounts: tuple[Mount, ...] = attrs.field(default=(), converter=_to_mounts)
     env: Environment = attrs.field(factory=lambda: Environment({"PATH": DEFAULT_PATH}), converter=_to_env)
     cwd: str = "/"
+    root_propagation: str = "slave"
 
     def __attrs_post_init__(self) -> None:
         if not self.argv:
@@ -276,8 +325,10 @@ class ContainerSpec:
             _check_text(f"argv[{i}]", arg)
         if not self.argv[0]:
             raise _fail("argv[0]", "must not be empty")
-        if not isinstance(self.rootfs, (HostRootfs, DirRootfs)):
-            raise _fail("rootfs", f"expected HostRootfs or DirRootfs, got {self.rootfs!r}")
+        if not isinstance(self.rootfs, (HostRootfs, DirRootfs, OverlayRootfs)):
+            raise _fail("rootfs", f"expected HostRootfs, DirRootfs or OverlayRootfs, got {self.rootfs!r}")
+        if self.root_propagation not in ROOT_PROPAGATIONS:
+            raise _fail("root_propagation", f"expected one of {ROOT_PROPAGATIONS}, got {self.root_propagation!r}")
         if Namespaces.MOUNT not in self.namespaces:
             raise _fail("namespaces", "Namespaces.MOUNT is required: the container gets its own root")
         if Namespaces.USER in self.namespaces:

@@ -36,7 +36,7 @@ from ._errors import (
     oserror,
 )
 from ._plan import HostLayout, Plan, compile_plan
-from ._spec import ContainerSpec, DirRootfs, HostRootfs
+from ._spec import ContainerSpec, HostRootfs, Rootfs
 
 __all__ = ["DEVNULL", "PIPE", "STDOUT", "Supervisor", "open_supervisor"]
 
@@ -256,7 +256,7 @@ def _newroot_dir() -> str:
     raise ZygoteError("no writable place for the container root mount point (/run or $TMPDIR)")
 
 
-def _probe_host(newroot: str, rootfs: HostRootfs | DirRootfs) -> HostLayout:
+def _probe_host(newroot: str, rootfs: Rootfs) -> HostLayout:
     links: list[tuple[str, str]] = []
     dirs: list[str] = []
     for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):

@@ -136,11 +136,16 @@ def test_dir_rootfs_errors_name_the_host_path() -> None:
     assert rootfs and rootfs[0][2] == "/srv/root"
 
 
-def test_shared_bind_propagation_is_unsupported() -> None:
-    """Bind(propagation='shared') builds as a spec but compiling it raises UnsupportedError."""
-    s = spec(mounts=[anyns.Bind("/a", "/b", propagation="shared")])
-    with pytest.raises(anyns.UnsupportedError, match="shared"):
-        compile_(s)
+def test_shared_bind_source_is_cloned_before_the_tree_turns_slave() -> None:
+    """A shared bind's source is cloned (open_tree) before / is made rslave, and attached in mounts."""
+    s = spec(mounts=[anyns.Bind("/a", "/b", propagation="shared"), anyns.Bind("/c", "/d")])
+    calls = [(step, call, path) for step, call, path, _ in compile_(s).ops]
+    clone = calls.index(("propagation", "open_tree", "/a"))
+    rslave = calls.index(("propagation", "mount", "/"))
+    attach = calls.index(("mounts", "attach_tree", "/b"))
+
+    assert clone < rslave < attach
+    assert ("mounts", "mount_beneath", "/d") in calls
 
 
 def test_exec_candidates_follow_path() -> None:
