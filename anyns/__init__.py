@@ -15,7 +15,14 @@ Example::
 
 from contextlib import suppress as _suppress
 
-from ._container import CompletedContainer, Container, NamespaceId, namespaces_of
+from ._container import (
+    CompletedContainer,
+    Container,
+    NamespaceId,
+    PersistedNamespace,
+    namespaces_of,
+    persist_namespace,
+)
 from ._errors import (
     AnynsError,
     ContainerFailed,
@@ -26,7 +33,17 @@ from ._errors import (
     UnsupportedError,
     ZygoteError,
 )
-from ._spec import Bind, ContainerSpec, DirRootfs, Environment, HostRootfs, Namespaces, OverlayRootfs, Tmpfs
+from ._spec import (
+    Bind,
+    ContainerSpec,
+    DirRootfs,
+    Environment,
+    HostRootfs,
+    Join,
+    Namespaces,
+    OverlayRootfs,
+    Tmpfs,
+)
 from ._supervisor import DEVNULL, PIPE, STDOUT, Supervisor, open_supervisor
 from ._version import __version__
 
@@ -44,10 +61,12 @@ __all__ = [
     "Environment",
     "ExecError",
     "HostRootfs",
+    "Join",
     "NamespaceId",
     "Namespaces",
     "NetworkError",
     "OverlayRootfs",
+    "PersistedNamespace",
     "SetupError",
     "SpecError",
     "Supervisor",
@@ -57,6 +76,7 @@ __all__ = [
     "__version__",
     "namespaces_of",
     "open_supervisor",
+    "persist_namespace",
 ]
 
 # Show public names in reprs and tracebacks (trio's convention).

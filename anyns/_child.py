@@ -6,7 +6,8 @@ functions. It must not import, start threads, log, or touch much memory:
 every page it writes is a copy-on-write fault (research/spawn-path.md §1).
 
 Each operation is ``fn(rt, *args)`` where ``rt`` is the per-spawn tuple
-``(stdin, stdout, stderr, errpipe, supervisor_pidfd)``. On the first error the
+``(stdin, stdout, stderr, errpipe, supervisor_pidfd, *extra)``; the extra
+fds are the namespace sources of ``Join``. On the first error the
 child writes one failure record to the error pipe and ``_exit(127)``s; when
 execve succeeds the pipe closes (it is close-on-exec) and the supervisor sees EOF.
 """
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from typing import Any, NoReturn, TypeAlias
 
-    Rt: TypeAlias = tuple[int, int, int, int, int]
+    Rt: TypeAlias = tuple[int, ...]
     Linked: TypeAlias = tuple[tuple[Callable[..., None], tuple[Any, ...]], ...]
     Meta: TypeAlias = tuple[tuple[str, str, str | None], ...]
 
@@ -37,12 +38,21 @@ _SIGXFSZ = int(_signal.SIGXFSZ)
 _SIG_DFL = _signal.SIG_DFL
 _SIGKILL = int(_signal.SIGKILL)
 _SIG_SETMASK = _signal.SIG_SETMASK
-_STDIN, _STDOUT, _STDERR, _ERRPIPE, _SUPERVISOR = range(5)
+_STDIN, _STDOUT, _STDERR, _ERRPIPE, _SUPERVISOR, _EXTRA = range(6)
 _EXIT_SETUP_FAILED = 127
 
 
 def _unshare(rt: Rt, flags: int) -> None:
     _libc.unshare(flags)
+
+
+def _setns(rt: Rt, index: int, nstype: int) -> None:
+    """Join one namespace: extra fd ``index`` is a pidfd or a namespace file."""
+    _libc.setns(rt[_EXTRA + index], nstype)
+
+
+def _setdomainname(rt: Rt, name: bytes) -> None:
+    _libc.setdomainname(name)
 
 
 def _mount(rt: Rt, source: bytes | None, target: bytes, fstype: bytes | None, flags: int,
@@ -108,7 +118,7 @@ def _open_beneath(root: bytes, rel: bytes, is_dir: bool) -> int:
 
     No symlink is followed on the way: the result lies inside ``root``.
     """
-    _mkpath((), root, rel, not is_dir)  # type: ignore[arg-type]
+    _mkpath((), root, rel, not is_dir)
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for part in rel.split(b"/"):
@@ -247,6 +257,8 @@ def _execve(rt: Rt, candidates: tuple[bytes, ...], argv: tuple[bytes, ...],
 
 OPS: dict[str, Callable[..., None]] = {
     "unshare": _unshare,
+    "setns": _setns,
+    "setdomainname": _setdomainname,
     "mount": _mount,
     "attach_skeleton": _attach_skeleton,
     "mkpath": _mkpath,

@@ -6,6 +6,8 @@ Also ``namespaces_of(pid)``: the namespace identities of any process, as
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import signal
 import subprocess
@@ -15,12 +17,16 @@ from typing import TYPE_CHECKING, Any, Final, NoReturn, final
 
 import trio
 
-from ._errors import AnynsError
+from ._errors import AnynsError, SetupError, SpecError
+from ._namespaces import persist_from_host, release_from_host
+from ._spec import KIND_FLAGS
 
 if TYPE_CHECKING:
     from ._spec import ContainerSpec
+    from ._supervisor import StdinArg, StdoutArg, Supervisor
 
-__all__ = ["CompletedContainer", "Container", "NamespaceId", "namespaces_of"]
+__all__ = ["CompletedContainer", "Container", "NamespaceId", "PersistedNamespace", "namespaces_of",
+           "persist_namespace"]
 
 #: the namespace kinds of /proc/PID/ns, in the names the kernel uses there
 NAMESPACE_KINDS: Final = ("cgroup", "ipc", "mnt", "net", "pid", "time", "user", "uts")
@@ -75,6 +81,91 @@ def namespaces_of(pid: int) -> Mapping[str, NamespaceId]:
     return result
 
 
+@final
+class PersistedNamespace(metaclass=NoPublicConstructor):
+    """A namespace kept alive by a bind mount of its file (``persist_namespace``).
+
+    Attributes:
+        kind: the namespace kind (``"net"`` …).
+        path: where the namespace file is bound; join it with ``anyns.Join(KIND=path)``.
+        id: the namespace's identity, as ``readlink /proc/PID/ns/KIND`` shows it.
+    """
+
+    def __init__(self, kind: str, path: str, ns_id: NamespaceId, created: bool) -> None:
+        self.kind = kind
+        self.path = path
+        self.id = ns_id
+        self._created = created
+        self._released = False
+
+    def __repr__(self) -> str:
+        state = "released" if self._released else "kept"
+        return f"<anyns.PersistedNamespace {self.id} at {self.path!r} {state}>"
+
+    def release(self) -> None:
+        """Unmount the namespace file (and remove it if it was created for it); idempotent.
+
+        The namespace itself ends when nothing else uses it.
+        """
+        if not self._released:
+            release_from_host(self.path, self._created)
+            self._released = True
+
+    def __enter__(self) -> PersistedNamespace:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+
+def persist_namespace(source: int | str | os.PathLike[str], kind: str, path: str | os.PathLike[str]
+                      ) -> PersistedNamespace:
+    """Bind-mount a namespace file at ``path`` so the namespace outlives its processes.
+
+    Args:
+        source: a pid (its ``/proc/PID/ns/KIND`` is used) or a namespace file path.
+        kind: ``"mnt"``, ``"pid"``, ``"net"``, ``"ipc"``, ``"uts"``, ``"cgroup"``, ``"time"``, ``"user"``.
+        path: a file to bind it on (created if missing, removed again by ``release()``).
+
+    Raises:
+        SpecError: an unknown kind.
+        SetupError: the source is not a namespace file, or the mount failed.
+    """
+    if kind not in NAMESPACE_KINDS:
+        raise SpecError(f"persist_namespace: unknown namespace kind {kind!r}; expected one of {NAMESPACE_KINDS}")
+    where = os.fspath(path)
+    src = f"/proc/{source}/ns/{kind}" if isinstance(source, int) else os.fspath(source)
+    try:
+        created = persist_from_host(src, where)
+    except OSError as e:
+        raise SetupError("persist", "mount", src, e.errno or 0, e.strerror or str(e),
+                         "the source must be a namespace file such as /proc/PID/ns/net") from e
+    try:
+        ns_id = _nsfs_name(where, kind)
+    except OSError as e:
+        release_from_host(where, created)
+        raise SetupError("persist", "ioctl", src, e.errno or 0, e.strerror or str(e),
+                         f"{src!r} is not a {kind} namespace file") from e
+    kept: PersistedNamespace = PersistedNamespace._create(kind, where, ns_id, created)
+    return kept
+
+
+_NS_GET_NSTYPE: Final = 0xB703  # ioctl_ns(2): the CLONE_NEW* type of a namespace file
+
+
+def _nsfs_name(path: str, kind: str) -> NamespaceId:
+    """``kind:[inode]`` of the namespace file at ``path``; OSError if it is not a ``kind`` namespace."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        nstype = fcntl.ioctl(fd, _NS_GET_NSTYPE)  # ENOTTY for a file that is not a namespace
+        inode = os.fstat(fd).st_ino
+    finally:
+        os.close(fd)
+    if nstype != KIND_FLAGS[kind]:
+        raise OSError(errno.EINVAL, f"not a {kind} namespace", path)
+    return NamespaceId(f"{kind}:[{inode}]")
+
+
 class CompletedContainer(subprocess.CompletedProcess[bytes]):
     """A finished container: what ``Supervisor.run`` returns.
 
@@ -108,8 +199,9 @@ class Container(metaclass=NoPublicConstructor):
         stderr: likewise for ``stderr=anyns.PIPE``.
     """
 
-    def __init__(self, spec: ContainerSpec, pid: int, pidfd: int) -> None:
+    def __init__(self, spec: ContainerSpec, pid: int, pidfd: int, supervisor: Supervisor) -> None:
         self.spec = spec
+        self._supervisor = supervisor
         self.pid = pid
         self.returncode: int | None = None
         self.stdin: trio.abc.SendStream | None = None
@@ -154,6 +246,63 @@ class Container(metaclass=NoPublicConstructor):
                 raise AnynsError(f"namespaces: container pid {self.pid} has already exited")
             self._namespaces = namespaces_of(self.pid)
         return self._namespaces
+
+    async def exec(
+        self,
+        argv: Sequence[str],
+        *,
+        stdin: StdinArg = b"",
+        capture_stdout: bool = False,
+        capture_stderr: bool = False,
+        stdout: StdoutArg = None,
+        stderr: StdoutArg = None,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        check: bool = True,
+        task_status: trio.TaskStatus[Container] = trio.TASK_STATUS_IGNORED,
+    ) -> CompletedContainer:
+        """Run another program inside this container, like ``docker exec`` or ``nsenter``.
+
+        The new process joins all of the container's namespaces (one
+        ``setns`` through the container's pidfd), its root and ``cwd``, and is
+        born in its pid namespace; it dies with the container. Arguments and
+        results are those of ``Supervisor.run``: ``await box.exec(argv)``
+        returns a ``CompletedContainer``, ``await nursery.start(box.exec,
+        argv)`` a ``Container`` handle for the new process (its ``spec`` is
+        the container's with this argv, env and cwd).
+
+        Args:
+            argv: the program and its arguments (searched in ``env``'s PATH).
+            env: the environment (default: the container's ``spec.env``).
+            cwd: the working directory (default: the container's ``spec.cwd``).
+
+        Raises:
+            SetupError: the container has exited (errno ESRCH), or setup failed;
+                ``ExecError`` when the program cannot be executed.
+            ContainerFailed: ``check`` is true and the program failed.
+        """
+        return await self._supervisor._exec(
+            self, argv, env, cwd, stdin, capture_stdout, capture_stderr, stdout, stderr, check, task_status
+        )
+
+    def keep_namespace(self, kind: str, path: str | os.PathLike[str]) -> PersistedNamespace:
+        """Keep this container's ``kind`` namespace alive at ``path``, as ``ip netns add`` does.
+
+        ``path`` (a file, created if missing) gets a bind mount of
+        ``/proc/PID/ns/KIND``, so the namespace outlives the container and can
+        be joined (``anyns.Join(net=path)``) or entered later. Call
+        ``release()`` on the result (or use it as a context manager); the
+        supervisor releases what is still kept when it closes.
+
+        Raises:
+            SpecError: an unknown namespace kind.
+            AnynsError: the container has exited.
+        """
+        if self.returncode is not None:
+            raise AnynsError(f"keep_namespace: container pid {self.pid} has exited")
+        kept = persist_namespace(self.pid, kind, path)
+        self._supervisor._kept.add(kept)
+        return kept
 
     async def wait(self) -> int:
         """Wait until the container has exited and been reaped; return its ``returncode``."""

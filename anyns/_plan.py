@@ -17,7 +17,9 @@ A plan is a tuple of operations ``(step, call, path, args)``:
 
 The order (each line a step)::
 
-    namespaces   unshare every namespace but PID (which only clone3 can give
+    namespaces   setns into joined namespaces (a joined pid namespace is
+                 entered by the zygote before the clone), then
+                 unshare every namespace but PID (which only clone3 can give
                  the child itself); done here, in parallel children, rather
                  than in the serial zygote's clone3: a network namespace alone
                  costs the creator ~0.4 ms
@@ -35,7 +37,7 @@ The order (each line a step)::
     mounts       the spec's mounts, in order, each resolved beneath the new
                  root without following symlinks
     pivot_root   pivot_root(".", ".") and detach the old root (runc, LXC)
-    hostname     sethostname
+    hostname     sethostname, setdomainname
     network      lo up
     process      umask, cwd, stdio, close every other fd, signal dispositions and mask
     pdeathsig    PR_SET_PDEATHSIG last (credential changes clear it), then check
@@ -50,7 +52,17 @@ from typing import Final
 
 import attrs
 
-from ._spec import DEFAULT_PATH, Bind, ContainerSpec, DirRootfs, HostRootfs, Namespaces, OverlayRootfs, Tmpfs
+from ._spec import (
+    DEFAULT_PATH,
+    KIND_FLAGS,
+    Bind,
+    ContainerSpec,
+    DirRootfs,
+    HostRootfs,
+    Namespaces,
+    OverlayRootfs,
+    Tmpfs,
+)
 from ._sys._consts import (
     MNT_DETACH,
     MOUNT_ATTR_NODEV,
@@ -118,11 +130,19 @@ class Plan:
     Attributes:
         clone_flags: the CLONE_NEW* flags for clone3.
         ops: the ordered operations of the child.
+        skeleton: the HostRootfs root the zygote prebuilds (``_skeleton``), or None.
+        extra_kinds: the namespace sources each spawn request brings as extra
+            fds, in order: a kind (``"net"`` …) for ``Join``, ``"container"``
+            for the pidfd of the container an exec enters.
+        enter: ``(extra fd index, CLONE_NEW* flags)``: namespaces the zygote
+            steps into before it clones (an exec; a joined pid namespace).
     """
 
     clone_flags: int
     ops: tuple[Op, ...]
     skeleton: tuple[tuple[Arg, ...], ...] | None = None
+    extra_kinds: tuple[str, ...] = ()
+    enter: tuple[tuple[int, int], ...] = ()
 
     def to_wire(self) -> dict[str, object]:
         """The JSON-able form the zygote receives (see ``_protocol``)."""
@@ -130,6 +150,8 @@ class Plan:
             "flags": self.clone_flags,
             "ops": [list(op) for op in self.ops],
             "skeleton": None if self.skeleton is None else [list(op) for op in self.skeleton],
+            "extra": len(self.extra_kinds),
+            "enter": [list(e) for e in self.enter],
         }
 
 
@@ -159,10 +181,26 @@ def compile_plan(spec: ContainerSpec, host: HostLayout) -> Plan:
     """Turn ``spec`` into a ``Plan``; pure, and cached by the supervisor per spec."""
     ns = spec.namespaces
     b = _Builder(host.newroot)
+    joined = spec.join.kinds() if spec.join is not None else {}
+    extra_kinds = tuple(joined)
+    enter: list[tuple[int, int]] = []
+    for index, kind in enumerate(extra_kinds):
+        flag = int(KIND_FLAGS[kind])
+        if kind == "pid":
+            enter.append((index, flag))  # only the zygote can: it changes where children are born
+        else:
+            b.op("namespaces", "setns", kind, index, flag)
+        ns &= ~KIND_FLAGS[kind]
 
     unshared = int(ns) & ~int(Namespaces.PID)
     if unshared:
         b.op("namespaces", "unshare", None, unshared)
+
+    if "mnt" in joined:
+        # Another container's file system view: its root is already ours.
+        _process_steps(b, spec, ns)
+        return Plan(clone_flags=int(ns & Namespaces.PID), ops=tuple(b.ops), extra_kinds=extra_kinds,
+                    enter=tuple(enter))
 
     # A shared bind must stay a peer of its host mount: clone it now, while
     # the copied tree is still in the host's peer groups; it is attached in
@@ -216,11 +254,23 @@ def compile_plan(spec: ContainerSpec, host: HostLayout) -> Plan:
     b.op("pivot_root", "pivot_root", "/", ".", ".")
     b.op("pivot_root", "umount2", "/", ".", MNT_DETACH)
 
+    _process_steps(b, spec, ns)
+    return Plan(clone_flags=int(ns & Namespaces.PID), ops=tuple(b.ops), skeleton=skeleton,
+                extra_kinds=extra_kinds, enter=tuple(enter))
+
+
+def _process_steps(b: _Builder, spec: ContainerSpec, ns: Namespaces) -> None:
+    """From hostname to execve: what every container does after its file system is in place."""
     if spec.hostname is not None:
         b.op("hostname", "sethostname", None, spec.hostname)
+    if spec.domainname is not None:
+        b.op("hostname", "setdomainname", None, spec.domainname)
     if Namespaces.NET in ns:
         b.op("network", "interface_up", "lo", "lo")
+    _exec_steps(b, spec)
 
+
+def _exec_steps(b: _Builder, spec: ContainerSpec) -> None:
     b.op("process", "umask", None, _DEFAULT_UMASK)
     b.op("process", "chdir", spec.cwd, spec.cwd)
     b.op("process", "stdio", None)
@@ -229,7 +279,20 @@ def compile_plan(spec: ContainerSpec, host: HostLayout) -> Plan:
     b.op("pdeathsig", "pdeathsig", None)
     b.op("exec", "execve", spec.argv[0], _exec_candidates(spec), spec.argv,
          tuple(f"{k}={v}" for k, v in spec.env.items()))
-    return Plan(clone_flags=int(ns & Namespaces.PID), ops=tuple(b.ops), skeleton=skeleton)
+
+
+def compile_exec_plan(spec: ContainerSpec, container_namespaces: Namespaces) -> Plan:
+    """A process run inside a running container (``Container.exec``); pure.
+
+    The zygote enters all of ``container_namespaces`` through the container's
+    pidfd (the first extra fd), so the clone is born in its pid namespace with
+    its root; the child then only sets up the process and execs ``spec.argv``
+    with ``spec.env`` in ``spec.cwd``.
+    """
+    b = _Builder("/")
+    _exec_steps(b, spec)
+    return Plan(clone_flags=0, ops=tuple(b.ops), extra_kinds=("container",),
+                enter=((0, int(container_namespaces)),))
 
 
 def _host_skeleton(spec: ContainerSpec, host: HostLayout) -> tuple[tuple[Arg, ...], ...]:

@@ -26,6 +26,7 @@ __all__ = [
     "DirRootfs",
     "Environment",
     "HostRootfs",
+    "Join",
     "OverlayRootfs",
     "Mount",
     "Namespaces",
@@ -268,6 +269,54 @@ Mount = Bind | Tmpfs
 
 _MAX_HOSTNAME: Final = 64  # HOST_NAME_MAX; sethostname(2) refuses longer names
 
+#: namespace kinds as /proc/PID/ns names them, with their CLONE_NEW* flags
+KIND_FLAGS: Final = {
+    "mnt": Namespaces.MOUNT, "pid": Namespaces.PID, "net": Namespaces.NET, "ipc": Namespaces.IPC,
+    "uts": Namespaces.UTS, "cgroup": Namespaces.CGROUP, "time": Namespaces.TIME, "user": Namespaces.USER,
+}
+
+
+def _check_join_source(instance: Join, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is None:
+        return
+    if isinstance(value, str):
+        _check_abs_path(f"Join.{attribute.name}", value)
+        return
+    # A running anyns.Container (the spec layer cannot import it): it has a pid and its namespaces.
+    if not (hasattr(value, "pid") and hasattr(value, "namespaces")):
+        raise _fail(f"Join.{attribute.name}", f"expected an anyns.Container or a namespace file path, got {value!r}")
+
+
+def _join_source(value: Any) -> Any:
+    return _path(value) if isinstance(value, os.PathLike) else value
+
+
+@attrs.frozen
+class Join:
+    """Namespaces a new container shares with others instead of getting its own (pod-style).
+
+    Each value is a running ``anyns.Container`` or the path of a namespace
+    file (``/proc/PID/ns/KIND``, or one kept with ``Container.keep_namespace``
+    / ``anyns.persist_namespace``). A joined kind overrides
+    ``ContainerSpec.namespaces`` for that kind.
+
+    Joining ``pid`` makes the new container one more process in that pid
+    namespace (not its pid 1); joining ``mnt`` uses that container's whole
+    file system view, so the spec's ``rootfs`` and ``mounts`` do not apply.
+    """
+
+    mnt: Any = attrs.field(default=None, kw_only=True, converter=_join_source, validator=_check_join_source)
+    pid: Any = attrs.field(default=None, kw_only=True, converter=_join_source, validator=_check_join_source)
+    net: Any = attrs.field(default=None, kw_only=True, converter=_join_source, validator=_check_join_source)
+    ipc: Any = attrs.field(default=None, kw_only=True, converter=_join_source, validator=_check_join_source)
+    uts: Any = attrs.field(default=None, kw_only=True, converter=_join_source, validator=_check_join_source)
+    cgroup: Any = attrs.field(default=None, kw_only=True, converter=_join_source, validator=_check_join_source)
+    time: Any = attrs.field(default=None, kw_only=True, converter=_join_source, validator=_check_join_source)
+
+    def kinds(self) -> dict[str, Any]:
+        """The joined kinds and their sources, in a fixed order."""
+        return {k: v for k, v in attrs.asdict(self, recurse=False).items() if v is not None}
+
 
 def _to_argv(value: Iterable[str | os.PathLike[str]]) -> tuple[str, ...]:
     if isinstance(value, (str, bytes)):
@@ -304,6 +353,8 @@ class ContainerSpec:
         mounts: ``Bind`` and ``Tmpfs`` mounts, applied in order after the root is built.
         env: the whole environment of the program; the supervisor's own is never passed.
         cwd: the working directory inside the container.
+        domainname: the NIS domain name inside (needs ``Namespaces.UTS``); None keeps the host's.
+        join: namespaces to share with running containers or namespace files (``anyns.Join``).
         root_propagation: ``"slave"`` (default: unmounts on the host reach the
             container, nothing flows back, as runc does) or ``"private"`` (no
             propagation either way). A ``Bind`` can choose its own.
@@ -317,6 +368,8 @@ class ContainerSpec:
     env: Environment = attrs.field(factory=lambda: Environment({"PATH": DEFAULT_PATH}), converter=_to_env)
     cwd: str = "/"
     root_propagation: str = "slave"
+    domainname: str | None = None
+    join: Join | None = None
 
     def __attrs_post_init__(self) -> None:
         if not self.argv:
@@ -329,17 +382,25 @@ class ContainerSpec:
             raise _fail("rootfs", f"expected HostRootfs, DirRootfs or OverlayRootfs, got {self.rootfs!r}")
         if self.root_propagation not in ROOT_PROPAGATIONS:
             raise _fail("root_propagation", f"expected one of {ROOT_PROPAGATIONS}, got {self.root_propagation!r}")
-        if Namespaces.MOUNT not in self.namespaces:
+        if Namespaces.MOUNT not in self.namespaces and (self.join is None or self.join.mnt is None):
             raise _fail("namespaces", "Namespaces.MOUNT is required: the container gets its own root")
         if Namespaces.USER in self.namespaces:
             raise _fail("namespaces", "Namespaces.USER is not supported yet")
-        if self.hostname is not None:
-            _check_text("hostname", self.hostname)
-            if Namespaces.UTS not in self.namespaces:
-                raise _fail("hostname", "setting a hostname needs Namespaces.UTS")
-            encoded = self.hostname.encode("utf-8", "surrogateescape")
+        joined = self.join.kinds() if self.join is not None else {}
+        if self.join is not None and not isinstance(self.join, Join):
+            raise _fail("join", f"expected an anyns.Join, got {self.join!r}")
+        for field in ("hostname", "domainname"):
+            name = getattr(self, field)
+            if name is None:
+                continue
+            _check_text(field, name)
+            if Namespaces.UTS not in self.namespaces or "uts" in joined:
+                raise _fail(field, f"setting the {field} needs a UTS namespace of the container's own")
+            encoded = name.encode("utf-8", "surrogateescape")
             if not encoded or len(encoded) > _MAX_HOSTNAME:
-                raise _fail("hostname", f"must be 1 to {_MAX_HOSTNAME} bytes, got {len(encoded)}")
+                raise _fail(field, f"must be 1 to {_MAX_HOSTNAME} bytes, got {len(encoded)}")
+        if "mnt" in joined and self.mounts:
+            raise _fail("mounts", "a container that joins another's mount namespace cannot add mounts")
         for i, mount in enumerate(self.mounts):
             if not isinstance(mount, (Bind, Tmpfs)):
                 raise _fail(f"mounts[{i}]", f"expected anyns.Bind or anyns.Tmpfs, got {mount!r}")

@@ -11,6 +11,7 @@ before it returns, inside a shielded scope.
 from __future__ import annotations
 
 import array
+import errno
 import itertools
 import os
 import signal
@@ -18,7 +19,7 @@ import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager, suppress
 from typing import IO, Any, Final, final
 
@@ -26,17 +27,18 @@ import attrs
 import trio
 
 from . import _protocol
-from ._container import CompletedContainer, Container, NoPublicConstructor
+from ._container import CompletedContainer, Container, NoPublicConstructor, PersistedNamespace
 from ._errors import (
     ContainerFailed,
     ExecError,
     SetupError,
+    SpecError,
     ZygoteError,
     diagnose,
     oserror,
 )
-from ._plan import HostLayout, Plan, compile_plan
-from ._spec import ContainerSpec, HostRootfs, Rootfs
+from ._plan import HostLayout, Plan, compile_exec_plan, compile_plan
+from ._spec import ContainerSpec, HostRootfs, Namespaces, Rootfs
 
 __all__ = ["DEVNULL", "PIPE", "STDOUT", "Supervisor", "open_supervisor"]
 
@@ -107,6 +109,7 @@ class _ZygoteConnection:
         finally:
             theirs.close()
         self.pidfd = os.pidfd_open(self.process.pid)
+        self.raw = ours  # for the one send that must not wait (drop)
         self.sock = trio.socket.from_stdlib_socket(ours)
         self.pending: dict[int, _Pending] = {}
         self.sent_plans: set[int] = set()
@@ -219,6 +222,12 @@ class _ZygoteConnection:
         self.sent_plans.add(plan_id)
         return pending
 
+    def drop(self, plan_id: int) -> None:
+        """Tell the zygote to forget a plan (best effort, never blocks: a full socket skips it)."""
+        self.sent_plans.discard(plan_id)
+        with suppress(OSError):
+            self.raw.send(_protocol.encode(_protocol.DROP, 0, plan_id), socket.MSG_DONTWAIT)
+
     def shutdown(self) -> None:
         """Ask the zygote to exit once it has answered what it already received."""
         self.closing = True
@@ -227,6 +236,8 @@ class _ZygoteConnection:
 
 
 _request_ids = itertools.count(1)
+#: plans kept by the supervisor (and so by its zygote); distinct specs beyond this evict the oldest
+_MAX_PLANS: Final = 512
 
 
 class _RequestNotSent(Exception):
@@ -276,6 +287,47 @@ def _probe_host(newroot: str, rootfs: Rootfs) -> HostLayout:
                 etc_files.append(name)
     return HostLayout(newroot=newroot, top_links=tuple(links), top_dirs=tuple(dirs),
                       etc_files=tuple(etc_files), etc_dirs=tuple(etc_dirs))
+
+
+# --------------------------------------------------------------------------- joins
+
+
+def _join_fds(spec: ContainerSpec, plan: Plan) -> tuple[list[int], list[int]]:
+    """The namespace sources of ``spec.join``, as fds in ``plan.extra_kinds`` order.
+
+    A running container is joined through its pidfd (``setns`` accepts one
+    since Linux 5.8); a path is opened here. Returns the fds to send and those
+    of them to close afterwards.
+
+    Raises:
+        SetupError: a container that has exited, or a path that cannot be opened.
+    """
+    if not plan.extra_kinds:
+        return [], []
+    assert spec.join is not None
+    sources = spec.join.kinds()
+    fds: list[int] = []
+    owned: list[int] = []
+    try:
+        for kind in plan.extra_kinds:
+            source = sources[kind]
+            if isinstance(source, Container):
+                if source.returncode is not None or source._pidfd < 0:
+                    raise SetupError("namespaces", "setns", None, errno.ESRCH, os.strerror(errno.ESRCH),
+                                     f"the container to join ({kind}), pid {source.pid}, has exited")
+                fds.append(source._pidfd)
+            else:
+                try:
+                    fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+                except OSError as e:
+                    raise _setup_error("namespaces", "open", source, e.errno or 0, e.strerror or str(e)) from None
+                owned.append(fd)
+                fds.append(fd)
+    except BaseException:
+        for fd in owned:
+            os.close(fd)
+        raise
+    return fds, owned
 
 
 # --------------------------------------------------------------------------- stdio
@@ -381,10 +433,12 @@ class Supervisor(metaclass=NoPublicConstructor):
     def __init__(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
         self._zygote: _ZygoteConnection | None = None
-        self._plans: dict[ContainerSpec, tuple[int, Plan]] = {}
+        self._plans: dict[object, tuple[int, Plan]] = {}
         self._layouts: dict[object, HostLayout] = {}
         self._newroot = _newroot_dir()
         self._running: set[Container] = set()
+        #: namespaces kept with Container.keep_namespace, released when the supervisor closes
+        self._kept: set[PersistedNamespace] = set()
         self._closed = False
         self._devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         self._plan_ids = itertools.count(1)
@@ -402,24 +456,32 @@ class Supervisor(metaclass=NoPublicConstructor):
         """A container nobody waits for any more (a late answer): kill and reap it."""
         self._nursery.start_soon(_kill_and_reap, pidfd)
 
-    def _plan(self, spec: ContainerSpec) -> tuple[int, Plan]:
-        cached = self._plans.get(spec)
+    def _plan(self, key: object, compile_: Callable[[], Plan]) -> tuple[int, Plan]:
+        """The plan for ``key`` (a spec, or an exec's), compiled once and cached."""
+        cached = self._plans.get(key)
         if cached is None:
+            cached = (next(self._plan_ids), compile_())
+            if len(self._plans) >= _MAX_PLANS:  # unbounded distinct specs: forget the oldest
+                old_id, _old = self._plans.pop(next(iter(self._plans)))
+                if self._zygote is not None and self._zygote.error is None:
+                    self._zygote.drop(old_id)
+            self._plans[key] = cached
+        return cached
+
+    def _container_plan(self, spec: ContainerSpec) -> tuple[int, Plan]:
+        def compile_() -> Plan:
             layout_key = spec.rootfs if isinstance(spec.rootfs, HostRootfs) else None
             layout = self._layouts.get(layout_key)
             if layout is None:
                 layout = self._layouts[layout_key] = _probe_host(self._newroot, spec.rootfs)
-            cached = (next(self._plan_ids), compile_plan(spec, layout))
-            if len(self._plans) > 4096:  # unbounded distinct specs: forget the oldest
-                self._plans.pop(next(iter(self._plans)))
-            self._plans[spec] = cached
-        return cached
+            return compile_plan(spec, layout)
 
-    async def _spawn(self, spec: ContainerSpec, fds: list[int]) -> Container:
+        return self._plan(spec, compile_)
+
+    async def _spawn(self, spec: ContainerSpec, plan_id: int, plan: Plan, fds: list[int]) -> Container:
         """Ask the zygote for a container; return it once the clone succeeded (not yet exec)."""
         if self._closed:
             raise ZygoteError("the supervisor is closed")
-        plan_id, plan = self._plan(spec)
         try:
             pending = await self._connection().request_spawn(plan_id, plan, fds)
         except _RequestNotSent:
@@ -444,7 +506,7 @@ class Supervisor(metaclass=NoPublicConstructor):
             raise
         if pending.error is not None:
             raise pending.error
-        container: Container = Container._create(spec, pending.pid, pending.pidfd)
+        container: Container = Container._create(spec, pending.pid, pending.pidfd, self)
         self._running.add(container)
         return container
 
@@ -494,6 +556,69 @@ class Supervisor(metaclass=NoPublicConstructor):
         """
         if not isinstance(spec, ContainerSpec):
             raise TypeError(f"expected an anyns.ContainerSpec, got {type(spec).__name__}")
+        plan_id, plan = self._container_plan(spec)
+        extra, owned = _join_fds(spec, plan)
+        try:
+            return await self._launch(spec, plan_id, plan, extra, stdin, capture_stdout, capture_stderr,
+                                      stdout, stderr, check, task_status)
+        finally:
+            for fd in owned:
+                os.close(fd)
+
+    async def _exec(
+        self,
+        container: Container,
+        argv: Sequence[str],
+        env: Mapping[str, str] | None,
+        cwd: str | None,
+        stdin: StdinArg,
+        capture_stdout: bool,
+        capture_stderr: bool,
+        stdout: StdoutArg,
+        stderr: StdoutArg,
+        check: bool,
+        task_status: trio.TaskStatus[Container],
+    ) -> CompletedContainer:
+        """``Container.exec``: a new process in all of ``container``'s namespaces."""
+        try:
+            spec = attrs.evolve(
+                container.spec,
+                argv=argv,
+                env=container.spec.env if env is None else env,
+                cwd=container.spec.cwd if cwd is None else cwd,
+            )
+        except TypeError as e:
+            raise SpecError(f"exec: {e}") from None
+        if container.returncode is not None or container._pidfd < 0:
+            raise SetupError("exec", "setns", None, errno.ESRCH, os.strerror(errno.ESRCH),
+                             f"container pid {container.pid} has exited")
+        flags = container.spec.namespaces & ~Namespaces.USER
+        plan_id, plan = self._plan(("exec", spec, int(flags)), lambda: compile_exec_plan(spec, flags))
+        try:
+            return await self._launch(spec, plan_id, plan, [container._pidfd], stdin, capture_stdout, capture_stderr,
+                                      stdout, stderr, check, task_status)
+        except SetupError as e:
+            if e.step == "clone" and container.returncode is None and e.errno == errno.ENOMEM:
+                # clone3 into a pid namespace whose init is gone
+                raise SetupError("exec", "clone3", None, errno.ESRCH, os.strerror(errno.ESRCH),
+                                 f"container pid {container.pid} has exited") from None
+            raise
+
+    async def _launch(
+        self,
+        spec: ContainerSpec,
+        plan_id: int,
+        plan: Plan,
+        extra_fds: list[int],
+        stdin: StdinArg,
+        capture_stdout: bool,
+        capture_stderr: bool,
+        stdout: StdoutArg,
+        stderr: StdoutArg,
+        check: bool,
+        task_status: trio.TaskStatus[Container],
+    ) -> CompletedContainer:
+        """Start the process ``plan`` describes, stream its stdio, wait for it and reap it."""
         started = task_status is not trio.TASK_STATUS_IGNORED
         if capture_stdout and stdout is not None:
             raise ValueError("stdout= and capture_stdout=True cannot both be given")
@@ -511,7 +636,7 @@ class Supervisor(metaclass=NoPublicConstructor):
             stdio.parent_out = stdio.output(stdout, capture_stdout, 1, self._devnull)
             stdio.parent_err = stdio.output(stderr, capture_stderr, 2, self._devnull)
             try:
-                container = await self._spawn(spec, [*stdio.child, err_w])
+                container = await self._spawn(spec, plan_id, plan, [*stdio.child, err_w, *extra_fds])
             finally:
                 os.close(err_w)
                 err_w = -1
@@ -656,6 +781,9 @@ class Supervisor(metaclass=NoPublicConstructor):
             await zygote.done.wait()
         for container in list(self._running):
             await container._reaped.wait()
+        for kept in self._kept:
+            with suppress(OSError):
+                kept.release()
         os.close(self._devnull)
 
 

@@ -27,7 +27,7 @@ import os
 import struct
 import time
 
-from . import _child, _protocol, _skeleton
+from . import _child, _namespaces, _protocol, _skeleton
 from ._sys import _consts as C
 from ._sys import _libc
 
@@ -64,7 +64,9 @@ class Zygote:
         self.sock = sock
         self.supervisor_pidfd = supervisor_pidfd
         self.newroot = newroot
-        self.plans: dict[int, tuple[int, _child.Linked, _child.Meta]] = {}
+        #: plan id -> (clone flags, linked ops, error metadata, extra fds, what to enter first)
+        self.plans: dict[int, tuple[int, _child.Linked, _child.Meta, int, tuple[tuple[int, int], ...]]] = {}
+        self.namespaces = _namespaces.ZygoteNamespaces()
         #: prebuilt root trees, shared by every plan with the same skeleton:
         #: key -> [fd, built at (monotonic)]; the fd holder is what the linked
         #: attach_skeleton op reads, so a rebuild reaches those plans too
@@ -109,24 +111,34 @@ class Zygote:
                 return
             if tag != _protocol.SPAWN:
                 raise ValueError(f"unknown request {tag!r}")
-            if len(fds) != _FDS_PER_SPAWN:
-                raise ValueError(f"spawn needs {_FDS_PER_SPAWN} fds, got {len(fds)}")
             plan = self.plans.get(plan_id)
             if plan is None:
                 plan = self._link(plan_id, body)
+            if len(fds) != _FDS_PER_SPAWN + plan[3]:
+                raise ValueError(f"spawn needs {_FDS_PER_SPAWN + plan[3]} fds, got {len(fds)}")
         except (ValueError, KeyError, TypeError) as e:
             self.fail(request_id, 0, "protocol", "recvmsg", f"bad request: {e}")
             return
-        flags, linked, meta = plan
+        flags, linked, meta, _extra, enter = plan
         if self.skeletons and _monotonic() > self.next_refresh:
             self._refresh_skeletons()
+        entered = 0
+        step, call = "namespaces", "setns"
         try:
+            for index, nsflags in enter:
+                self.namespaces.enter(fds[_FDS_PER_SPAWN + index], nsflags)
+                entered |= nsflags
+            step, call = "clone", "clone3"
             pid, pidfd = _libc.clone3(_CLONE_BASE | flags, 0)
         except OSError as e:
-            self.fail(request_id, e.errno or 0, "clone", "clone3", os.strerror(e.errno or 0))
+            if entered:
+                self._come_back(entered)
+            self.fail(request_id, e.errno or 0, step, call, os.strerror(e.errno or 0))
             return
-        if pid == 0:
-            _child.run(linked, meta, (fds[0], fds[1], fds[2], fds[3], self.supervisor_pidfd))
+        if pid == 0:  # the child: it stays where it was born
+            _child.run(linked, meta, (fds[0], fds[1], fds[2], fds[3], self.supervisor_pidfd, *fds[4:]))
+        if entered:
+            self._come_back(entered)
         try:
             self.sock.sendmsg(
                 (_protocol.encode(_protocol.DONE, request_id, pid),),
@@ -135,9 +147,16 @@ class Zygote:
         finally:
             os.close(pidfd)
 
+    def _come_back(self, entered: int) -> None:
+        """Return to the zygote's own namespaces, or die: never clone from inside a container."""
+        try:
+            self.namespaces.restore(entered)
+        except OSError:
+            os._exit(70)  # the supervisor sees EOF and starts a new zygote
+
     def _link(
         self, plan_id: int, body: dict[str, Any] | None
-    ) -> tuple[int, _child.Linked, _child.Meta]:
+    ) -> tuple[int, _child.Linked, _child.Meta, int, tuple[tuple[int, int], ...]]:
         if body is None:
             raise ValueError(f"unknown plan {plan_id} and no plan sent")
         ops = body["ops"]
@@ -149,7 +168,8 @@ class Zygote:
                 at = next(i for i, op in enumerate(ops) if op[1] == "attach_skeleton")
                 ops = [*ops[:at], *_skeleton.expand_for_child(skeleton, self.newroot), *ops[at + 1:]]
         linked, meta = _child.link(ops, holder)
-        plan = self.plans[plan_id] = (int(body["flags"]), linked, meta)
+        enter = tuple((int(index), int(flags)) for index, flags in body.get("enter", ()))
+        plan = self.plans[plan_id] = (int(body["flags"]), linked, meta, int(body.get("extra", 0)), enter)
         return plan
 
     def _skeleton(self, ops: list[Any]) -> list[Any] | None:
@@ -195,6 +215,10 @@ def main(sock_fd: int, supervisor_pid: int, newroot: str) -> None:
     # _socket, not socket: socket.py imports enum and selectors (zygote size, see _protocol).
     sock = _socket.socket(fileno=sock_fd)
     os.set_inheritable(sock_fd, False)
+    # Non-dumpable, and so are the children until they exec: a container
+    # process cannot read a not-yet-exec'd helper's memory or environment
+    # through /proc (runc CVE-2019-5736; prctl(2) PR_SET_DUMPABLE).
+    _libc.prctl(C.PR_SET_DUMPABLE, 0)
     # Device nodes and mount points get exactly the modes the plan asks for;
     # the child sets the program's umask before execve.
     os.umask(0)

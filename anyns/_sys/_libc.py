@@ -141,6 +141,17 @@ def sethostname(name: bytes) -> None:
         raise _fail("sethostname")
 
 
+_setdomainname = _libc.setdomainname
+_setdomainname.argtypes = (ctypes.c_char_p, ctypes.c_size_t)
+_setdomainname.restype = ctypes.c_int
+
+
+def setdomainname(name: bytes) -> None:
+    """setdomainname(2)."""
+    if _setdomainname(name, len(name)) != 0:
+        raise _fail("setdomainname")
+
+
 def unshare(flags: int) -> None:
     """unshare(2) (os.unshare exists only from Python 3.12)."""
     if _unshare(flags) != 0:

@@ -1,0 +1,104 @@
+"""Entering, joining and keeping namespaces: the zygote side and the host side.
+
+* ``ZygoteNamespaces`` (zygote side): for ``Container.exec`` and
+  ``Join(pid=…)`` the zygote itself steps into the target's namespaces with one
+  ``setns(pidfd, flags)`` (Linux 5.8: all at once, atomically), clones the new
+  process there, and steps back with its own namespace fds. A pid namespace
+  can only be entered this way: ``setns(CLONE_NEWPID)`` changes where the
+  caller's *children* are born, never the caller. The zygote is single-threaded
+  and non-dumpable, so a container process cannot read the helper's memory or
+  environment through /proc while it is not yet exec'd (runc CVE-2019-5736).
+* ``persist_from_host`` / ``release_from_host`` (host side, supervisor): bind
+  a namespace file onto a path so the namespace outlives its processes, as
+  ``ip netns add`` does, and take it away again.
+
+The child-side half, joining single namespaces, is the ``setns`` step of
+the plan (``_child``).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from ._sys import _consts as C
+from ._sys import _libc
+
+#: /proc/PID/ns names and CLONE_NEW* flags, in the order the zygote steps back
+KIND_FLAGS = (
+    ("mnt", C.CLONE_NEWNS),
+    ("pid", C.CLONE_NEWPID),
+    ("net", C.CLONE_NEWNET),
+    ("ipc", C.CLONE_NEWIPC),
+    ("uts", C.CLONE_NEWUTS),
+    ("cgroup", C.CLONE_NEWCGROUP),
+    ("time", C.CLONE_NEWTIME),
+)
+
+
+class ZygoteNamespaces:
+    """The zygote's own namespaces, to come back to after entering a container's."""
+
+    def __init__(self) -> None:
+        self.own: list[tuple[int, int]] = []
+        for kind, flag in KIND_FLAGS:
+            # pid_for_children and time_for_children are what setns changes
+            name = {"pid": "pid_for_children", "time": "time_for_children"}.get(kind, kind)
+            try:
+                fd = os.open(f"/proc/self/ns/{name}", os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:  # a kernel without this namespace kind
+                continue
+            self.own.append((flag, fd))
+
+    def enter(self, fd: int, flags: int) -> None:
+        """setns into ``fd``'s namespaces (``fd`` a pidfd, or one namespace file)."""
+        _libc.setns(fd, flags)
+
+    def restore(self, flags: int) -> None:
+        """Step back into the zygote's own namespaces of the kinds in ``flags``.
+
+        Raises:
+            OSError: the zygote could not come back; it must exit, since it
+                would otherwise clone containers inside another container.
+        """
+        for flag, fd in self.own:
+            if flags & flag:
+                _libc.setns(fd, flag)
+
+
+def persist_from_host(source: str, path: str) -> bool:
+    """Bind the namespace file ``source`` onto ``path`` (created as an empty file if missing).
+
+    Returns whether ``path`` was created (so ``release_from_host`` removes it).
+
+    Raises:
+        OSError: ``source`` is not a namespace file, ``path``'s directory is missing …
+    """
+    created = False
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
+        os.close(fd)
+        created = True
+    except FileExistsError:
+        pass
+    try:
+        _libc.mount(os.fsencode(source), os.fsencode(path), None, C.MS_BIND, None)
+    except BaseException:
+        if created:
+            os.unlink(path)
+        raise
+    return created
+
+
+def release_from_host(path: str, created: bool) -> None:
+    """Undo ``persist_from_host``: unmount ``path`` and remove it if it was created for it."""
+    try:
+        _libc.umount2(os.fsencode(path), C.MNT_DETACH)
+    except OSError as e:
+        if e.errno != errno.EINVAL:  # EINVAL: not mounted (any more)
+            raise
+    if created:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
