@@ -38,7 +38,7 @@ from ._errors import (
     oserror,
 )
 from ._plan import HostLayout, Plan, compile_exec_plan, compile_plan
-from ._spec import ContainerSpec, HostRootfs, Namespaces, Rootfs
+from ._spec import KIND_FLAGS, ContainerSpec, HostRootfs, Namespaces, Rootfs
 
 __all__ = ["DEVNULL", "PIPE", "STDOUT", "Supervisor", "open_supervisor"]
 
@@ -592,7 +592,12 @@ class Supervisor(metaclass=NoPublicConstructor):
         if container.returncode is not None or container._pidfd < 0:
             raise SetupError("exec", "setns", None, errno.ESRCH, os.strerror(errno.ESRCH),
                              f"container pid {container.pid} has exited")
-        flags = container.spec.namespaces & ~Namespaces.USER
+        # Its own namespaces and those it joined: every one it lives in apart from ours.
+        flags = container.spec.namespaces
+        if container.spec.join is not None:
+            for kind in container.spec.join.kinds():
+                flags |= KIND_FLAGS[kind]
+        flags &= ~Namespaces.USER
         plan_id, plan = self._plan(("exec", spec, int(flags)), lambda: compile_exec_plan(spec, flags))
         try:
             return await self._launch(spec, plan_id, plan, [container._pidfd], stdin, capture_stdout, capture_stderr,
