@@ -51,6 +51,12 @@ def _setns(rt: Rt, index: int, nstype: int) -> None:
     _libc.setns(rt[_EXTRA + index], nstype)
 
 
+def _wait_go(rt: Rt, index: int) -> None:
+    """Block until the supervisor has set up the network (one byte), or give up on EOF."""
+    if os.read(rt[_EXTRA + index], 1) != b"1":
+        raise OSError(errno.ECANCELED, "the supervisor abandoned the network setup")
+
+
 def _setdomainname(rt: Rt, name: bytes) -> None:
     _libc.setdomainname(name)
 
@@ -259,6 +265,7 @@ OPS: dict[str, Callable[..., None]] = {
     "unshare": _unshare,
     "setns": _setns,
     "setdomainname": _setdomainname,
+    "wait_go": _wait_go,
     "mount": _mount,
     "attach_skeleton": _attach_skeleton,
     "mkpath": _mkpath,
@@ -298,6 +305,7 @@ _SYSCALL_OF = {
     "makedirs": "mkdir",
     "attach_skeleton": "move_mount",
     "interface_up": "ioctl",
+    "wait_go": "read",
     "stdio": "dup2",
     "close_fds": "close_range",
     "signals": "sigaction",

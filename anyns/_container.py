@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import ipaddress
 import os
 import signal
 import subprocess
@@ -197,6 +198,8 @@ class Container(metaclass=NoPublicConstructor):
         stdin: a trio ``SendStream`` when started with ``stdin=anyns.PIPE``, else None.
         stdout: a trio ``ReceiveStream`` when started with ``stdout=anyns.PIPE``, else None.
         stderr: likewise for ``stderr=anyns.PIPE``.
+        addresses: with ``anyns.Bridge``, the address (with its prefix) of its
+            ``eth0``; empty otherwise.
     """
 
     def __init__(self, spec: ContainerSpec, pid: int, pidfd: int, supervisor: Supervisor) -> None:
@@ -210,6 +213,10 @@ class Container(metaclass=NoPublicConstructor):
         self._pidfd = pidfd
         self._reaped = trio.Event()
         self._ns_pid: int | None = None
+        #: what this container got on a Bridge: its eth0 address (empty otherwise)
+        self.addresses: tuple[ipaddress.IPv4Interface, ...] = ()
+        #: (bridge, host end, address) while wired, for the supervisor to undo
+        self._network: tuple[Any, str, ipaddress.IPv4Interface] | None = None
         self._namespaces: Mapping[str, NamespaceId] | None = None
 
     def __repr__(self) -> str:

@@ -38,7 +38,7 @@ The order (each line a step)::
                  root without following symlinks
     pivot_root   pivot_root(".", ".") and detach the old root (runc, LXC)
     hostname     sethostname, setdomainname
-    network      lo up
+    network      lo up; with a Bridge, wait until the supervisor has wired eth0
     process      umask, cwd, stdio, close every other fd, signal dispositions and mask
     pdeathsig    PR_SET_PDEATHSIG last (credential changes clear it), then check
                  the supervisor is still alive
@@ -56,12 +56,15 @@ from ._spec import (
     DEFAULT_PATH,
     KIND_FLAGS,
     Bind,
+    Bridge,
     ContainerSpec,
     DirRootfs,
     HostRootfs,
     Namespaces,
     OverlayRootfs,
     Tmpfs,
+    effective_namespaces,
+    joined_namespaces,
 )
 from ._sys._consts import (
     MNT_DETACH,
@@ -179,9 +182,9 @@ class _Builder:
 
 def compile_plan(spec: ContainerSpec, host: HostLayout) -> Plan:
     """Turn ``spec`` into a ``Plan``; pure, and cached by the supervisor per spec."""
-    ns = spec.namespaces
+    ns = effective_namespaces(spec)
     b = _Builder(host.newroot)
-    joined = spec.join.kinds() if spec.join is not None else {}
+    joined = joined_namespaces(spec)
     extra_kinds = tuple(joined)
     enter: list[tuple[int, int]] = []
     for index, kind in enumerate(extra_kinds):
@@ -190,17 +193,21 @@ def compile_plan(spec: ContainerSpec, host: HostLayout) -> Plan:
             enter.append((index, flag))  # only the zygote can: it changes where children are born
         else:
             b.op("namespaces", "setns", kind, index, flag)
-        ns &= ~KIND_FLAGS[kind]
 
-    unshared = int(ns) & ~int(Namespaces.PID)
+    # With a bridge the supervisor needs the network namespace the moment the
+    # clone is answered (to put the veth peer in it), so clone3 makes it.
+    born_with = Namespaces.PID | (Namespaces.NET if isinstance(spec.network, Bridge) else Namespaces(0))
+    clone_flags = int(ns & born_with)
+    unshared = int(ns) & ~clone_flags & ~int(Namespaces.PID)
     if unshared:
         b.op("namespaces", "unshare", None, unshared)
+    if isinstance(spec.network, Bridge):
+        extra_kinds += ("go",)  # a pipe: the child waits on it until the supervisor has wired eth0
 
     if "mnt" in joined:
         # Another container's file system view: its root is already ours.
-        _process_steps(b, spec, ns)
-        return Plan(clone_flags=int(ns & Namespaces.PID), ops=tuple(b.ops), extra_kinds=extra_kinds,
-                    enter=tuple(enter))
+        _process_steps(b, spec, ns, extra_kinds)
+        return Plan(clone_flags=clone_flags, ops=tuple(b.ops), extra_kinds=extra_kinds, enter=tuple(enter))
 
     # A shared bind must stay a peer of its host mount: clone it now, while
     # the copied tree is still in the host's peer groups; it is attached in
@@ -254,12 +261,12 @@ def compile_plan(spec: ContainerSpec, host: HostLayout) -> Plan:
     b.op("pivot_root", "pivot_root", "/", ".", ".")
     b.op("pivot_root", "umount2", "/", ".", MNT_DETACH)
 
-    _process_steps(b, spec, ns)
-    return Plan(clone_flags=int(ns & Namespaces.PID), ops=tuple(b.ops), skeleton=skeleton,
+    _process_steps(b, spec, ns, extra_kinds)
+    return Plan(clone_flags=clone_flags, ops=tuple(b.ops), skeleton=skeleton,
                 extra_kinds=extra_kinds, enter=tuple(enter))
 
 
-def _process_steps(b: _Builder, spec: ContainerSpec, ns: Namespaces) -> None:
+def _process_steps(b: _Builder, spec: ContainerSpec, ns: Namespaces, extra_kinds: tuple[str, ...]) -> None:
     """From hostname to execve: what every container does after its file system is in place."""
     if spec.hostname is not None:
         b.op("hostname", "sethostname", None, spec.hostname)
@@ -267,6 +274,8 @@ def _process_steps(b: _Builder, spec: ContainerSpec, ns: Namespaces) -> None:
         b.op("hostname", "setdomainname", None, spec.domainname)
     if Namespaces.NET in ns:
         b.op("network", "interface_up", "lo", "lo")
+    if "go" in extra_kinds:
+        b.op("network", "wait_go", "eth0", extra_kinds.index("go"))
     _exec_steps(b, spec)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import ipaddress
 import operator
 import os
 import posixpath
@@ -22,14 +23,19 @@ from ._errors import SpecError
 __all__ = [
     "DEFAULT_PATH",
     "Bind",
+    "Bridge",
     "ContainerSpec",
     "DirRootfs",
     "Environment",
+    "HostNetwork",
     "HostRootfs",
     "Join",
+    "JoinNetwork",
+    "Loopback",
     "OverlayRootfs",
     "Mount",
     "Namespaces",
+    "Network",
     "Rootfs",
     "Tmpfs",
 ]
@@ -268,6 +274,98 @@ class Tmpfs:
 Mount = Bind | Tmpfs
 
 _MAX_HOSTNAME: Final = 64  # HOST_NAME_MAX; sethostname(2) refuses longer names
+_IFNAMSIZ: Final = 16  # interface names are at most 15 bytes
+
+
+@attrs.frozen
+class Loopback:
+    """An own network namespace with only ``lo``, up: the default with ``Namespaces.NET``."""
+
+
+@attrs.frozen
+class HostNetwork:
+    """No network namespace: the container uses the host's interfaces (like ``--net=host``)."""
+
+
+def _to_subnet(value: Any) -> str:
+    try:
+        network = ipaddress.ip_network(str(value), strict=True)
+    except ValueError as e:
+        raise _fail("Bridge.subnet", f"not a network address: {e}") from None
+    if not isinstance(network, ipaddress.IPv4Network):
+        raise _fail("Bridge.subnet", f"only IPv4 subnets are supported, got {value!r}")
+    if network.prefixlen > 30:
+        raise _fail("Bridge.subnet", f"{network} has no room for a bridge and a container (/30 at most)")
+    return str(network)
+
+
+@attrs.frozen
+class Bridge:
+    """A bridge on the supervisor's side and a veth pair per container, with an address each.
+
+    The bridge is created on first use with the subnet's first address (the
+    gateway) and removed when the supervisor that created it exits; an existing
+    one of that name is reused. Each container gets ``eth0`` (created directly
+    in its namespace), the next free address of ``subnet`` (round-robin, so an
+    address just freed is not handed out again at once), ``lo`` up, and a
+    default route via the gateway; its program starts once all of that is in
+    place.
+
+    Args:
+        name: the bridge's interface name (at most 15 bytes).
+        subnet: an IPv4 network such as ``"10.88.0.0/16"``.
+        netns: the network namespace file the bridge lives in (for example one
+            kept with ``keep_namespace``); default: the supervisor's own.
+    """
+
+    name: str = "anyns0"
+    subnet: str = attrs.field(default="10.88.0.0/16", converter=_to_subnet)
+    netns: str | None = attrs.field(default=None, kw_only=True, converter=attrs.converters.optional(_path))
+
+    def __attrs_post_init__(self) -> None:
+        _check_text("Bridge.name", self.name)
+        encoded = self.name.encode()
+        bad = any(c in self.name for c in "/: \t\n") or self.name in (".", "..")
+        if not encoded or len(encoded) >= _IFNAMSIZ or bad:
+            raise _fail("Bridge.name", f"must be an interface name of 1 to {_IFNAMSIZ - 1} bytes, got {self.name!r}")
+        if self.netns is not None:
+            _check_abs_path("Bridge.netns", self.netns)
+
+    @property
+    def network(self) -> ipaddress.IPv4Network:
+        """The subnet, parsed."""
+        return ipaddress.IPv4Network(self.subnet)
+
+    @property
+    def gateway(self) -> ipaddress.IPv4Interface:
+        """The bridge's own address (the subnet's first host): the host side, and the containers' route."""
+        network = self.network
+        return ipaddress.IPv4Interface(f"{network.network_address + 1}/{network.prefixlen}")
+
+
+def _source_path(value: Any) -> Any:
+    return _path(value) if isinstance(value, os.PathLike) else value
+
+
+@attrs.frozen
+class JoinNetwork:
+    """Share an existing network namespace, pod-style.
+
+    ``source`` is a running ``anyns.Container`` or a namespace file
+    (``/proc/PID/ns/net``, ``/run/netns/NAME``, one kept with ``keep_namespace``).
+    """
+
+    source: Any = attrs.field(converter=_source_path)
+
+    def __attrs_post_init__(self) -> None:
+        value = self.source
+        if isinstance(value, str):
+            _check_abs_path("JoinNetwork.source", value)
+        elif not (hasattr(value, "pid") and hasattr(value, "namespaces")):
+            raise _fail("JoinNetwork.source", f"expected an anyns.Container or a namespace file path, got {value!r}")
+
+
+Network = Loopback | HostNetwork | Bridge | JoinNetwork
 
 #: namespace kinds as /proc/PID/ns names them, with their CLONE_NEW* flags
 KIND_FLAGS: Final = {
@@ -355,6 +453,11 @@ class ContainerSpec:
         cwd: the working directory inside the container.
         domainname: the NIS domain name inside (needs ``Namespaces.UTS``); None keeps the host's.
         join: namespaces to share with running containers or namespace files (``anyns.Join``).
+        network: ``anyns.Loopback()`` (the default with ``Namespaces.NET``),
+            ``anyns.HostNetwork()``, ``anyns.Bridge(...)`` or
+            ``anyns.JoinNetwork(container_or_path)``; it decides whether the
+            container gets a network namespace of its own, whatever
+            ``namespaces`` says about NET.
         root_propagation: ``"slave"`` (default: unmounts on the host reach the
             container, nothing flows back, as runc does) or ``"private"`` (no
             propagation either way). A ``Bind`` can choose its own.
@@ -370,6 +473,7 @@ class ContainerSpec:
     root_propagation: str = "slave"
     domainname: str | None = None
     join: Join | None = None
+    network: Network | None = None
 
     def __attrs_post_init__(self) -> None:
         if not self.argv:
@@ -386,9 +490,13 @@ class ContainerSpec:
             raise _fail("namespaces", "Namespaces.MOUNT is required: the container gets its own root")
         if Namespaces.USER in self.namespaces:
             raise _fail("namespaces", "Namespaces.USER is not supported yet")
-        joined = self.join.kinds() if self.join is not None else {}
         if self.join is not None and not isinstance(self.join, Join):
             raise _fail("join", f"expected an anyns.Join, got {self.join!r}")
+        if self.network is not None and not isinstance(self.network, (Loopback, HostNetwork, Bridge, JoinNetwork)):
+            raise _fail("network", f"expected Loopback, HostNetwork, Bridge or JoinNetwork, got {self.network!r}")
+        if isinstance(self.network, JoinNetwork) and self.join is not None and self.join.net is not None:
+            raise _fail("network", "JoinNetwork and Join(net=...) both name a network to join")
+        joined = joined_namespaces(self)
         for field in ("hostname", "domainname"):
             name = getattr(self, field)
             if name is None:
@@ -405,3 +513,23 @@ class ContainerSpec:
             if not isinstance(mount, (Bind, Tmpfs)):
                 raise _fail(f"mounts[{i}]", f"expected anyns.Bind or anyns.Tmpfs, got {mount!r}")
         _check_abs_path("cwd", self.cwd)
+
+
+def effective_namespaces(spec: ContainerSpec) -> Namespaces:
+    """The namespaces the container gets of its own, once ``network`` and ``join`` have had their say."""
+    ns = spec.namespaces
+    if isinstance(spec.network, HostNetwork):
+        ns &= ~Namespaces.NET
+    elif isinstance(spec.network, (Loopback, Bridge)):
+        ns |= Namespaces.NET
+    for kind in joined_namespaces(spec):
+        ns &= ~KIND_FLAGS[kind]
+    return ns
+
+
+def joined_namespaces(spec: ContainerSpec) -> dict[str, Any]:
+    """Kind -> source of every namespace the container joins (``join`` and ``JoinNetwork``)."""
+    joined = spec.join.kinds() if spec.join is not None else {}
+    if isinstance(spec.network, JoinNetwork):
+        joined["net"] = spec.network.source
+    return joined

@@ -31,14 +31,16 @@ from ._container import CompletedContainer, Container, NoPublicConstructor, Pers
 from ._errors import (
     ContainerFailed,
     ExecError,
+    NetworkError,
     SetupError,
     SpecError,
     ZygoteError,
     diagnose,
     oserror,
 )
+from ._network import Networking
 from ._plan import HostLayout, Plan, compile_exec_plan, compile_plan
-from ._spec import KIND_FLAGS, ContainerSpec, HostRootfs, Namespaces, Rootfs
+from ._spec import KIND_FLAGS, Bridge, ContainerSpec, HostRootfs, Namespaces, Rootfs, joined_namespaces
 
 __all__ = ["DEVNULL", "PIPE", "STDOUT", "Supervisor", "open_supervisor"]
 
@@ -302,14 +304,15 @@ def _join_fds(spec: ContainerSpec, plan: Plan) -> tuple[list[int], list[int]]:
     Raises:
         SetupError: a container that has exited, or a path that cannot be opened.
     """
-    if not plan.extra_kinds:
+    sources = joined_namespaces(spec)
+    if not sources:
         return [], []
-    assert spec.join is not None
-    sources = spec.join.kinds()
     fds: list[int] = []
     owned: list[int] = []
     try:
         for kind in plan.extra_kinds:
+            if kind == "go":
+                continue  # the network's go pipe: run() adds it
             source = sources[kind]
             if isinstance(source, Container):
                 if source.returncode is not None or source._pidfd < 0:
@@ -439,6 +442,7 @@ class Supervisor(metaclass=NoPublicConstructor):
         self._running: set[Container] = set()
         #: namespaces kept with Container.keep_namespace, released when the supervisor closes
         self._kept: set[PersistedNamespace] = set()
+        self._networking = Networking()
         self._closed = False
         self._devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         self._plan_ids = itertools.count(1)
@@ -558,9 +562,14 @@ class Supervisor(metaclass=NoPublicConstructor):
             raise TypeError(f"expected an anyns.ContainerSpec, got {type(spec).__name__}")
         plan_id, plan = self._container_plan(spec)
         extra, owned = _join_fds(spec, plan)
+        go = -1
+        if "go" in plan.extra_kinds:
+            go_r, go = os.pipe2(os.O_CLOEXEC)
+            extra.append(go_r)
+            owned.append(go_r)
         try:
             return await self._launch(spec, plan_id, plan, extra, stdin, capture_stdout, capture_stderr,
-                                      stdout, stderr, check, task_status)
+                                      stdout, stderr, check, task_status, go)
         finally:
             for fd in owned:
                 os.close(fd)
@@ -622,8 +631,13 @@ class Supervisor(metaclass=NoPublicConstructor):
         stderr: StdoutArg,
         check: bool,
         task_status: trio.TaskStatus[Container],
+        go: int = -1,
     ) -> CompletedContainer:
-        """Start the process ``plan`` describes, stream its stdio, wait for it and reap it."""
+        """Start the process ``plan`` describes, stream its stdio, wait for it and reap it.
+
+        ``go``: the write end of the pipe a Bridge container waits on; the
+        network is wired before the byte is written (and the pipe closed).
+        """
         started = task_status is not trio.TASK_STATUS_IGNORED
         if capture_stdout and stdout is not None:
             raise ValueError("stdout= and capture_stdout=True cannot both be given")
@@ -647,6 +661,8 @@ class Supervisor(metaclass=NoPublicConstructor):
                 err_w = -1
                 stdio.close_child_ends()
             os.set_blocking(err_r, False)
+            if go >= 0:
+                await self._wire_network(container, go, err_r)
             if started:
                 # nursery.start returns only once the program runs: wait for
                 # EOF on the error pipe (it is close-on-exec) or a failure record.
@@ -664,12 +680,36 @@ class Supervisor(metaclass=NoPublicConstructor):
         finally:
             if err_w >= 0:
                 os.close(err_w)
+            if go >= 0:
+                os.close(go)
             trio.lowlevel.notify_closing(err_r)
             os.close(err_r)
             stdio.close_child_ends()
             stdio.close_parent_ends()
             if container is not None:
                 await self._ensure_reaped(container)
+
+    async def _wire_network(self, container: Container, go: int, err_r: int) -> None:
+        """Give a Bridge container its eth0, then let it go on to exec.
+
+        If the child failed before it got here, its own error wins over the
+        netlink one that follows from it.
+        """
+        bridge = container.spec.network
+        assert isinstance(bridge, Bridge)
+        try:
+            host_end, address = await self._networking.attach(bridge, container.pid)
+        except NetworkError:
+            with trio.CancelScope(shield=True):
+                container.kill()
+                await container._wait_and_reap()
+            failure = await _read_to_eof(err_r, _protocol.MAX_FAILURE)
+            if failure:
+                raise _setup_error(*_protocol.decode_failure(failure)) from None
+            raise
+        container._network = (bridge, host_end, address)
+        container.addresses = (address,)
+        os.write(go, b"1")
 
     async def _supervise(
         self,
@@ -767,12 +807,16 @@ class Supervisor(metaclass=NoPublicConstructor):
         stdio.parent_in = stdio.parent_out = stdio.parent_err = -1  # the streams own them
 
     async def _ensure_reaped(self, container: Container) -> None:
-        """Kill and reap ``container`` unless it already was; shielded, so always completes."""
+        """Kill and reap ``container`` unless it already was, then unwire it; shielded, so always completes."""
         try:
-            if container.returncode is None:
-                with trio.CancelScope(shield=True):
+            with trio.CancelScope(shield=True):
+                if container.returncode is None:
                     container.kill()
                     await container._wait_and_reap()
+                if container._network is not None:
+                    # Now, not when the kernel gets round to it: "no veth left" holds when run returns.
+                    network, container._network = container._network, None
+                    await self._networking.detach(*network)
         finally:
             self._running.discard(container)
 
@@ -789,6 +833,7 @@ class Supervisor(metaclass=NoPublicConstructor):
         for kept in self._kept:
             with suppress(OSError):
                 kept.release()
+        await self._networking.aclose()
         os.close(self._devnull)
 
 

@@ -1,0 +1,267 @@
+"""Bridge networking: the host half, over netlink with pyroute2, off the trio thread.
+
+For a container with ``anyns.Bridge``:
+
+1. the zygote clones it with its own network namespace (CLONE_NEWNET), and the
+   child, after its mounts and ``lo``, blocks on a "go" pipe;
+2. here, in a netlink thread: make sure the bridge exists and is up with the
+   gateway address; add a veth pair whose peer is created *directly* in the
+   container's namespace as ``eth0`` (moving a device costs ~20 ms, creating it
+   there ~1 ms, research/spawn-path.md §7); attach the host end to the bridge;
+   then, through a netlink socket opened inside the container's namespace,
+   give ``eth0`` its address, bring it up and add the default route;
+3. the supervisor writes the go byte and the program starts with its network ready.
+
+When the container has been reaped, the host end is deleted right away (the
+kernel would do it, but tens of milliseconds later) and the address returns to
+the pool. The bridge is removed when the supervisor that created it closes.
+
+pyroute2's ``IPRoute`` keeps per-thread state, and ``IPRoute(netns=…)`` forks
+the calling process, so all netlink work for one bridge namespace runs in one
+dedicated thread that owns one ``IPRoute``; sockets in a container's namespace
+come from a ``setns`` of that thread (network namespaces are per thread).
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import os
+import queue
+import socket
+import threading
+from collections.abc import Callable
+from contextlib import suppress
+from typing import Any, TypeVar
+
+import trio
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from ._errors import NetworkError
+from ._spec import Bridge
+from ._sys import _consts as C
+from ._sys import _libc
+
+T = TypeVar("T")
+
+
+class NetlinkThread:
+    """One thread, one ``IPRoute``, in one network namespace; trio tasks submit work to it."""
+
+    def __init__(self, netns: str | None) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Callable[[IPRoute], Any], trio.lowlevel.TrioToken, Any] | None] = (
+            queue.SimpleQueue()
+        )
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, args=(netns,), name="anyns-netlink", daemon=True)
+        self._thread.start()
+
+    def _main(self, netns: str | None) -> None:
+        try:
+            if netns is not None:
+                fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    _libc.setns(fd, C.CLONE_NEWNET)  # this thread only
+                finally:
+                    os.close(fd)
+            ipr = IPRoute()
+        except BaseException as e:  # reported to every caller
+            self._error = e
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            while (job := self._jobs.get()) is not None:
+                fn, token, box = job
+                try:
+                    box.append((True, fn(ipr)))
+                except BaseException as e:  # handed to the caller
+                    box.append((False, e))
+                with suppress(trio.RunFinishedError):
+                    token.run_sync_soon(box[0].set)
+        finally:
+            ipr.close()
+
+    async def call(self, fn: Callable[[IPRoute], T]) -> T:
+        """Run ``fn(ipr)`` in the thread; wait for it without blocking trio (not cancellable)."""
+        if not self._ready.is_set():
+            await trio.to_thread.run_sync(self._ready.wait)
+        if self._error is not None:
+            raise NetworkError(f"netlink: opening a netlink socket failed: {self._error}") from self._error
+        done = trio.Event()
+        box: list[Any] = [done]
+        self._jobs.put((fn, trio.lowlevel.current_trio_token(), box))
+        with trio.CancelScope(shield=True):  # the thread will finish the job anyway
+            await done.wait()
+        ok, value = box[1]
+        if not ok:
+            raise value
+        return value  # type: ignore[no-any-return]
+
+    async def aclose(self) -> None:
+        """Stop the thread (after the jobs before) and wait for it."""
+        self._jobs.put(None)
+        await trio.to_thread.run_sync(self._thread.join)
+
+
+class _BridgeState:
+    """Addresses of one bridge: round-robin, like CNI host-local, so a freed one is not reused at once."""
+
+    def __init__(self, bridge: Bridge) -> None:
+        self.bridge = bridge
+        network = bridge.network
+        self.first = int(network.network_address) + 2  # +1 is the gateway
+        self.last = int(network.broadcast_address) - 1
+        self.next = self.first
+        self.used: set[int] = set()
+        self.index = -1
+        self.created = False
+
+    def allocate(self) -> ipaddress.IPv4Interface:
+        size = self.last - self.first + 1
+        for _ in range(size):
+            candidate = self.next
+            self.next = self.first if self.next >= self.last else self.next + 1
+            if candidate not in self.used:
+                self.used.add(candidate)
+                return ipaddress.IPv4Interface(f"{ipaddress.IPv4Address(candidate)}/{self.bridge.network.prefixlen}")
+        raise NetworkError(f"address allocation in {self.bridge.subnet}: no free address left")
+
+    def release(self, address: ipaddress.IPv4Interface) -> None:
+        self.used.discard(int(address.ip))
+
+
+def _netlink_error(operation: str, interface: str, error: BaseException) -> NetworkError:
+    code = getattr(error, "code", None) or getattr(error, "errno", None)
+    detail = f"[Errno {code}] {os.strerror(code)}" if isinstance(code, int) and code > 0 else str(error)
+    return NetworkError(f"{operation} {interface!r} failed: {detail}")
+
+
+def ensure_bridge_from_host(ipr: IPRoute, bridge: Bridge) -> tuple[int, bool]:
+    """The bridge's interface index, creating it (up, with the gateway address) if missing."""
+    found = ipr.link_lookup(ifname=bridge.name)
+    created = False
+    if not found:
+        try:
+            ipr.link("add", ifname=bridge.name, kind="bridge")
+        except NetlinkError as e:
+            if e.code != 17:  # EEXIST: another supervisor won the race
+                raise _netlink_error("bridge add", bridge.name, e) from e
+        else:
+            created = True
+        found = ipr.link_lookup(ifname=bridge.name)
+    index = found[0]
+    gateway = bridge.gateway
+    try:
+        ipr.addr("add", index=index, address=str(gateway.ip), prefixlen=gateway.network.prefixlen)
+    except NetlinkError as e:
+        if e.code != 17:  # already has it
+            raise _netlink_error("address add", bridge.name, e) from e
+    ipr.link("set", index=index, state="up")
+    return index, created
+
+
+def _socket_in(netns_fd: int) -> socket.socket:
+    """A netlink socket that lives in the namespace ``netns_fd`` (made by this thread's setns)."""
+    here = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _libc.setns(netns_fd, C.CLONE_NEWNET)
+        try:
+            # SOCK_DGRAM: what pyroute2's own sockets are
+            return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, 0)
+        finally:
+            _libc.setns(here, C.CLONE_NEWNET)
+    finally:
+        os.close(here)
+
+
+def attach_from_host(ipr: IPRoute, state: _BridgeState, pid: int, host_end: str,
+                     address: ipaddress.IPv4Interface) -> None:
+    """Wire container ``pid`` to the bridge: veth, address, routes. Removes what it made on failure."""
+    bridge = state.bridge
+    if state.index < 0 or not ipr.link_lookup(ifname=bridge.name):
+        state.index, created = ensure_bridge_from_host(ipr, bridge)
+        state.created = state.created or created
+    netns = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)  # a pidfd is not accepted here
+    try:
+        try:
+            ipr.link("add", ifname=host_end, kind="veth", peer={"ifname": "eth0", "net_ns_fd": netns})
+        except NetlinkError as e:
+            raise _netlink_error("veth add", host_end, e) from e
+        try:
+            ipr.link("set", index=ipr.link_lookup(ifname=host_end)[0], master=state.index, state="up")
+            with IPRoute(fileno=_socket_in(netns).detach()) as inside:
+                eth0 = inside.link_lookup(ifname="eth0")[0]
+                inside.addr("add", index=eth0, address=str(address.ip), prefixlen=address.network.prefixlen)
+                inside.link("set", index=eth0, state="up")
+                inside.route("add", dst="default", gateway=str(bridge.gateway.ip))
+        except NetlinkError as e:
+            detach_from_host(ipr, host_end)
+            raise _netlink_error("eth0 setup via", host_end, e) from e
+    finally:
+        os.close(netns)
+
+
+def detach_from_host(ipr: IPRoute, host_end: str) -> None:
+    """Delete the host end of a container's veth pair (its peer goes with it); gone already is fine."""
+    try:
+        ipr.link("del", ifname=host_end)
+    except NetlinkError as e:
+        if e.code not in (19, 6):  # ENODEV, ENXIO: the kernel was faster
+            raise _netlink_error("veth del", host_end, e) from e
+
+
+def remove_bridge_from_host(ipr: IPRoute, *, name: str) -> None:
+    """Delete a bridge this supervisor created."""
+    try:
+        ipr.link("del", ifname=name)
+    except NetlinkError as e:
+        if e.code not in (19, 6):
+            raise _netlink_error("bridge del", name, e) from e
+
+
+class Networking:
+    """The supervisor's bridges: one netlink thread per bridge namespace, addresses per bridge."""
+
+    def __init__(self) -> None:
+        self._threads: dict[str | None, NetlinkThread] = {}
+        self._bridges: dict[Bridge, _BridgeState] = {}
+
+    def _thread(self, netns: str | None) -> NetlinkThread:
+        thread = self._threads.get(netns)
+        if thread is None:
+            thread = self._threads[netns] = NetlinkThread(netns)
+        return thread
+
+    async def attach(self, bridge: Bridge, pid: int) -> tuple[str, ipaddress.IPv4Interface]:
+        """Give container ``pid`` its eth0 on ``bridge``; return (host end name, address)."""
+        state = self._bridges.get(bridge)
+        if state is None:
+            state = self._bridges[bridge] = _BridgeState(bridge)
+        address = state.allocate()
+        host_end = f"anyns{pid}"
+        try:
+            await self._thread(bridge.netns).call(lambda ipr: attach_from_host(ipr, state, pid, host_end, address))
+        except BaseException:
+            state.release(address)
+            raise
+        return host_end, address
+
+    async def detach(self, bridge: Bridge, host_end: str, address: ipaddress.IPv4Interface) -> None:
+        """Remove a reaped container's veth and free its address."""
+        try:
+            await self._thread(bridge.netns).call(lambda ipr: detach_from_host(ipr, host_end))
+        finally:
+            self._bridges[bridge].release(address)
+
+    async def aclose(self) -> None:
+        """Remove the bridges this supervisor created, stop the threads."""
+        for bridge, state in self._bridges.items():
+            if state.created:
+                with suppress(NetworkError):
+                    await self._thread(bridge.netns).call(functools.partial(remove_bridge_from_host, name=bridge.name))
+        for thread in self._threads.values():
+            await thread.aclose()
+        self._threads.clear()
