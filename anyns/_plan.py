@@ -212,7 +212,8 @@ def compile_plan(spec: ContainerSpec, host: HostLayout) -> Plan:
     # A shared bind must stay a peer of its host mount: clone it now, while
     # the copied tree is still in the host's peer groups; it is attached in
     # the mounts step (turning the tree slave first would make a bind of it a slave).
-    shared = [m for m in spec.mounts if isinstance(m, Bind) and m.propagation == "shared"]
+    # So must a slave bind: made after an rprivate it would copy a private mount.
+    shared = [m for m in spec.mounts if isinstance(m, Bind) and m.propagation in ("shared", "slave")]
     for mount in shared:
         b.op("propagation", "open_tree", mount.source, mount.source, int(mount.recursive))
     flag = MS_SLAVE if spec.root_propagation == "slave" else MS_PRIVATE
@@ -382,8 +383,13 @@ def _user_mount(b: _Builder, mount: Bind | Tmpfs, tree: int) -> None:
     )
     if attr:
         b.setattr("mounts", mount.target, attr)
-    if mount.propagation is not None and mount.propagation != "shared":
-        flag = _PROPAGATION_FLAGS[mount.propagation] | (MS_REC if mount.recursive else 0)
+    propagation = mount.propagation
+    if propagation is None and mount.readonly:
+        # A slave would receive mounts the host makes under the source later,
+        # and those arrive read-write: a read-only bind is private unless asked.
+        propagation = "private"
+    if propagation is not None and propagation != "shared":
+        flag = _PROPAGATION_FLAGS[propagation] | (MS_REC if mount.recursive else 0)
         b.mount("mounts", None, mount.target, None, flag)
 
 

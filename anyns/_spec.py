@@ -237,6 +237,14 @@ class Bind:
 
     A missing mount point is created inside the container's root (a file for a
     file source, a directory otherwise).
+
+    ``propagation`` (mount_namespaces(7)): ``"shared"`` mounts made under it
+    in the container appear on the host and back; ``"slave"`` host mounts
+    under the source appear in the container, nothing flows back;
+    ``"private"`` neither; ``"unbindable"`` private, and it cannot be bound
+    elsewhere. None follows ``ContainerSpec.root_propagation``, except that a
+    read-only bind is then private: mounts the host added later would arrive
+    read-write.
     """
 
     source: str = attrs.field(converter=_path)
