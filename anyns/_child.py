@@ -92,7 +92,16 @@ def _mountpoint(rt: Rt, source: bytes | None, root: bytes, rel: bytes) -> None:
 
 
 def _makedirs(rt: Rt, path: bytes) -> None:
-    os.makedirs(path, 0o755, exist_ok=True)
+    """A host directory the caller named (an overlay upper layer): made like ``mkdir -p`` with umask 022.
+
+    The child still runs with the zygote's umask 0, under which os.makedirs
+    would make the missing parents world-writable.
+    """
+    old = os.umask(0o022)
+    try:
+        os.makedirs(path, 0o755, exist_ok=True)
+    finally:
+        os.umask(old)
 
 
 def _stat(rt: Rt, path: bytes) -> None:
@@ -152,6 +161,7 @@ def _mount_beneath(rt: Rt, source: bytes, root: bytes, rel: bytes, fstype: bytes
             is_dir = (os.stat(source).st_mode & 0o170000) == 0o040000
         except OSError as e:
             e.anyns_path = source  # type: ignore[attr-defined]  # the error names the source
+            e.syscall = "stat"  # type: ignore[attr-defined]
             raise
     fd = _open_beneath(root, rel, is_dir)
     try:

@@ -24,7 +24,8 @@ from ._spec import KIND_FLAGS
 
 if TYPE_CHECKING:
     from ._spec import ContainerSpec
-    from ._supervisor import StdinArg, StdoutArg, Supervisor
+    from ._stdio import StdinArg, StdoutArg
+    from ._supervisor import Supervisor
 
 __all__ = ["CompletedContainer", "Container", "NamespaceId", "PersistedNamespace", "namespaces_of",
            "persist_namespace"]

@@ -181,6 +181,8 @@ def diagnose(step: str, syscall: str, errno: int, path: str | None) -> str | Non
         )
     if step == "rootfs" and errno == _errno.ENOENT:
         return "the root filesystem directory does not exist"
+    if step == "mounts" and syscall in ("stat", "open_tree") and errno == _errno.ENOENT:
+        return f"the bind source {path!r} does not exist on the host"
     if syscall == "mount":
         if errno == _errno.EPERM or errno == _errno.EACCES:
             return "mounting needs CAP_SYS_ADMIN; a masked /proc (inside Docker) also refuses proc"

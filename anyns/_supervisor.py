@@ -10,18 +10,14 @@ before it returns, inside a shielded scope.
 
 from __future__ import annotations
 
-import array
 import errno
 import itertools
 import os
 import signal
-import socket
-import subprocess
-import sys
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager, suppress
-from typing import IO, Any, Final, final
+from typing import Final, final
 
 import attrs
 import trio
@@ -30,228 +26,23 @@ from . import _protocol
 from ._container import CompletedContainer, Container, NoPublicConstructor, PersistedNamespace
 from ._errors import (
     ContainerFailed,
-    ExecError,
     NetworkError,
     SetupError,
     SpecError,
     ZygoteError,
-    diagnose,
-    oserror,
 )
 from ._network import Networking
 from ._plan import HostLayout, Plan, compile_exec_plan, compile_plan
 from ._spec import KIND_FLAGS, Bridge, ContainerSpec, HostRootfs, Namespaces, Rootfs, joined_namespaces
+from ._stdio import DEVNULL, PIPE, STDOUT, StdinArg, Stdio, StdoutArg, collect_into, read_to_eof, send_and_close
+from ._zygote_client import MAX_PLANS, RequestNotSent, ZygoteConnection, setup_error
 
 __all__ = ["DEVNULL", "PIPE", "STDOUT", "Supervisor", "open_supervisor"]
 
-PIPE: Final = subprocess.PIPE
-DEVNULL: Final = subprocess.DEVNULL
-STDOUT: Final = subprocess.STDOUT
 
-StdinArg = bytes | bytearray | memoryview | int | IO[Any] | None
-StdoutArg = int | IO[Any] | None
-
-_ZYGOTE_FILE: Final = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_zygote_main.py")
-_PACKAGE_DIR: Final = os.path.dirname(os.path.abspath(__file__))
-_READ_CHUNK: Final = 65536
 #: how long a cancelled spawn waits for the zygote's answer before leaving the
 #: container to the reply reader (only a hung zygote takes this long)
 _ABANDON_AFTER: Final = 5.0
-
-
-# --------------------------------------------------------------------------- zygote
-
-
-@attrs.define(eq=False)
-class _Pending:
-    """One spawn request waiting for the zygote's answer."""
-
-    event: trio.Event = attrs.field(factory=trio.Event)
-    pid: int = 0
-    pidfd: int = -1
-    error: BaseException | None = None
-    abandoned: bool = False
-
-
-def _fds_from(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
-    fds: list[int] = []
-    for level, kind, payload in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            received = array.array("i")
-            received.frombytes(payload[: len(payload) - len(payload) % received.itemsize])
-            fds.extend(received)
-    return fds
-
-
-class _ZygoteConnection:
-    """One zygote process and the socket to it; replaced by a new one if it dies."""
-
-    def __init__(self, on_orphan: Callable[[int], None], newroot: str) -> None:
-        # Started synchronously from the calling (trio) thread, never from a
-        # worker thread: the zygote's PDEATHSIG, and through CLONE_PARENT the
-        # containers' parent, are tied to this thread (spawn-path.md §9.1).
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-        try:
-            self.process = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-X", "utf8", _ZYGOTE_FILE,
-                 str(theirs.fileno()), str(os.getpid()), _PACKAGE_DIR, newroot],
-                pass_fds=(theirs.fileno(),),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                # Nothing of the supervisor's environment, but the test knob.
-                env={k: v for k, v in os.environ.items() if k == "ANYNS_FORCE_FALLBACK"},
-                # Its own process group: a ^C meant for the supervisor must
-                # not kill the zygote or the containers behind the
-                # supervisor's back; the supervisor kills them itself.
-                process_group=0,
-            )
-        except OSError as e:
-            ours.close()
-            raise ZygoteError(f"starting the zygote failed: {e}") from e
-        finally:
-            theirs.close()
-        self.pidfd = os.pidfd_open(self.process.pid)
-        self.raw = ours  # for the one send that must not wait (drop)
-        self.sock = trio.socket.from_stdlib_socket(ours)
-        self.pending: dict[int, _Pending] = {}
-        self.sent_plans: set[int] = set()
-        self.send_lock = trio.Lock()
-        self.error: ZygoteError | None = None
-        self.closing = False
-        self.done = trio.Event()
-        self._on_orphan = on_orphan
-
-    async def serve_replies(self) -> None:
-        """Read replies until the zygote goes away, then fail what is pending and reap it."""
-        try:
-            while True:
-                try:
-                    data, ancdata, _flags, _addr = await self.sock.recvmsg(
-                        _protocol.MAX_MESSAGE,
-                        socket.CMSG_SPACE(_protocol.MAX_FDS * 4),
-                        socket.MSG_CMSG_CLOEXEC,
-                    )
-                except ConnectionResetError:
-                    break  # it died; _finish says how
-                except OSError as e:
-                    self.error = ZygoteError(f"reading from the zygote failed: {e}")
-                    break
-                fds = _fds_from(ancdata)
-                if not data:
-                    for fd in fds:
-                        os.close(fd)
-                    break
-                self._dispatch(data, fds)
-        finally:
-            with trio.CancelScope(shield=True):
-                await self._finish()
-
-    def _dispatch(self, data: bytes, fds: list[int]) -> None:
-        try:
-            tag, a, b, body = _protocol.decode(data)
-        except ValueError:
-            tag, a, b, body = b"?", 0, 0, None
-        if tag == _protocol.HELLO:
-            if a != _protocol.PROTOCOL_VERSION:
-                self.error = ZygoteError(
-                    f"zygote speaks protocol {a}, the supervisor {_protocol.PROTOCOL_VERSION}"
-                )
-                self.sock.close()
-            return
-        pending = self.pending.pop(a, None)
-        if tag == _protocol.DONE and len(fds) == 1:
-            if pending is None or pending.abandoned or self.closing:
-                self._on_orphan(fds[0])
-                return
-            pending.pid = b
-            pending.pidfd = fds[0]
-        else:
-            for fd in fds:
-                os.close(fd)
-            if pending is None:
-                return
-            if tag == _protocol.FAIL and body is not None:
-                pending.error = _setup_error(
-                    str(body.get("step") or "clone"), str(body.get("call") or "clone3"),
-                    body.get("path"), b, str(body.get("message")),
-                )
-            else:
-                pending.error = ZygoteError(f"unexpected reply from the zygote: {data[:200]!r}")
-        pending.event.set()
-
-    async def _finish(self) -> None:
-        self.sock.close()
-        await trio.lowlevel.wait_readable(self.pidfd)
-        status = self.process.wait()
-        trio.lowlevel.notify_closing(self.pidfd)
-        os.close(self.pidfd)
-        if self.error is None:
-            if self.closing:
-                self.error = ZygoteError("the supervisor is closing")
-            else:
-                how = f"was killed by signal {-status}" if status < 0 else f"exited with status {status}"
-                self.error = ZygoteError(f"the zygote (pid {self.process.pid}) {how} before answering")
-        for pending in self.pending.values():
-            pending.error = self.error
-            pending.event.set()
-        self.pending.clear()
-        self.done.set()
-
-    async def request_spawn(self, plan_id: int, plan: Plan, fds: list[int]) -> _Pending:
-        """Send one spawn request; the answer arrives in the returned ``_Pending``."""
-        if self.error is not None:
-            raise self.error
-        request_id = next(_request_ids)
-        body = plan.to_wire() if plan_id not in self.sent_plans else None
-        message = _protocol.encode(_protocol.SPAWN, request_id, plan_id, body)
-        pending = _Pending()
-        self.pending[request_id] = pending
-        try:
-            async with self.send_lock:
-                await self.sock.sendmsg(
-                    [message], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
-                )
-        except OSError as e:
-            self.pending.pop(request_id, None)
-            # The request never reached a zygote: mark this one dead so that
-            # the caller may safely retry on a new one.
-            if self.error is None:
-                self.error = ZygoteError(f"sending to the zygote failed: {e}")
-            raise _RequestNotSent(str(e)) from e
-        except BaseException:
-            self.pending.pop(request_id, None)
-            raise
-        self.sent_plans.add(plan_id)
-        return pending
-
-    def drop(self, plan_id: int) -> None:
-        """Tell the zygote to forget a plan (best effort, never blocks: a full socket skips it)."""
-        self.sent_plans.discard(plan_id)
-        with suppress(OSError):
-            self.raw.send(_protocol.encode(_protocol.DROP, 0, plan_id), socket.MSG_DONTWAIT)
-
-    def shutdown(self) -> None:
-        """Ask the zygote to exit once it has answered what it already received."""
-        self.closing = True
-        with suppress(OSError):
-            self.sock.shutdown(socket.SHUT_WR)
-
-
-_request_ids = itertools.count(1)
-#: plans kept by the supervisor (and so by its zygote); distinct specs beyond this evict the oldest
-_MAX_PLANS: Final = 512
-
-
-class _RequestNotSent(Exception):
-    """The zygote was gone before the request was sent; retrying on a new one is safe."""
-
-
-def _setup_error(step: str, call: str, path: str | None, err: int, message: str) -> SetupError:
-    kind = ExecError if step == "exec" else SetupError
-    exc = kind(step, call, path, err, message, diagnose(step, call, err, path))
-    if err:
-        exc.__cause__ = oserror(err, message, path)
-    return exc
 
 
 # --------------------------------------------------------------------------- host layout
@@ -318,12 +109,15 @@ def _join_fds(spec: ContainerSpec, plan: Plan) -> tuple[list[int], list[int]]:
                 if source.returncode is not None or source._pidfd < 0:
                     raise SetupError("namespaces", "setns", None, errno.ESRCH, os.strerror(errno.ESRCH),
                                      f"the container to join ({kind}), pid {source.pid}, has exited")
-                fds.append(source._pidfd)
+                # A duplicate: the owner may reap it and close its own fd meanwhile.
+                fd = os.dup(source._pidfd)
+                owned.append(fd)
+                fds.append(fd)
             else:
                 try:
                     fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
                 except OSError as e:
-                    raise _setup_error("namespaces", "open", source, e.errno or 0, e.strerror or str(e)) from None
+                    raise setup_error("namespaces", "open", source, e.errno or 0, e.strerror or str(e)) from None
                 owned.append(fd)
                 fds.append(fd)
     except BaseException:
@@ -331,99 +125,6 @@ def _join_fds(spec: ContainerSpec, plan: Plan) -> tuple[list[int], list[int]]:
             os.close(fd)
         raise
     return fds, owned
-
-
-# --------------------------------------------------------------------------- stdio
-
-
-class _Stdio:
-    """The fds one container gets, and the supervisor's ends of its pipes."""
-
-    def __init__(self) -> None:
-        self.child: list[int] = []  # stdin, stdout, stderr for the child
-        self.to_close_after_spawn: list[int] = []
-        self.parent_in: int = -1
-        self.parent_out: int = -1
-        self.parent_err: int = -1
-
-    def _pipe(self) -> tuple[int, int]:
-        r, w = os.pipe2(os.O_CLOEXEC)
-        return r, w
-
-    def stdin(self, arg: StdinArg, devnull: int) -> None:
-        if arg is None:
-            self.child.append(0)
-        elif isinstance(arg, (bytes, bytearray, memoryview)):
-            if len(arg) == 0:
-                self.child.append(devnull)
-            else:
-                r, w = self._pipe()
-                self.child.append(r)
-                self.to_close_after_spawn.append(r)
-                self.parent_in = w
-        elif arg == PIPE:
-            r, w = self._pipe()
-            self.child.append(r)
-            self.to_close_after_spawn.append(r)
-            self.parent_in = w
-        elif arg == DEVNULL:
-            self.child.append(devnull)
-        else:
-            self.child.append(_fileno(arg))
-
-    def output(self, arg: StdoutArg, capture: bool, inherit: int, devnull: int) -> int:
-        """Add the child's fd for stdout or stderr; return the parent's read end or -1."""
-        if capture or arg == PIPE:
-            r, w = self._pipe()
-            self.child.append(w)
-            self.to_close_after_spawn.append(w)
-            return r
-        if arg is None:
-            self.child.append(inherit)
-        elif arg == DEVNULL:
-            self.child.append(devnull)
-        elif arg == STDOUT:
-            self.child.append(self.child[1])
-        else:
-            self.child.append(_fileno(arg))
-        return -1
-
-    def close_child_ends(self) -> None:
-        for fd in self.to_close_after_spawn:
-            os.close(fd)
-        self.to_close_after_spawn.clear()
-
-    def close_parent_ends(self) -> None:
-        for fd in (self.parent_in, self.parent_out, self.parent_err):
-            if fd >= 0:
-                os.close(fd)
-        self.parent_in = self.parent_out = self.parent_err = -1
-
-
-def _fileno(arg: Any) -> int:
-    if isinstance(arg, int):
-        if arg < 0:
-            raise ValueError(f"invalid file descriptor {arg}")
-        return arg
-    return int(arg.fileno())
-
-
-async def _read_to_eof(fd: int, limit: int | None = None) -> bytes:
-    """Read a non-blocking fd to EOF (or to ``limit`` bytes)."""
-    chunks: list[bytes] = []
-    total = 0
-    while True:
-        try:
-            chunk = os.read(fd, _READ_CHUNK)
-        except BlockingIOError:
-            await trio.lowlevel.wait_readable(fd)
-            continue
-        if not chunk:
-            return b"".join(chunks)
-        chunks.append(chunk)
-        total += len(chunk)
-        if limit is not None and total >= limit:
-            return b"".join(chunks)
 
 
 # --------------------------------------------------------------------------- supervisor
@@ -435,7 +136,7 @@ class Supervisor(metaclass=NoPublicConstructor):
 
     def __init__(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
-        self._zygote: _ZygoteConnection | None = None
+        self._zygote: ZygoteConnection | None = None
         self._plans: dict[object, tuple[int, Plan]] = {}
         self._layouts: dict[object, HostLayout] = {}
         self._newroot = _newroot_dir()
@@ -449,10 +150,10 @@ class Supervisor(metaclass=NoPublicConstructor):
 
     # ---- zygote
 
-    def _connection(self) -> _ZygoteConnection:
+    def _connection(self) -> ZygoteConnection:
         zygote = self._zygote
         if zygote is None or zygote.error is not None:
-            zygote = self._zygote = _ZygoteConnection(self._adopt_orphan, self._newroot)
+            zygote = self._zygote = ZygoteConnection(self._adopt_orphan, self._newroot)
             self._nursery.start_soon(zygote.serve_replies)
         return zygote
 
@@ -465,7 +166,7 @@ class Supervisor(metaclass=NoPublicConstructor):
         cached = self._plans.get(key)
         if cached is None:
             cached = (next(self._plan_ids), compile_())
-            if len(self._plans) >= _MAX_PLANS:  # unbounded distinct specs: forget the oldest
+            if len(self._plans) >= MAX_PLANS:  # unbounded distinct specs: forget the oldest
                 old_id, _old = self._plans.pop(next(iter(self._plans)))
                 if self._zygote is not None and self._zygote.error is None:
                     self._zygote.drop(old_id)
@@ -488,10 +189,10 @@ class Supervisor(metaclass=NoPublicConstructor):
             raise ZygoteError("the supervisor is closed")
         try:
             pending = await self._connection().request_spawn(plan_id, plan, fds)
-        except _RequestNotSent:
+        except RequestNotSent:
             try:  # once, on a fresh zygote
                 pending = await self._connection().request_spawn(plan_id, plan, fds)
-            except _RequestNotSent as e:
+            except RequestNotSent as e:
                 raise ZygoteError(f"the zygote died and a new one did not take requests: {e}") from None
         try:
             await pending.event.wait()
@@ -608,15 +309,21 @@ class Supervisor(metaclass=NoPublicConstructor):
                 flags |= KIND_FLAGS[kind]
         flags &= ~Namespaces.USER
         plan_id, plan = self._plan(("exec", spec, int(flags)), lambda: compile_exec_plan(spec, flags))
+        # Our own duplicate of the pidfd: the task that owns the container may
+        # reap it and close its fd while this request waits, and that fd number
+        # could then name something else (a new zygote's pidfd: the host).
+        target = os.dup(container._pidfd)
         try:
-            return await self._launch(spec, plan_id, plan, [container._pidfd], stdin, capture_stdout, capture_stderr,
+            return await self._launch(spec, plan_id, plan, [target], stdin, capture_stdout, capture_stderr,
                                       stdout, stderr, check, task_status)
         except SetupError as e:
-            if e.step == "clone" and container.returncode is None and e.errno == errno.ENOMEM:
-                # clone3 into a pid namespace whose init is gone
-                raise SetupError("exec", "clone3", None, errno.ESRCH, os.strerror(errno.ESRCH),
+            if (e.step, e.errno) in (("clone", errno.ENOMEM), ("namespaces", errno.ESRCH)):
+                # clone3 into a pid namespace whose init is gone; setns into a reaped process
+                raise SetupError("exec", e.syscall, None, errno.ESRCH, os.strerror(errno.ESRCH),
                                  f"container pid {container.pid} has exited") from None
             raise
+        finally:
+            os.close(target)
 
     async def _launch(
         self,
@@ -647,7 +354,7 @@ class Supervisor(metaclass=NoPublicConstructor):
             raise ValueError("anyns.PIPE is only valid with 'await nursery.start(sup.run, ...)'")
         feed = bytes(stdin) if isinstance(stdin, (bytes, bytearray, memoryview)) and len(stdin) else None
 
-        stdio = _Stdio()
+        stdio = Stdio()
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         container: Container | None = None
         try:
@@ -666,11 +373,11 @@ class Supervisor(metaclass=NoPublicConstructor):
             if started:
                 # nursery.start returns only once the program runs: wait for
                 # EOF on the error pipe (it is close-on-exec) or a failure record.
-                failure = await _read_to_eof(err_r, _protocol.MAX_FAILURE)
+                failure = await read_to_eof(err_r, _protocol.MAX_FAILURE)
                 if failure:
                     with trio.CancelScope(shield=True):
                         await container._wait_and_reap()
-                    raise _setup_error(*_protocol.decode_failure(failure))
+                    raise setup_error(*_protocol.decode_failure(failure))
             return await self._supervise(
                 container, stdio, feed, capture_stdout, capture_stderr, check, task_status,
                 # Without nursery.start nobody needs the moment of exec: one
@@ -703,9 +410,9 @@ class Supervisor(metaclass=NoPublicConstructor):
             with trio.CancelScope(shield=True):
                 container.kill()
                 await container._wait_and_reap()
-            failure = await _read_to_eof(err_r, _protocol.MAX_FAILURE)
+            failure = await read_to_eof(err_r, _protocol.MAX_FAILURE)
             if failure:
-                raise _setup_error(*_protocol.decode_failure(failure)) from None
+                raise setup_error(*_protocol.decode_failure(failure)) from None
             raise
         container._network = (bridge, host_end, address)
         container.addresses = (address,)
@@ -714,7 +421,7 @@ class Supervisor(metaclass=NoPublicConstructor):
     async def _supervise(
         self,
         container: Container,
-        stdio: _Stdio,
+        stdio: Stdio,
         feed: bytes | None,
         capture_stdout: bool,
         capture_stderr: bool,
@@ -736,9 +443,9 @@ class Supervisor(metaclass=NoPublicConstructor):
             await self._serve_stdio(container, stdio, feed, capture_stdout, capture_stderr, captured, task_status)
         assert container.returncode is not None
         if err_r >= 0:
-            failure = await _read_to_eof(err_r, _protocol.MAX_FAILURE)
+            failure = await read_to_eof(err_r, _protocol.MAX_FAILURE)
             if failure:
-                raise _setup_error(*_protocol.decode_failure(failure))
+                raise setup_error(*_protocol.decode_failure(failure))
         done = CompletedContainer(
             container.spec.argv, container.returncode,
             captured.get("stdout") if capture_stdout else None,
@@ -752,59 +459,46 @@ class Supervisor(metaclass=NoPublicConstructor):
     async def _serve_stdio(
         self,
         container: Container,
-        stdio: _Stdio,
+        stdio: Stdio,
         feed: bytes | None,
         capture_stdout: bool,
         capture_stderr: bool,
         captured: dict[str, bytes],
         task_status: trio.TaskStatus[Container],
     ) -> None:
-        """Feed stdin, collect or hand out stdout/stderr, until the container is reaped."""
-        streams: list[trio.lowlevel.FdStream] = []
+        """Feed stdin and collect output here, or hand the streams out; wait until the container is reaped.
 
-        def stream(fd: int) -> trio.lowlevel.FdStream:
-            s = trio.lowlevel.FdStream(fd)
-            streams.append(s)
-            return s
-
+        Streams handed out (``anyns.PIPE``) belong to the caller from then on,
+        as with ``trio.run_process``: they stay open after the exit, so that
+        what the program wrote can still be read.
+        """
+        ours: list[trio.lowlevel.FdStream] = []
         try:
             with _single_exceptions():
                 async with trio.open_nursery() as nursery:
-                    self._start_streams(nursery, container, stdio, feed, capture_stdout, capture_stderr,
-                                        captured, stream)
+                    if stdio.parent_in >= 0:
+                        sin = trio.lowlevel.FdStream(stdio.parent_in)
+                        if feed is not None:
+                            ours.append(sin)
+                            nursery.start_soon(send_and_close, sin, feed)
+                        else:
+                            container.stdin = sin
+                    for name, fd, capture in (("stdout", stdio.parent_out, capture_stdout),
+                                              ("stderr", stdio.parent_err, capture_stderr)):
+                        if fd >= 0:
+                            out = trio.lowlevel.FdStream(fd)
+                            if capture:
+                                ours.append(out)
+                                nursery.start_soon(collect_into, out, captured, name)
+                            else:
+                                setattr(container, name, out)
+                    stdio.parent_in = stdio.parent_out = stdio.parent_err = -1  # the streams own them
                     task_status.started(container)
                     await container._wait_and_reap()
         finally:
             with trio.CancelScope(shield=True):
-                for s in streams:
-                    await s.aclose()
-
-    def _start_streams(
-        self,
-        nursery: trio.Nursery,
-        container: Container,
-        stdio: _Stdio,
-        feed: bytes | None,
-        capture_stdout: bool,
-        capture_stderr: bool,
-        captured: dict[str, bytes],
-        stream: Callable[[int], trio.lowlevel.FdStream],
-    ) -> None:
-        """Wrap the supervisor's pipe ends in streams: fed or collected here, or handed out."""
-        if stdio.parent_in >= 0:
-            sin = stream(stdio.parent_in)
-            if feed is not None:
-                nursery.start_soon(_feed, sin, feed)
-            else:
-                container.stdin = sin
-        for name, fd, capture in (("stdout", stdio.parent_out, capture_stdout),
-                                  ("stderr", stdio.parent_err, capture_stderr)):
-            if fd >= 0:
-                if capture:
-                    nursery.start_soon(_collect, stream(fd), captured, name)
-                else:
-                    setattr(container, name, stream(fd))
-        stdio.parent_in = stdio.parent_out = stdio.parent_err = -1  # the streams own them
+                for stream in ours:
+                    await stream.aclose()
 
     async def _ensure_reaped(self, container: Container) -> None:
         """Kill and reap ``container`` unless it already was, then unwire it; shielded, so always completes."""
@@ -835,19 +529,6 @@ class Supervisor(metaclass=NoPublicConstructor):
                 kept.release()
         await self._networking.aclose()
         os.close(self._devnull)
-
-
-async def _feed(stream: trio.lowlevel.FdStream, data: bytes) -> None:
-    async with stream:
-        with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            await stream.send_all(data)
-
-
-async def _collect(stream: trio.lowlevel.FdStream, into: dict[str, bytes], name: str) -> None:
-    chunks = []
-    async for chunk in stream:
-        chunks.append(chunk)
-    into[name] = b"".join(chunks)
 
 
 async def _kill_and_reap(pidfd: int) -> None:

@@ -1,0 +1,122 @@
+"""Stdio plumbing for containers: which fds the child gets, and the supervisor's pipe ends."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from contextlib import suppress
+from typing import IO, Any, Final
+
+import trio
+
+PIPE: Final = subprocess.PIPE
+DEVNULL: Final = subprocess.DEVNULL
+STDOUT: Final = subprocess.STDOUT
+
+StdinArg = bytes | bytearray | memoryview | int | IO[Any] | None
+StdoutArg = int | IO[Any] | None
+
+_READ_CHUNK: Final = 65536
+
+
+class Stdio:
+    """The fds one container gets, and the supervisor's ends of its pipes."""
+
+    def __init__(self) -> None:
+        self.child: list[int] = []  # stdin, stdout, stderr for the child
+        self.to_close_after_spawn: list[int] = []
+        self.parent_in: int = -1
+        self.parent_out: int = -1
+        self.parent_err: int = -1
+
+    def _pipe(self) -> tuple[int, int]:
+        r, w = os.pipe2(os.O_CLOEXEC)
+        return r, w
+
+    def stdin(self, arg: StdinArg, devnull: int) -> None:
+        if arg is None:
+            self.child.append(0)
+        elif isinstance(arg, (bytes, bytearray, memoryview)):
+            if len(arg) == 0:
+                self.child.append(devnull)
+            else:
+                r, w = self._pipe()
+                self.child.append(r)
+                self.to_close_after_spawn.append(r)
+                self.parent_in = w
+        elif arg == PIPE:
+            r, w = self._pipe()
+            self.child.append(r)
+            self.to_close_after_spawn.append(r)
+            self.parent_in = w
+        elif arg == DEVNULL:
+            self.child.append(devnull)
+        else:
+            self.child.append(fileno_of(arg))
+
+    def output(self, arg: StdoutArg, capture: bool, inherit: int, devnull: int) -> int:
+        """Add the child's fd for stdout or stderr; return the parent's read end or -1."""
+        if capture or arg == PIPE:
+            r, w = self._pipe()
+            self.child.append(w)
+            self.to_close_after_spawn.append(w)
+            return r
+        if arg is None:
+            self.child.append(inherit)
+        elif arg == DEVNULL:
+            self.child.append(devnull)
+        elif arg == STDOUT:
+            self.child.append(self.child[1])
+        else:
+            self.child.append(fileno_of(arg))
+        return -1
+
+    def close_child_ends(self) -> None:
+        for fd in self.to_close_after_spawn:
+            os.close(fd)
+        self.to_close_after_spawn.clear()
+
+    def close_parent_ends(self) -> None:
+        for fd in (self.parent_in, self.parent_out, self.parent_err):
+            if fd >= 0:
+                os.close(fd)
+        self.parent_in = self.parent_out = self.parent_err = -1
+
+
+def fileno_of(arg: Any) -> int:
+    if isinstance(arg, int):
+        if arg < 0:
+            raise ValueError(f"invalid file descriptor {arg}")
+        return arg
+    return int(arg.fileno())
+
+
+async def read_to_eof(fd: int, limit: int | None = None) -> bytes:
+    """Read a non-blocking fd to EOF (or to ``limit`` bytes)."""
+    chunks: list[bytes] = []
+    total = 0
+    while True:
+        try:
+            chunk = os.read(fd, _READ_CHUNK)
+        except BlockingIOError:
+            await trio.lowlevel.wait_readable(fd)
+            continue
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        total += len(chunk)
+        if limit is not None and total >= limit:
+            return b"".join(chunks)
+
+
+async def send_and_close(stream: trio.lowlevel.FdStream, data: bytes) -> None:
+    async with stream:
+        with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await stream.send_all(data)
+
+
+async def collect_into(stream: trio.lowlevel.FdStream, into: dict[str, bytes], name: str) -> None:
+    chunks = []
+    async for chunk in stream:
+        chunks.append(chunk)
+    into[name] = b"".join(chunks)

@@ -1,0 +1,228 @@
+"""The supervisor's side of the zygote: start it, send it spawn requests, read its answers.
+
+One ``ZygoteConnection`` is one zygote process and the socket pair to it.
+Requests carry an id; a reader task (``serve_replies``) hands each answer to
+the task waiting for it. If the zygote dies, every request in flight fails
+with ``ZygoteError`` and the supervisor starts a new one on the next spawn.
+"""
+
+from __future__ import annotations
+
+import array
+import errno
+import itertools
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from contextlib import suppress
+from typing import Final
+
+import attrs
+import trio
+
+from . import _protocol
+from ._errors import ExecError, SetupError, ZygoteError, diagnose, oserror
+from ._plan import Plan
+
+_ZYGOTE_FILE: Final = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_zygote_main.py")
+_PACKAGE_DIR: Final = os.path.dirname(os.path.abspath(__file__))
+
+
+@attrs.define(eq=False)
+class Pending:
+    """One spawn request waiting for the zygote's answer."""
+
+    event: trio.Event = attrs.field(factory=trio.Event)
+    pid: int = 0
+    pidfd: int = -1
+    error: BaseException | None = None
+    abandoned: bool = False
+
+
+def _fds_from(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
+    fds: list[int] = []
+    for level, kind, payload in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            received = array.array("i")
+            received.frombytes(payload[: len(payload) - len(payload) % received.itemsize])
+            fds.extend(received)
+    return fds
+
+
+class ZygoteConnection:
+    """One zygote process and the socket to it; replaced by a new one if it dies."""
+
+    def __init__(self, on_orphan: Callable[[int], None], newroot: str) -> None:
+        # Started synchronously from the calling (trio) thread, never from a
+        # worker thread: the zygote's PDEATHSIG, and through CLONE_PARENT the
+        # containers' parent, are tied to this thread (spawn-path.md §9.1).
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-X", "utf8", _ZYGOTE_FILE,
+                 str(theirs.fileno()), str(os.getpid()), _PACKAGE_DIR, newroot],
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                # Nothing of the supervisor's environment, but the test knob.
+                env={k: v for k, v in os.environ.items() if k == "ANYNS_FORCE_FALLBACK"},
+                # Its own process group: a ^C meant for the supervisor must
+                # not kill the zygote or the containers behind the
+                # supervisor's back; the supervisor kills them itself.
+                process_group=0,
+            )
+        except OSError as e:
+            ours.close()
+            raise ZygoteError(f"starting the zygote failed: {e}") from e
+        finally:
+            theirs.close()
+        self.pidfd = os.pidfd_open(self.process.pid)
+        self.raw = ours  # for the one send that must not wait (drop)
+        self.sock = trio.socket.from_stdlib_socket(ours)
+        self.pending: dict[int, Pending] = {}
+        self.sent_plans: set[int] = set()
+        self.send_lock = trio.Lock()
+        self.error: ZygoteError | None = None
+        self.closing = False
+        self.done = trio.Event()
+        self._on_orphan = on_orphan
+
+    async def serve_replies(self) -> None:
+        """Read replies until the zygote goes away, then fail what is pending and reap it."""
+        try:
+            while True:
+                try:
+                    data, ancdata, _flags, _addr = await self.sock.recvmsg(
+                        _protocol.MAX_MESSAGE,
+                        socket.CMSG_SPACE(_protocol.MAX_FDS * 4),
+                        socket.MSG_CMSG_CLOEXEC,
+                    )
+                except ConnectionResetError:
+                    break  # it died; _finish says how
+                except OSError as e:
+                    self.error = ZygoteError(f"reading from the zygote failed: {e}")
+                    break
+                fds = _fds_from(ancdata)
+                if not data:
+                    for fd in fds:
+                        os.close(fd)
+                    break
+                self._dispatch(data, fds)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._finish()
+
+    def _dispatch(self, data: bytes, fds: list[int]) -> None:
+        try:
+            tag, a, b, body = _protocol.decode(data)
+        except ValueError:
+            tag, a, b, body = b"?", 0, 0, None
+        if tag == _protocol.HELLO:
+            if a != _protocol.PROTOCOL_VERSION:
+                self.error = ZygoteError(
+                    f"zygote speaks protocol {a}, the supervisor {_protocol.PROTOCOL_VERSION}"
+                )
+                self.sock.close()
+            return
+        pending = self.pending.pop(a, None)
+        if tag == _protocol.DONE and len(fds) == 1:
+            if pending is None or pending.abandoned or self.closing:
+                self._on_orphan(fds[0])
+                return
+            pending.pid = b
+            pending.pidfd = fds[0]
+        else:
+            for fd in fds:
+                os.close(fd)
+            if pending is None:
+                return
+            if tag == _protocol.FAIL and body is not None:
+                pending.error = setup_error(
+                    str(body.get("step") or "clone"), str(body.get("call") or "clone3"),
+                    body.get("path"), b, str(body.get("message")),
+                )
+            else:
+                pending.error = ZygoteError(f"unexpected reply from the zygote: {data[:200]!r}")
+        pending.event.set()
+
+    async def _finish(self) -> None:
+        self.sock.close()
+        await trio.lowlevel.wait_readable(self.pidfd)
+        status = self.process.wait()
+        trio.lowlevel.notify_closing(self.pidfd)
+        os.close(self.pidfd)
+        if self.error is None:
+            if self.closing:
+                self.error = ZygoteError("the supervisor is closing")
+            else:
+                how = f"was killed by signal {-status}" if status < 0 else f"exited with status {status}"
+                self.error = ZygoteError(f"the zygote (pid {self.process.pid}) {how} before answering")
+        for pending in self.pending.values():
+            pending.error = self.error
+            pending.event.set()
+        self.pending.clear()
+        self.done.set()
+
+    async def request_spawn(self, plan_id: int, plan: Plan, fds: list[int]) -> Pending:
+        """Send one spawn request; the answer arrives in the returned ``_Pending``."""
+        if self.error is not None:
+            raise self.error
+        request_id = next(_request_ids)
+        body = plan.to_wire() if plan_id not in self.sent_plans else None
+        message = _protocol.encode(_protocol.SPAWN, request_id, plan_id, body)
+        pending = Pending()
+        self.pending[request_id] = pending
+        try:
+            async with self.send_lock:
+                await self.sock.sendmsg(
+                    [message], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
+                )
+        except OSError as e:
+            self.pending.pop(request_id, None)
+            if e.errno not in _PEER_GONE:
+                # Not the zygote's fault (EBADF: an fd in the request was closed
+                # meanwhile): never retry such a request elsewhere.
+                raise ZygoteError(f"sending to the zygote failed: {e}") from e
+            # The request never reached a zygote: mark this one dead so that
+            # the caller may safely retry on a new one.
+            if self.error is None:
+                self.error = ZygoteError(f"sending to the zygote failed: {e}")
+            raise RequestNotSent(str(e)) from e
+        except BaseException:
+            self.pending.pop(request_id, None)
+            raise
+        self.sent_plans.add(plan_id)
+        return pending
+
+    def drop(self, plan_id: int) -> None:
+        """Tell the zygote to forget a plan (best effort, never blocks: a full socket skips it)."""
+        self.sent_plans.discard(plan_id)
+        with suppress(OSError):
+            self.raw.send(_protocol.encode(_protocol.DROP, 0, plan_id), socket.MSG_DONTWAIT)
+
+    def shutdown(self) -> None:
+        """Ask the zygote to exit once it has answered what it already received."""
+        self.closing = True
+        with suppress(OSError):
+            self.sock.shutdown(socket.SHUT_WR)
+
+
+_request_ids = itertools.count(1)
+#: what sendmsg says when the zygote's end is gone
+_PEER_GONE: Final = frozenset({errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ECONNREFUSED})
+#: plans kept by the supervisor (and so by its zygote); distinct specs beyond this evict the oldest
+MAX_PLANS: Final = 512
+
+
+class RequestNotSent(Exception):
+    """The zygote was gone before the request was sent; retrying on a new one is safe."""
+
+
+def setup_error(step: str, call: str, path: str | None, err: int, message: str) -> SetupError:
+    kind = ExecError if step == "exec" else SetupError
+    exc = kind(step, call, path, err, message, diagnose(step, call, err, path))
+    if err:
+        exc.__cause__ = oserror(err, message, path)
+    return exc
