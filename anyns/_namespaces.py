@@ -40,6 +40,7 @@ class ZygoteNamespaces:
     """The zygote's own namespaces, to come back to after entering a container's."""
 
     def __init__(self) -> None:
+        self.own_mnt = os.stat("/proc/self/ns/mnt").st_ino
         self.own: list[tuple[int, int]] = []
         for kind, flag in KIND_FLAGS:
             # pid_for_children and time_for_children are what setns changes
@@ -51,8 +52,15 @@ class ZygoteNamespaces:
             self.own.append((flag, fd))
 
     def enter(self, fd: int, flags: int) -> None:
-        """setns into ``fd``'s namespaces (``fd`` a pidfd, or one namespace file)."""
+        """setns into ``fd``'s namespaces (``fd`` a pidfd, or one namespace file).
+
+        Entering a mount namespace that is the zygote's own is refused: a
+        container always has its own, so that fd is not a container's.
+        """
         _libc.setns(fd, flags)
+        if flags & C.CLONE_NEWNS and os.stat("/proc/thread-self/ns/mnt").st_ino == self.own_mnt:
+            self.restore(flags)
+            raise OSError(errno.EPERM, "refusing to enter the zygote's own mount namespace")
 
     def restore(self, flags: int) -> None:
         """Step back into the zygote's own namespaces of the kinds in ``flags``.

@@ -6,7 +6,6 @@ import contextlib
 import errno
 import os
 import pathlib
-import shutil
 import uuid
 from collections.abc import Callable
 
@@ -14,26 +13,17 @@ import pytest
 from _util import HERE, exists, lines, sh
 
 import anyns
-
-BUSYBOX_APPLETS = ("sh", "echo", "ls", "cat", "touch", "mkdir", "grep", "test")
+import anyns.testing
 
 
 @pytest.fixture
 def busybox_root(tmp_path: pathlib.Path, skip_or_fail: Callable[[str], None]) -> pathlib.Path:
-    """A minimal root filesystem: a static busybox and empty /proc, /dev, /tmp."""
-    source = next((p for p in ("/usr/bin/busybox", "/bin/busybox") if os.path.exists(p)), None)
-    if source is None:
-        skip_or_fail("no busybox (Debian package busybox-static) on this host")
-    with open(source, "rb") as f:
-        if b"ld-linux" in f.read(8192):
-            skip_or_fail(f"{source} is dynamically linked; a static one is needed")
-    root = tmp_path / "root"
-    (root / "bin").mkdir(parents=True)
-    shutil.copy2(source, root / "bin" / "busybox")
-    for applet in BUSYBOX_APPLETS:
-        (root / "bin" / applet).symlink_to("busybox")
-    for name in ("proc", "dev", "tmp"):
-        (root / name).mkdir()
+    """A minimal root filesystem (anyns.testing.busybox_rootfs) with a marker file."""
+    try:
+        root = pathlib.Path(anyns.testing.busybox_rootfs(tmp_path / "root"))
+    except anyns.testing.BusyboxMissing as e:
+        skip_or_fail(f"{e} (Debian package busybox-static)")
+        raise
     (root / "marker").write_text("inside the root\n")
     return root
 
@@ -46,12 +36,12 @@ def _busybox_spec(root: pathlib.Path, script: str, **fields: object) -> anyns.Co
 async def test_dir_rootfs_shows_only_its_own_tree(sup: anyns.Supervisor,
                                                   busybox_root: pathlib.Path) -> None:
     """A DirRootfs is the whole view: its files are there, the host's other paths are not."""
-    script = (f"ls /; cat /marker; echo $$; ls /usr /etc {HERE} 2>/dev/null || echo hidden; "
+    script = (f"ls /; cat /marker; echo $$; ls /etc; ls /usr {HERE} 2>/dev/null || echo hidden; "
               "ls /proc/1/ >/dev/null && echo proc-ok; ls /dev/null")
     done = await sup.run(_busybox_spec(busybox_root, script), capture_stdout=True,
                          capture_stderr=True)
-    assert lines(done.stdout) == ["bin", "dev", "marker", "proc", "tmp", "inside the root", "1",
-                                  "hidden", "proc-ok", "/dev/null"]
+    assert lines(done.stdout) == ["bin", "dev", "etc", "marker", "proc", "root", "tmp", "inside the root", "1",
+                                  "group", "passwd", "hidden", "proc-ok", "/dev/null"]
 
 
 async def test_read_only_dir_rootfs(sup: anyns.Supervisor, busybox_root: pathlib.Path) -> None:
