@@ -57,10 +57,9 @@ class ZygoteNamespaces:
         Entering a mount namespace that is the zygote's own is refused: a
         container always has its own, so that fd is not a container's.
         """
-        _libc.setns(fd, flags)
-        if flags & C.CLONE_NEWNS and os.stat("/proc/thread-self/ns/mnt").st_ino == self.own_mnt:
-            self.restore(flags)
+        if flags & C.CLONE_NEWNS and _mnt_inode_of_pidfd(fd) == self.own_mnt:
             raise OSError(errno.EPERM, "refusing to enter the zygote's own mount namespace")
+        _libc.setns(fd, flags)
 
     def restore(self, flags: int) -> None:
         """Step back into the zygote's own namespaces of the kinds in ``flags``.
@@ -72,6 +71,20 @@ class ZygoteNamespaces:
         for flag, fd in self.own:
             if flags & flag:
                 _libc.setns(fd, flag)
+
+
+def _mnt_inode_of_pidfd(pidfd: int) -> int:
+    """The mount namespace inode of the process behind ``pidfd`` (read before any setns)."""
+    with open(f"/proc/self/fdinfo/{pidfd}", "rb") as f:
+        for line in f:
+            if line.startswith(b"Pid:"):
+                pid = int(line.split()[1])
+                break
+        else:
+            raise OSError(errno.EINVAL, "not a pidfd")
+    if pid <= 0:
+        raise OSError(errno.ESRCH, "the process has exited")
+    return os.stat(f"/proc/{pid}/ns/mnt").st_ino
 
 
 def persist_from_host(source: str, path: str) -> bool:
