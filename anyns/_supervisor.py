@@ -33,7 +33,17 @@ from ._errors import (
 )
 from ._network import Networking
 from ._plan import HostLayout, Plan, compile_exec_plan, compile_plan
-from ._spec import KIND_FLAGS, Bridge, ContainerSpec, HostRootfs, Namespaces, Rootfs, joined_namespaces
+from ._spec import (
+    KIND_FLAGS,
+    Bridge,
+    ContainerSpec,
+    HostRootfs,
+    Join,
+    JoinNetwork,
+    Namespaces,
+    Rootfs,
+    joined_namespaces,
+)
 from ._stdio import DEVNULL, PIPE, STDOUT, StdinArg, Stdio, StdoutArg, collect_into, read_to_eof, send_and_close
 from ._zygote_client import MAX_PLANS, RequestNotSent, ZygoteConnection, setup_error
 
@@ -82,7 +92,33 @@ def _probe_host(newroot: str, rootfs: Rootfs) -> HostLayout:
                       etc_files=tuple(etc_files), etc_dirs=tuple(etc_dirs))
 
 
+def _exited(container: Container, syscall: str) -> SetupError:
+    """The error of an exec into a container that is gone; its cause is a ProcessLookupError."""
+    error = SetupError("exec", syscall, None, errno.ESRCH, os.strerror(errno.ESRCH),
+                       f"container pid {container.pid} has exited")
+    error.__cause__ = ProcessLookupError(errno.ESRCH, os.strerror(errno.ESRCH))
+    return error
+
+
 # --------------------------------------------------------------------------- joins
+
+#: stands for "a running container" in a spec used as a plan cache key
+_A_CONTAINER: Final = "/proc/self/ns/<a running container>"
+
+
+def _plan_key(spec: ContainerSpec) -> ContainerSpec:
+    """``spec`` with every running container it joins replaced by a placeholder.
+
+    The plan does not depend on which container is joined (its fds come with
+    each request), and the cache must not keep containers, and the streams
+    they hold, alive.
+    """
+    if isinstance(spec.network, JoinNetwork) and isinstance(spec.network.source, Container):
+        spec = attrs.evolve(spec, network=JoinNetwork(_A_CONTAINER))
+    if spec.join is not None and any(isinstance(v, Container) for v in spec.join.kinds().values()):
+        sources = {k: _A_CONTAINER if isinstance(v, Container) else v for k, v in spec.join.kinds().items()}
+        spec = attrs.evolve(spec, join=Join(**sources))
+    return spec
 
 
 def _join_fds(spec: ContainerSpec, plan: Plan) -> tuple[list[int], list[int]]:
@@ -117,7 +153,8 @@ def _join_fds(spec: ContainerSpec, plan: Plan) -> tuple[list[int], list[int]]:
                 try:
                     fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
                 except OSError as e:
-                    raise setup_error("namespaces", "open", source, e.errno or 0, e.strerror or str(e)) from None
+                    error = setup_error("namespaces", "open", source, e.errno or 0, e.strerror or str(e))
+                    raise error from error.__cause__
                 owned.append(fd)
                 fds.append(fd)
     except BaseException:
@@ -181,7 +218,7 @@ class Supervisor(metaclass=NoPublicConstructor):
                 layout = self._layouts[layout_key] = _probe_host(self._newroot, spec.rootfs)
             return compile_plan(spec, layout)
 
-        return self._plan(spec, compile_)
+        return self._plan(_plan_key(spec), compile_)
 
     async def _spawn(self, spec: ContainerSpec, plan_id: int, plan: Plan, fds: list[int]) -> Container:
         """Ask the zygote for a container; return it once the clone succeeded (not yet exec)."""
@@ -300,8 +337,7 @@ class Supervisor(metaclass=NoPublicConstructor):
         except TypeError as e:
             raise SpecError(f"exec: {e}") from None
         if container.returncode is not None or container._pidfd < 0:
-            raise SetupError("exec", "setns", None, errno.ESRCH, os.strerror(errno.ESRCH),
-                             f"container pid {container.pid} has exited")
+            raise _exited(container, "setns")
         # Its own namespaces and those it joined: every one it lives in apart from ours.
         flags = container.spec.namespaces
         if container.spec.join is not None:
@@ -319,8 +355,8 @@ class Supervisor(metaclass=NoPublicConstructor):
         except SetupError as e:
             if (e.step, e.errno) in (("clone", errno.ENOMEM), ("namespaces", errno.ESRCH)):
                 # clone3 into a pid namespace whose init is gone; setns into a reaped process
-                raise SetupError("exec", e.syscall, None, errno.ESRCH, os.strerror(errno.ESRCH),
-                                 f"container pid {container.pid} has exited") from None
+                error = _exited(container, e.syscall)
+                raise error from error.__cause__
             raise
         finally:
             os.close(target)
@@ -412,7 +448,8 @@ class Supervisor(metaclass=NoPublicConstructor):
                 await container._wait_and_reap()
             failure = await read_to_eof(err_r, _protocol.MAX_FAILURE)
             if failure:
-                raise setup_error(*_protocol.decode_failure(failure)) from None
+                error = setup_error(*_protocol.decode_failure(failure))
+                raise error from error.__cause__
             raise
         container._network = (bridge, host_end, address)
         container.addresses = (address,)
