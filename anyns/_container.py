@@ -78,8 +78,10 @@ def namespaces_of(pid: int) -> Mapping[str, NamespaceId]:
         try:
             result[kind] = NamespaceId(os.readlink(f"/proc/{pid}/ns/{kind}"))
         except FileNotFoundError:
-            if not os.path.exists(f"/proc/{pid}"):
-                raise ProcessLookupError(f"no process with pid {pid}") from None
+            # Missing for a kind this kernel has (ours has it): the process
+            # is gone, or a zombie that has let go of its namespaces.
+            if os.path.exists(f"/proc/self/ns/{kind}") or not os.path.exists(f"/proc/{pid}"):
+                raise ProcessLookupError(f"no running process with pid {pid}") from None
     return result
 
 
@@ -250,9 +252,12 @@ class Container(metaclass=NoPublicConstructor):
         Read on first use while the container runs, and kept.
         """
         if self._namespaces is None:
-            if self.returncode is not None:
-                raise AnynsError(f"namespaces: container pid {self.pid} has already exited")
-            self._namespaces = namespaces_of(self.pid)
+            try:
+                if self.returncode is not None:
+                    raise ProcessLookupError
+                self._namespaces = namespaces_of(self.pid)
+            except ProcessLookupError:
+                raise AnynsError(f"namespaces: container pid {self.pid} has already exited") from None
         return self._namespaces
 
     async def exec(

@@ -158,6 +158,8 @@ def diagnose(step: str, syscall: str, errno: int, path: str | None) -> str | Non
             return "the program is not executable, or lies on a noexec mount"
         if errno == _errno.ENOEXEC:
             return "the file is not a binary this kernel can run, or its #! line is wrong"
+    if syscall == "clone3" and errno == _errno.ENOMEM:
+        return "the pid namespace to join has no init process any more (its container exited), or memory is short"
     if syscall == "clone3":
         if errno == _errno.ENOSPC:
             return "a namespace limit was reached: see /proc/sys/user/max_*_namespaces"

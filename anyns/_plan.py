@@ -23,8 +23,9 @@ The order (each line a step)::
                  the child itself); done here, in parallel children, rather
                  than in the serial zygote's clone3: a network namespace alone
                  costs the creator ~0.4 ms
-    propagation  clone the sources of shared binds (still peers of the host's
-                 mounts), then make / rslave (or rprivate): nothing the
+    propagation  clone the sources of shared and slave binds (still peers of
+                 the host's mounts; these ops report as step "mounts"), then
+                 make / rslave (or rprivate): nothing the
                  container mounts reaches the host, host unmounts still reach
                  the container (runc's default)
     rootfs       the new root: a copy of the zygote's prebuilt HostRootfs skeleton
@@ -215,7 +216,8 @@ def compile_plan(spec: ContainerSpec, host: HostLayout) -> Plan:
     # So must a slave bind: made after an rprivate it would copy a private mount.
     shared = [m for m in spec.mounts if isinstance(m, Bind) and m.propagation in ("shared", "slave")]
     for mount in shared:
-        b.op("propagation", "open_tree", mount.source, mount.source, int(mount.recursive))
+        # Labelled "mounts": a failure here is about that bind's source, as for every other bind.
+        b.op("mounts", "open_tree", mount.source, mount.source, int(mount.recursive))
     flag = MS_SLAVE if spec.root_propagation == "slave" else MS_PRIVATE
     b.op("propagation", "mount", "/", None, "/", None, MS_REC | flag, None)
 

@@ -351,6 +351,15 @@ class Bridge:
         return ipaddress.IPv4Interface(f"{network.network_address + 1}/{network.prefixlen}")
 
 
+def _is_container(value: Any) -> bool:
+    """A running anyns.Container, by its class (the spec layer cannot import it).
+
+    Looks at the type, not the instance: ``Container.namespaces`` is a
+    property that fails once the container has exited.
+    """
+    return hasattr(type(value), "namespaces") and hasattr(value, "pid")
+
+
 def _source_path(value: Any) -> Any:
     return _path(value) if isinstance(value, os.PathLike) else value
 
@@ -369,7 +378,7 @@ class JoinNetwork:
         value = self.source
         if isinstance(value, str):
             _check_abs_path("JoinNetwork.source", value)
-        elif not (hasattr(value, "pid") and hasattr(value, "namespaces")):
+        elif not _is_container(value):
             raise _fail("JoinNetwork.source", f"expected an anyns.Container or a namespace file path, got {value!r}")
 
 
@@ -389,7 +398,7 @@ def _check_join_source(instance: Join, attribute: attrs.Attribute[Any], value: A
         _check_abs_path(f"Join.{attribute.name}", value)
         return
     # A running anyns.Container (the spec layer cannot import it): it has a pid and its namespaces.
-    if not (hasattr(value, "pid") and hasattr(value, "namespaces")):
+    if not _is_container(value):
         raise _fail(f"Join.{attribute.name}", f"expected an anyns.Container or a namespace file path, got {value!r}")
 
 
