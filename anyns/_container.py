@@ -214,7 +214,9 @@ class Container(metaclass=NoPublicConstructor):
         self.stdout: trio.abc.ReceiveStream | None = None
         self.stderr: trio.abc.ReceiveStream | None = None
         self._pidfd = pidfd
-        self._reaped = trio.Event()
+        #: set once it has been reaped *and* everything anyns set up for it is
+        #: undone (its veth, its address): what wait() and the supervisor wait for
+        self._finished = trio.Event()
         self._ns_pid: int | None = None
         #: what this container got on a Bridge: its eth0 address (empty otherwise)
         self.addresses: tuple[ipaddress.IPv4Interface, ...] = ()
@@ -318,8 +320,11 @@ class Container(metaclass=NoPublicConstructor):
         return kept
 
     async def wait(self) -> int:
-        """Wait until the container has exited and been reaped; return its ``returncode``."""
-        await self._reaped.wait()
+        """Wait until the container has exited and been reaped; return its ``returncode``.
+
+        By then its network is undone too: its veth is gone and its address free.
+        """
+        await self._finished.wait()
         assert self.returncode is not None
         return self.returncode
 
@@ -359,7 +364,6 @@ class Container(metaclass=NoPublicConstructor):
         else:  # CLD_KILLED or CLD_DUMPED
             self.returncode = -result.si_status
         self._close_pidfd()
-        self._reaped.set()
 
     def _close_pidfd(self) -> None:
         if self._pidfd >= 0:

@@ -45,6 +45,10 @@ from ._sys import _libc
 
 T = TypeVar("T")
 
+#: the routing table where each container's address is claimed with a /32
+#: route through its veth (a table no lookup uses: routing is unchanged)
+CLAIMS_TABLE = 0x616E  # "an"
+
 
 class NetlinkThread:
     """One thread, one ``IPRoute``, in one network namespace; trio tasks submit work to it."""
@@ -99,6 +103,11 @@ class NetlinkThread:
         if not ok:
             raise value
         return value  # type: ignore[no-any-return]
+
+    @property
+    def failed(self) -> bool:
+        """Whether the thread could not open its netlink socket (it has ended)."""
+        return self._error is not None
 
     async def aclose(self) -> None:
         """Stop the thread (after the jobs before) and wait for it."""
@@ -177,9 +186,31 @@ def _socket_in(netns_fd: int) -> socket.socket:
         os.close(here)
 
 
-def attach_from_host(ipr: IPRoute, state: _BridgeState, pid: int, host_end: str,
-                     address: ipaddress.IPv4Interface) -> None:
-    """Wire container ``pid`` to the bridge: veth, address, routes. Removes what it made on failure."""
+def _claim(ipr: IPRoute, state: _BridgeState, host_index: int) -> ipaddress.IPv4Interface:
+    """The next address no one on this bridge holds, claimed with a /32 route in ``CLAIMS_TABLE``.
+
+    Two supervisors may share a bridge: the kernel, not this process, says
+    whether an address is free (adding the same route twice is EEXIST). The
+    route goes with the host end of the veth, so a crash frees it too.
+    """
+    for _ in range(state.last - state.first + 1):
+        address = state.allocate()
+        try:
+            ipr.route("add", dst=str(address.ip), dst_len=32, oif=host_index, table=CLAIMS_TABLE)
+        except NetlinkError as e:
+            state.release(address)
+            if e.code == 17:  # EEXIST: another supervisor's container has it
+                continue
+            raise _netlink_error("address claim for", str(address.ip), e) from e
+        return address
+    raise NetworkError(f"address allocation in {state.bridge.subnet}: no free address left")
+
+
+def attach_from_host(ipr: IPRoute, state: _BridgeState, pid: int, host_end: str) -> ipaddress.IPv4Interface:
+    """Wire container ``pid`` to the bridge: veth, address, routes; return its address.
+
+    Removes what it made on failure.
+    """
     bridge = state.bridge
     if state.index < 0 or not ipr.link_lookup(ifname=bridge.name):
         state.index, created = ensure_bridge_from_host(ipr, bridge)
@@ -190,18 +221,26 @@ def attach_from_host(ipr: IPRoute, state: _BridgeState, pid: int, host_end: str,
             ipr.link("add", ifname=host_end, kind="veth", peer={"ifname": "eth0", "net_ns_fd": netns})
         except NetlinkError as e:
             raise _netlink_error("veth add", host_end, e) from e
+        address = None
         try:
-            ipr.link("set", index=ipr.link_lookup(ifname=host_end)[0], master=state.index, state="up")
+            host_index = ipr.link_lookup(ifname=host_end)[0]
+            ipr.link("set", index=host_index, master=state.index, state="up")
+            address = _claim(ipr, state, host_index)  # a route needs the device up
             with IPRoute(fileno=_socket_in(netns).detach()) as inside:
                 eth0 = inside.link_lookup(ifname="eth0")[0]
                 inside.addr("add", index=eth0, address=str(address.ip), prefixlen=address.network.prefixlen)
                 inside.link("set", index=eth0, state="up")
                 inside.route("add", dst="default", gateway=str(bridge.gateway.ip))
-        except NetlinkError as e:
+        except BaseException as e:
             detach_from_host(ipr, host_end)
-            raise _netlink_error("eth0 setup via", host_end, e) from e
+            if address is not None:
+                state.release(address)
+            if isinstance(e, NetlinkError):
+                raise _netlink_error("eth0 setup via", host_end, e) from e
+            raise
     finally:
         os.close(netns)
+    return address
 
 
 def detach_from_host(ipr: IPRoute, host_end: str) -> None:
@@ -231,7 +270,7 @@ class Networking:
 
     def _thread(self, netns: str | None) -> NetlinkThread:
         thread = self._threads.get(netns)
-        if thread is None:
+        if thread is None or thread.failed:  # a namespace file may appear later: try again
             thread = self._threads[netns] = NetlinkThread(netns)
         return thread
 
@@ -240,21 +279,21 @@ class Networking:
         state = self._bridges.get(bridge)
         if state is None:
             state = self._bridges[bridge] = _BridgeState(bridge)
-        address = state.allocate()
         host_end = f"anyns{pid}"
-        try:
-            await self._thread(bridge.netns).call(lambda ipr: attach_from_host(ipr, state, pid, host_end, address))
-        except BaseException:
-            state.release(address)
-            raise
+        address = await self._thread(bridge.netns).call(lambda ipr: attach_from_host(ipr, state, pid, host_end))
         return host_end, address
 
     async def detach(self, bridge: Bridge, host_end: str, address: ipaddress.IPv4Interface) -> None:
         """Remove a reaped container's veth and free its address."""
-        try:
-            await self._thread(bridge.netns).call(lambda ipr: detach_from_host(ipr, host_end))
-        finally:
-            self._bridges[bridge].release(address)
+        state = self._bridges[bridge]
+
+        def detach(ipr: IPRoute) -> None:
+            try:
+                detach_from_host(ipr, host_end)  # its claim route goes with it
+            finally:
+                state.release(address)
+
+        await self._thread(bridge.netns).call(detach)
 
     async def aclose(self) -> None:
         """Remove the bridges this supervisor created, stop the threads."""

@@ -550,6 +550,7 @@ class Supervisor(metaclass=NoPublicConstructor):
                     await self._networking.detach(*network)
         finally:
             self._running.discard(container)
+            container._finished.set()
 
     async def _aclose(self) -> None:
         self._closed = True
@@ -560,7 +561,7 @@ class Supervisor(metaclass=NoPublicConstructor):
             zygote.shutdown()
             await zygote.done.wait()
         for container in list(self._running):
-            await container._reaped.wait()
+            await container._finished.wait()
         for kept in self._kept:
             with suppress(OSError):
                 kept.release()

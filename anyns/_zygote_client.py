@@ -181,9 +181,9 @@ class ZygoteConnection:
                 )
         except OSError as e:
             self.pending.pop(request_id, None)
-            if e.errno not in _PEER_GONE:
-                # Not the zygote's fault (EBADF: an fd in the request was closed
-                # meanwhile): never retry such a request elsewhere.
+            if e.errno not in _PEER_GONE and self.sock.fileno() >= 0:
+                # Not the zygote's fault (EBADF with our socket still open: an fd
+                # in the request was closed meanwhile): never retry it elsewhere.
                 raise ZygoteError(f"sending to the zygote failed: {e}") from e
             # The request never reached a zygote: mark this one dead so that
             # the caller may safely retry on a new one.
