@@ -32,6 +32,12 @@ files); the spec it used is recorded in the JSON. The tools:
 ``plain``
     ``trio.run_process(["/bin/true"])``: no isolation at all, the scale
     reference for what process creation and reaping cost from trio.
+``anyns+bridge`` (only with ``--network ...,bridge``)
+    the anyns run with ``network=anyns.Bridge(...)``: a veth pair into a
+    bridge, an address, ``eth0`` up and a default route before the exec, the
+    veth deleted at reap. The bridge lives in a network namespace the
+    benchmark makes for itself (a "hub" container's, kept at a file in a
+    temporary directory), so the machine's own network is never touched.
 
 Why
 ---
@@ -52,6 +58,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import gc
 import json
 import math
@@ -60,9 +67,10 @@ import platform
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,8 +88,14 @@ DEFAULT_WARMUP = 20
 DEFAULT_TIMEOUT = 600.0  # seconds per (tool, concurrency) batch
 
 TOOLS = ("anyns", "bwrap", "unshare", "plain")
+#: --network choices, and the anyns tool (row) each one measures
+NETWORKS = {"loopback": "anyns", "bridge": "anyns+bridge"}
+DEFAULT_NETWORKS = ("loopback",)
+ANYNS_TOOLS = tuple(NETWORKS.values())
+BRIDGE_SUBNET = "10.77.0.0/16"  # inside the benchmark's own hub namespace only
 LABELS = {
     "anyns": "anyns",
+    "anyns+bridge": "anyns+bridge",
     "bwrap": "trio+bwrap",
     "unshare": "trio+unshare",
     "plain": "trio /bin/true",
@@ -94,11 +108,15 @@ NOTES = {
     "unshare": "mount+pid+uts+ipc+net and a fresh /proc, but NO pivot_root: the "
     "host root stays visible, no /dev or /tmp mounts (less work than the others)",
     "plain": "no isolation; scale reference for fork+exec+reap from trio",
+    "anyns+bridge": "the anyns run plus network=anyns.Bridge(subnet=" + repr(BRIDGE_SUBNET) + ", netns=<a hub "
+    "container's kept netns>): veth pair, address, eth0 up and default route before exec, veth deleted at reap",
 }
 PAYLOAD = "/bin/true"
 
 # Ratios printed per concurrency level: (numerator, denominator).
 RATIOS = (("anyns", "bwrap"), ("anyns", "unshare"), ("anyns", "plain"))
+#: printed too when anyns+bridge was measured
+BRIDGE_RATIOS = (("anyns+bridge", "anyns"), ("anyns+bridge", "bwrap"))
 GATE_RATIO = ("anyns", "bwrap")
 TARGETS = {"anyns/bwrap first bar": 1.5, "anyns/bwrap goal": 2.5}  # DESIGN.md
 
@@ -203,11 +221,15 @@ class Report:
             return None
         return a.per_second / b.per_second
 
+    def ratio_pairs(self) -> tuple[tuple[str, str], ...]:
+        """RATIOS, plus the bridge's when anyns+bridge is among the tools."""
+        return RATIOS + (BRIDGE_RATIOS if "anyns+bridge" in self.config.get("tools", []) else ())
+
     def ratios(self) -> list[dict[str, Any]]:
         out = []
         for c in self.config.get("concurrency", []):
             row: dict[str, Any] = {"concurrency": c}
-            for num, den in RATIOS:
+            for num, den in self.ratio_pairs():
                 row[f"{num}/{den}"] = self.ratio(num, den, c)
             out.append(row)
         return out
@@ -440,19 +462,43 @@ def _fail(
     exc: BaseException,
 ) -> None:
     runners.pop(tool, None)
-    if tool == "anyns":
-        report.anyns_error = f"{where}: {_format_exc(exc)}"
-        _say(f"!! anyns FAILED during {where}:\n{report.anyns_error}")
+    if tool in ANYNS_TOOLS:
+        error = f"{LABELS[tool]} {where}: {_format_exc(exc)}"
+        report.anyns_error = "\n".join(filter(None, [report.anyns_error, error]))
+        _say(f"!! {LABELS[tool]} FAILED during {where}:\n{error}")
     else:
         report.skipped[tool] = f"failed during {where}: {_short_exc(exc)}"
         _say(f"-- skipping {LABELS[tool]}: {report.skipped[tool]}")
+
+
+@contextlib.asynccontextmanager
+async def bridge_in_own_netns(sup: Any) -> AsyncIterator[Any]:
+    """An ``anyns.Bridge`` in a network namespace made for the benchmark, never the machine's own.
+
+    A "hub" container (its own network namespace, running ``sleep``) is
+    started and its namespace kept at a file in a temporary directory; the
+    bridge is created there on first use. On the way out the hub is killed and
+    the namespace released (the supervisor removes the bridge when it closes).
+    """
+    import anyns
+
+    with tempfile.TemporaryDirectory(prefix="anyns-bench-") as tmp:
+        async with trio.open_nursery() as nursery:
+            hub = await nursery.start(
+                functools.partial(sup.run, check=False), anyns.ContainerSpec(argv=["sleep", "1000000"])
+            )
+            try:
+                with hub.keep_namespace("net", os.path.join(tmp, "hubnet")) as kept:
+                    yield anyns.Bridge(subnet=BRIDGE_SUBNET, netns=kept.path)
+            finally:
+                hub.kill()
 
 
 async def async_main(report: Report, args: argparse.Namespace) -> None:
     runners: dict[str, RunOne] = {}
 
     for tool in args.tools:
-        if tool == "anyns":
+        if tool in ANYNS_TOOLS:
             continue
         argv = peer_argv(tool)
         report.commands[tool] = subprocess.list2cmdline(argv)
@@ -464,10 +510,17 @@ async def async_main(report: Report, args: argparse.Namespace) -> None:
         runners[tool] = peer_runner(argv)
 
     async with contextlib.AsyncExitStack() as stack:
+        anyns_runners: dict[str, RunOne] = {}
         if "anyns" in args.tools:
             report.commands["anyns"] = (
                 "async with anyns.open_supervisor() as sup: await sup.run(anyns.ContainerSpec(argv=['/bin/true']))"
             )
+        if "anyns+bridge" in args.tools:
+            report.commands["anyns+bridge"] = (
+                "await sup.run(anyns.ContainerSpec(argv=['/bin/true'], network=anyns.Bridge(subnet="
+                f"{BRIDGE_SUBNET!r}, netns=<hub netns>)))"
+            )
+        if any(t in args.tools for t in ANYNS_TOOLS):
             try:
                 import anyns  # imported late: optional until it exists
 
@@ -479,11 +532,26 @@ async def async_main(report: Report, args: argparse.Namespace) -> None:
                 report.anyns_error = f"setup: {_format_exc(exc)}"
                 _say(f"!! anyns FAILED to start:\n{report.anyns_error}")
             else:
+                if "anyns" in args.tools:
 
-                async def run_anyns() -> object:
-                    return await sup.run(spec)
+                    async def run_anyns() -> object:
+                        return await sup.run(spec)
 
-                runners = {"anyns": run_anyns, **runners}
+                    anyns_runners["anyns"] = run_anyns
+                if "anyns+bridge" in args.tools:
+                    try:
+                        bridge = await stack.enter_async_context(bridge_in_own_netns(sup))
+                    except Exception as exc:
+                        _fail(report, runners, "anyns+bridge", "setup", exc)
+                    else:
+                        bridge_spec = anyns.ContainerSpec(argv=[PAYLOAD], network=bridge)
+                        report.commands["anyns+bridge_spec"] = repr(bridge_spec)
+
+                        async def run_bridged() -> object:
+                            return await sup.run(bridge_spec)
+
+                        anyns_runners["anyns+bridge"] = run_bridged
+        runners = {**anyns_runners, **runners}
 
         await _measure_all(report, runners, args)
         # Leaving the stack closes the supervisor; an error there escapes to
@@ -520,10 +588,11 @@ def print_summary(report: Report) -> None:
             if m is not None:
                 _say(_row(m))
     _say()
-    heads = [f"{a}/{b}" for a, b in RATIOS]
-    _say(f"{'C':>5} " + " ".join(f"{h:>16}" for h in heads))
+    heads = [f"{a}/{b}" for a, b in report.ratio_pairs()]
+    width = max(16, *(len(h) for h in heads))
+    _say(f"{'C':>5} " + " ".join(f"{h:>{width}}" for h in heads))
     for row in report.ratios():
-        cells = " ".join(f"{_fmt_ratio(row[h]):>16}" for h in heads)
+        cells = " ".join(f"{_fmt_ratio(row[h]):>{width}}" for h in heads)
         _say(f"{row['concurrency']:>5} {cells}")
     _say()
     _say("targets (ratios, same run): anyns/bwrap >= 1.5x first bar, >= 2.5x goal")
@@ -573,6 +642,14 @@ def _tool_list(text: str) -> list[str]:
     return [t for t in TOOLS if t in values]
 
 
+def _network_list(text: str) -> list[str]:
+    values = [part.strip() for part in text.split(",") if part.strip()]
+    bad = [v for v in values if v not in NETWORKS]
+    if bad or not values:
+        raise argparse.ArgumentTypeError(f"unknown network(s) {bad}; choose from {','.join(NETWORKS)}")
+    return [n for n in NETWORKS if n in values]
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.spawn",
@@ -620,6 +697,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="exit 1 if anyns/trio+bwrap throughput at the highest concurrency is below X",
     )
     parser.add_argument(
+        "--network",
+        type=_network_list,
+        default=list(DEFAULT_NETWORKS),
+        metavar="loopback,bridge",
+        help="the anyns variants to measure: loopback (the defaults, row 'anyns') and/or bridge "
+        "(network=anyns.Bridge in a namespace the benchmark makes, row 'anyns+bridge'); default loopback",
+    )
+    parser.add_argument(
         "--timeout",
         type=float,
         default=DEFAULT_TIMEOUT,
@@ -636,6 +721,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.n = QUICK_N if args.quick else DEFAULT_N
     if args.concurrency is None:
         args.concurrency = list(QUICK_CONCURRENCY if args.quick else DEFAULT_CONCURRENCY)
+    # "anyns" in --tools stands for one row per --network choice.
+    tools: list[str] = []
+    for tool in args.tools:
+        tools += [NETWORKS[n] for n in args.network] if tool == "anyns" else [tool]
+    args.tools = tools
     return args
 
 
@@ -662,6 +752,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "concurrency": args.concurrency,
         "warmup": args.warmup,
         "tools": args.tools,
+        "network": args.network,
         "quick": args.quick,
     }
     _say(f"spawn benchmark: N={args.n} per batch, concurrency {args.concurrency}, tools {','.join(args.tools)}")
@@ -671,7 +762,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _say("interrupted")
         return 130
     except Exception as exc:
-        if "anyns" not in args.tools:
+        if not any(t in args.tools for t in ANYNS_TOOLS):
             raise
         # Escaped the supervisor's scope (e.g. its close, or a crash in its
         # own tasks): anyns' fault by construction of async_main.

@@ -374,27 +374,18 @@ async def test_exhausted_subnet_fails_one_container_and_spares_the_others(sup: a
         assert hub.veths() == []
 
 
-@pytest.mark.xfail(
-    reason="BUG: Container.wait() returns when _wait_and_reap sets _reaped (anyns/_container.py), but the "
-    "veth is deleted and the address released only afterwards, in Supervisor._ensure_reaped -> "
-    "Networking.detach (anyns/_supervisor.py, anyns/_network.py): a container started right after "
-    "wait() finds the address still taken (NetworkError in a full subnet)",
-    raises=AssertionError,
-    strict=True,
-)
 async def test_address_is_free_once_wait_returns(sup: anyns.Supervisor, tmp_path: Path) -> None:
-    """In a full /30, once ``await box.wait()`` has returned, its address is free for the next container."""
+    """In a full /30, once ``await box.wait()`` has returned, its veth is gone and its address free."""
     async with open_hub(sup, tmp_path) as hub:
         bridge = hub.bridge("10.204.0.0/30")
         spec = anyns.ContainerSpec(argv=["sleep", "1000"], network=bridge)
         async with trio.open_nursery() as nursery:
             first = await start(nursery, sup, spec)
+            assert hub.host_ends() == [f"anyns{first.pid}"]
             first.kill()
             await first.wait()
-            # Looked at with no checkpoint after wait() returned, so what wait() guarantees is tested and
-            # not what the supervisor gets round to later (starting a container instead is a race).
-            pool = sup._networking._bridges[bridge]
-            assert int(first.addresses[0].ip) not in pool.used, "address still allocated after wait()"
+            # Not when the run task gets round to it: wait() itself promises it (a full subnet shows it).
+            assert hub.host_ends() == []
             second = await start(nursery, sup, spec)
             assert second.addresses == first.addresses
             second.kill()
@@ -625,12 +616,6 @@ async def test_bridge_netns_that_is_not_a_net_namespace(sup: anyns.Supervisor, t
         assert hub.veths() == []
 
 
-@pytest.mark.xfail(
-    reason="BUG: Networking._thread (anyns/_network.py) caches the NetlinkThread of a netns path forever, "
-    "and a thread whose setns/open failed keeps its _error: every later Bridge on that path raises the "
-    "first NetworkError again, even once a namespace exists there",
-    strict=True,
-)
 async def test_bridge_netns_that_appears_later_is_used(sup: anyns.Supervisor, tmp_path: Path) -> None:
     """A Bridge whose netns path failed once works once a namespace has been kept at that path."""
     path = tmp_path / "later"
@@ -668,12 +653,6 @@ async def test_bridge_removed_by_the_supervisor_that_created_it(sup: anyns.Super
         assert hub.veths() == []
 
 
-@pytest.mark.xfail(
-    reason="BUG: an existing bridge is reused (anyns/_network.py ensure_bridge_from_host), but each "
-    "supervisor allocates from its own _BridgeState starting at .2: two supervisors on one bridge give "
-    "the same address to two containers on one L2 segment",
-    strict=True,
-)
 async def test_two_supervisors_on_one_bridge_get_different_addresses(sup: anyns.Supervisor,
                                                                      tmp_path: Path) -> None:
     """Two supervisors sharing one bridge (reused if it exists) never hand out the same address."""
