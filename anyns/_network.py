@@ -65,11 +65,7 @@ class NetlinkThread:
     def _main(self, netns: str | None) -> None:
         try:
             if netns is not None:
-                fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
-                try:
-                    _libc.setns(fd, C.CLONE_NEWNET)  # this thread only
-                finally:
-                    os.close(fd)
+                _enter_netns(netns)  # this thread only
             ipr = IPRoute()
         except BaseException as e:  # reported to every caller
             self._error = e
@@ -93,6 +89,8 @@ class NetlinkThread:
         if not self._ready.is_set():
             await trio.to_thread.run_sync(self._ready.wait)
         if self._error is not None:
+            if isinstance(self._error, NetworkError):
+                raise self._error
             raise NetworkError(f"netlink: opening a netlink socket failed: {self._error}") from self._error
         done = trio.Event()
         box: list[Any] = [done]
@@ -113,6 +111,47 @@ class NetlinkThread:
         """Stop the thread (after the jobs before) and wait for it."""
         self._jobs.put(None)
         await trio.to_thread.run_sync(self._thread.join)
+
+
+def _enter_netns(path: str) -> None:
+    """Move the calling thread into the network namespace file ``path``.
+
+    Raises:
+        NetworkError: naming the path and why (missing, or not a network namespace).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise NetworkError(f"bridge netns {path!r}: open failed: [Errno {e.errno}] {e.strerror}") from e
+    try:
+        _libc.setns(fd, C.CLONE_NEWNET)
+    except OSError as e:
+        raise NetworkError(
+            f"bridge netns {path!r}: setns failed: [Errno {e.errno}] {os.strerror(e.errno or 0)} "
+            "(hint: it must be a network namespace file, such as /proc/PID/ns/net or one kept with "
+            "keep_namespace)"
+        ) from e
+    finally:
+        os.close(fd)
+
+
+def _delete_in_worker(netns: str | None, host_end: str) -> None:
+    """Delete a veth host end from a trio worker thread, with a netlink socket of its own.
+
+    Unregistering a device waits for an RCU grace period (~20 ms here); done in
+    parallel worker threads, rather than in the one netlink thread, those waits
+    overlap instead of queueing up.
+    """
+    here = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC) if netns is not None else -1
+    try:
+        if netns is not None:
+            _enter_netns(netns)
+        with IPRoute() as ipr:
+            detach_from_host(ipr, host_end)
+    finally:
+        if here >= 0:
+            _libc.setns(here, C.CLONE_NEWNET)  # worker threads are reused: leave it as found
+            os.close(here)
 
 
 class _BridgeState:
@@ -253,7 +292,10 @@ def detach_from_host(ipr: IPRoute, host_end: str) -> None:
 
 
 def remove_bridge_from_host(ipr: IPRoute, *, name: str) -> None:
-    """Delete a bridge this supervisor created."""
+    """Delete a bridge this supervisor created, unless other containers are still attached."""
+    found = ipr.link_lookup(ifname=name)
+    if not found or ipr.link_lookup(master=found[0]):
+        return  # gone, or another supervisor's containers are on it
     try:
         ipr.link("del", ifname=name)
     except NetlinkError as e:
@@ -267,6 +309,7 @@ class Networking:
     def __init__(self) -> None:
         self._threads: dict[str | None, NetlinkThread] = {}
         self._bridges: dict[Bridge, _BridgeState] = {}
+        self._deleters = trio.CapacityLimiter(8)
 
     def _thread(self, netns: str | None) -> NetlinkThread:
         thread = self._threads.get(netns)
@@ -286,14 +329,12 @@ class Networking:
     async def detach(self, bridge: Bridge, host_end: str, address: ipaddress.IPv4Interface) -> None:
         """Remove a reaped container's veth and free its address."""
         state = self._bridges[bridge]
-
-        def detach(ipr: IPRoute) -> None:
-            try:
-                detach_from_host(ipr, host_end)  # its claim route goes with it
-            finally:
-                state.release(address)
-
-        await self._thread(bridge.netns).call(detach)
+        try:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(_delete_in_worker, bridge.netns, host_end, limiter=self._deleters)
+        finally:
+            # The netlink thread owns the pool: release there, after the delete (its claim route went with it).
+            await self._thread(bridge.netns).call(lambda ipr: state.release(address))
 
     async def aclose(self) -> None:
         """Remove the bridges this supervisor created, stop the threads."""
