@@ -135,17 +135,17 @@ def _enter_netns(path: str) -> None:
         os.close(fd)
 
 
-def _delete_in_worker(netns: str | None, host_end: str) -> None:
+def _delete_in_worker(netns_fd: int, host_end: str) -> None:
     """Delete a veth host end from a trio worker thread, with a netlink socket of its own.
 
     Unregistering a device waits for an RCU grace period (~20 ms here); done in
     parallel worker threads, rather than in the one netlink thread, those waits
     overlap instead of queueing up.
     """
-    here = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC) if netns is not None else -1
+    here = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC) if netns_fd >= 0 else -1
     try:
-        if netns is not None:
-            _enter_netns(netns)
+        if netns_fd >= 0:
+            _libc.setns(netns_fd, C.CLONE_NEWNET)
         with IPRoute() as ipr:
             detach_from_host(ipr, host_end)
     finally:
@@ -310,6 +310,9 @@ class Networking:
         self._threads: dict[str | None, NetlinkThread] = {}
         self._bridges: dict[Bridge, _BridgeState] = {}
         self._deleters = trio.CapacityLimiter(8)
+        #: the bridge namespaces, held open from first use: the file may be
+        #: released while containers on it are still being torn down
+        self._netns_fds: dict[str, int] = {}
 
     def _thread(self, netns: str | None) -> NetlinkThread:
         thread = self._threads.get(netns)
@@ -322,6 +325,11 @@ class Networking:
         state = self._bridges.get(bridge)
         if state is None:
             state = self._bridges[bridge] = _BridgeState(bridge)
+        if bridge.netns is not None and bridge.netns not in self._netns_fds:
+            try:
+                self._netns_fds[bridge.netns] = os.open(bridge.netns, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as e:
+                raise NetworkError(f"bridge netns {bridge.netns!r}: open failed: [Errno {e.errno}] {e.strerror}") from e
         host_end = f"anyns{pid}"
         address = await self._thread(bridge.netns).call(lambda ipr: attach_from_host(ipr, state, pid, host_end))
         return host_end, address
@@ -331,7 +339,8 @@ class Networking:
         state = self._bridges[bridge]
         try:
             with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(_delete_in_worker, bridge.netns, host_end, limiter=self._deleters)
+                netns_fd = self._netns_fds.get(bridge.netns, -1) if bridge.netns is not None else -1
+                await trio.to_thread.run_sync(_delete_in_worker, netns_fd, host_end, limiter=self._deleters)
         finally:
             # The netlink thread owns the pool: release there, after the delete (its claim route went with it).
             await self._thread(bridge.netns).call(lambda ipr: state.release(address))
@@ -345,3 +354,6 @@ class Networking:
         for thread in self._threads.values():
             await thread.aclose()
         self._threads.clear()
+        for fd in self._netns_fds.values():
+            os.close(fd)
+        self._netns_fds.clear()

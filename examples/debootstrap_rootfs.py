@@ -1,3 +1,4 @@
+# anyns: notest  (needs debootstrap and the network; see the docstring)
 """Not run in CI: builds a full Debian root (a few minutes, ~200 MB download) and runs containers on it.
 
     sudo python examples/debootstrap_rootfs.py [DIR [MIRROR]]
