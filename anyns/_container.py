@@ -21,6 +21,7 @@ import trio
 from ._errors import AnynsError, SetupError, SpecError
 from ._namespaces import persist_from_host, release_from_host
 from ._spec import KIND_FLAGS
+from ._stdio import Io
 
 if TYPE_CHECKING:
     from ._spec import ContainerSpec
@@ -296,9 +297,9 @@ class Container(metaclass=NoPublicConstructor):
                 ``ExecError`` when the program cannot be executed.
             ContainerFailed: ``check`` is true and the program failed.
         """
-        return await self._supervisor._exec(
-            self, argv, env, cwd, stdin, capture_stdout, capture_stderr, stdout, stderr, check, task_status
-        )
+        io = Io.of(stdin, capture_stdout, capture_stderr, stdout, stderr, check,
+                   started=task_status is not trio.TASK_STATUS_IGNORED)
+        return await self._supervisor._exec(self, argv, env, cwd, io, task_status)
 
     def keep_namespace(self, kind: str, path: str | os.PathLike[str]) -> PersistedNamespace:
         """Keep this container's ``kind`` namespace alive at ``path``, as ``ip netns add`` does.

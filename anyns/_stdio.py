@@ -7,6 +7,7 @@ import subprocess
 from contextlib import suppress
 from typing import IO, Any, Final
 
+import attrs
 import trio
 
 PIPE: Final = subprocess.PIPE
@@ -17,6 +18,36 @@ StdinArg = bytes | bytearray | memoryview | int | IO[Any] | None
 StdoutArg = int | IO[Any] | None
 
 _READ_CHUNK: Final = 65536
+
+
+@attrs.frozen
+class Io:
+    """How a run or an exec wires stdio, as ``trio.run_process`` takes it (see ``Supervisor.run``)."""
+
+    stdin: StdinArg
+    capture_stdout: bool
+    capture_stderr: bool
+    stdout: StdoutArg
+    stderr: StdoutArg
+    check: bool
+
+    @classmethod
+    def of(cls, stdin: StdinArg, capture_stdout: bool, capture_stderr: bool, stdout: StdoutArg,
+           stderr: StdoutArg, check: bool, *, started: bool) -> Io:
+        """Check the combination (ValueError, as trio.run_process) and keep it."""
+        if capture_stdout and stdout is not None:
+            raise ValueError("stdout= and capture_stdout=True cannot both be given")
+        if capture_stderr and stderr is not None:
+            raise ValueError("stderr= and capture_stderr=True cannot both be given")
+        if not started and PIPE in (stdin, stdout, stderr):
+            raise ValueError("anyns.PIPE is only valid with 'await nursery.start(...)'")
+        return cls(stdin, capture_stdout, capture_stderr, stdout, stderr, check)
+
+    @property
+    def feed(self) -> bytes | None:
+        """The bytes to write to stdin, if any."""
+        stdin = self.stdin
+        return bytes(stdin) if isinstance(stdin, (bytes, bytearray, memoryview)) and len(stdin) else None
 
 
 class Stdio:

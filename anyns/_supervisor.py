@@ -44,7 +44,7 @@ from ._spec import (
     Rootfs,
     joined_namespaces,
 )
-from ._stdio import DEVNULL, PIPE, STDOUT, StdinArg, Stdio, StdoutArg, collect_into, read_to_eof, send_and_close
+from ._stdio import DEVNULL, PIPE, STDOUT, Io, StdinArg, Stdio, StdoutArg, collect_into, read_to_eof, send_and_close
 from ._zygote_client import MAX_PLANS, RequestNotSent, ZygoteConnection, setup_error
 
 __all__ = ["DEVNULL", "PIPE", "STDOUT", "Supervisor", "open_supervisor"]
@@ -298,6 +298,8 @@ class Supervisor(metaclass=NoPublicConstructor):
         """
         if not isinstance(spec, ContainerSpec):
             raise TypeError(f"expected an anyns.ContainerSpec, got {type(spec).__name__}")
+        io = Io.of(stdin, capture_stdout, capture_stderr, stdout, stderr, check,
+                   started=task_status is not trio.TASK_STATUS_IGNORED)
         plan_id, plan = self._container_plan(spec)
         extra, owned = _join_fds(spec, plan)
         go = -1
@@ -306,8 +308,7 @@ class Supervisor(metaclass=NoPublicConstructor):
             extra.append(go_r)
             owned.append(go_r)
         try:
-            return await self._launch(spec, plan_id, plan, extra, stdin, capture_stdout, capture_stderr,
-                                      stdout, stderr, check, task_status, go)
+            return await self._launch(spec, plan_id, plan, extra, io, task_status, go)
         finally:
             for fd in owned:
                 os.close(fd)
@@ -318,12 +319,7 @@ class Supervisor(metaclass=NoPublicConstructor):
         argv: Sequence[str],
         env: Mapping[str, str] | None,
         cwd: str | None,
-        stdin: StdinArg,
-        capture_stdout: bool,
-        capture_stderr: bool,
-        stdout: StdoutArg,
-        stderr: StdoutArg,
-        check: bool,
+        io: Io,
         task_status: trio.TaskStatus[Container],
     ) -> CompletedContainer:
         """``Container.exec``: a new process in all of ``container``'s namespaces."""
@@ -350,8 +346,7 @@ class Supervisor(metaclass=NoPublicConstructor):
         # could then name something else (a new zygote's pidfd: the host).
         target = os.dup(container._pidfd)
         try:
-            return await self._launch(spec, plan_id, plan, [target], stdin, capture_stdout, capture_stderr,
-                                      stdout, stderr, check, task_status)
+            return await self._launch(spec, plan_id, plan, [target], io, task_status)
         except SetupError as e:
             if (e.step, e.errno) in (("clone", errno.ENOMEM), ("namespaces", errno.ESRCH)):
                 # clone3 into a pid namespace whose init is gone; setns into a reaped process
@@ -367,12 +362,7 @@ class Supervisor(metaclass=NoPublicConstructor):
         plan_id: int,
         plan: Plan,
         extra_fds: list[int],
-        stdin: StdinArg,
-        capture_stdout: bool,
-        capture_stderr: bool,
-        stdout: StdoutArg,
-        stderr: StdoutArg,
-        check: bool,
+        io: Io,
         task_status: trio.TaskStatus[Container],
         go: int = -1,
     ) -> CompletedContainer:
@@ -382,21 +372,13 @@ class Supervisor(metaclass=NoPublicConstructor):
         network is wired before the byte is written (and the pipe closed).
         """
         started = task_status is not trio.TASK_STATUS_IGNORED
-        if capture_stdout and stdout is not None:
-            raise ValueError("stdout= and capture_stdout=True cannot both be given")
-        if capture_stderr and stderr is not None:
-            raise ValueError("stderr= and capture_stderr=True cannot both be given")
-        if not started and PIPE in (stdin, stdout, stderr):
-            raise ValueError("anyns.PIPE is only valid with 'await nursery.start(sup.run, ...)'")
-        feed = bytes(stdin) if isinstance(stdin, (bytes, bytearray, memoryview)) and len(stdin) else None
-
         stdio = Stdio()
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         container: Container | None = None
         try:
-            stdio.stdin(stdin, self._devnull)
-            stdio.parent_out = stdio.output(stdout, capture_stdout, 1, self._devnull)
-            stdio.parent_err = stdio.output(stderr, capture_stderr, 2, self._devnull)
+            stdio.stdin(io.stdin, self._devnull)
+            stdio.parent_out = stdio.output(io.stdout, io.capture_stdout, 1, self._devnull)
+            stdio.parent_err = stdio.output(io.stderr, io.capture_stderr, 2, self._devnull)
             try:
                 container = await self._spawn(spec, plan_id, plan, [*stdio.child, err_w, *extra_fds])
             finally:
@@ -415,7 +397,7 @@ class Supervisor(metaclass=NoPublicConstructor):
                         await container._wait_and_reap()
                     raise setup_error(*_protocol.decode_failure(failure))
             return await self._supervise(
-                container, stdio, feed, capture_stdout, capture_stderr, check, task_status,
+                container, stdio, io, task_status,
                 # Without nursery.start nobody needs the moment of exec: one
                 # wait (on the pidfd) instead of two, then the record if any.
                 -1 if started else err_r,
@@ -459,10 +441,7 @@ class Supervisor(metaclass=NoPublicConstructor):
         self,
         container: Container,
         stdio: Stdio,
-        feed: bytes | None,
-        capture_stdout: bool,
-        capture_stderr: bool,
-        check: bool,
+        io: Io,
         task_status: trio.TaskStatus[Container],
         err_r: int,
     ) -> CompletedContainer:
@@ -477,7 +456,7 @@ class Supervisor(metaclass=NoPublicConstructor):
             task_status.started(container)
             await container._wait_and_reap()
         else:
-            await self._serve_stdio(container, stdio, feed, capture_stdout, capture_stderr, captured, task_status)
+            await self._serve_stdio(container, stdio, io, captured, task_status)
         assert container.returncode is not None
         if err_r >= 0:
             failure = await read_to_eof(err_r, _protocol.MAX_FAILURE)
@@ -485,11 +464,11 @@ class Supervisor(metaclass=NoPublicConstructor):
                 raise setup_error(*_protocol.decode_failure(failure))
         done = CompletedContainer(
             container.spec.argv, container.returncode,
-            captured.get("stdout") if capture_stdout else None,
-            captured.get("stderr") if capture_stderr else None,
+            captured.get("stdout") if io.capture_stdout else None,
+            captured.get("stderr") if io.capture_stderr else None,
             container.pid,
         )
-        if check and done.returncode != 0:
+        if io.check and done.returncode != 0:
             raise ContainerFailed(done.returncode, container.spec.argv, done.stdout, done.stderr)
         return done
 
@@ -497,9 +476,7 @@ class Supervisor(metaclass=NoPublicConstructor):
         self,
         container: Container,
         stdio: Stdio,
-        feed: bytes | None,
-        capture_stdout: bool,
-        capture_stderr: bool,
+        io: Io,
         captured: dict[str, bytes],
         task_status: trio.TaskStatus[Container],
     ) -> None:
@@ -515,13 +492,13 @@ class Supervisor(metaclass=NoPublicConstructor):
                 async with trio.open_nursery() as nursery:
                     if stdio.parent_in >= 0:
                         sin = trio.lowlevel.FdStream(stdio.parent_in)
-                        if feed is not None:
+                        if io.feed is not None:
                             ours.append(sin)
-                            nursery.start_soon(send_and_close, sin, feed)
+                            nursery.start_soon(send_and_close, sin, io.feed)
                         else:
                             container.stdin = sin
-                    for name, fd, capture in (("stdout", stdio.parent_out, capture_stdout),
-                                              ("stderr", stdio.parent_err, capture_stderr)):
+                    for name, fd, capture in (("stdout", stdio.parent_out, io.capture_stdout),
+                                              ("stderr", stdio.parent_err, io.capture_stderr)):
                         if fd >= 0:
                             out = trio.lowlevel.FdStream(fd)
                             if capture:
