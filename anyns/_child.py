@@ -131,10 +131,20 @@ def _attach_tree(rt: Rt, index: int, source: bytes, root: bytes, rel: bytes) -> 
 def _open_beneath(root: bytes, rel: bytes, is_dir: bool) -> int:
     """Create ``root/rel`` if missing (a directory, or a file if not ``is_dir``) and open it O_PATH.
 
-    No symlink is followed on the way: the result lies inside ``root``.
+    No symlink is followed on the way: the result lies inside ``root``. The
+    mount point usually exists already (the zygote's root skeleton has it), so
+    it is opened first and only made when missing.
     """
-    _mkpath((), root, rel, not is_dir)
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        return _walk_beneath(root, rel)
+    except FileNotFoundError:
+        _mkpath((), root, rel, not is_dir)
+        return _walk_beneath(root, rel)
+
+
+def _walk_beneath(root: bytes, rel: bytes) -> int:
+    """Open ``root/rel`` O_PATH one component at a time, never following a symlink."""
+    fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for part in rel.split(b"/"):
             if part:

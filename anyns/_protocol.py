@@ -12,6 +12,8 @@ supervisor → zygote
     ``SPWN`` a=request id, b=plan id; then, the first time a plan id is used
     on this zygote, the plan (``Plan.to_wire()``) as JSON. fds: stdin,
     stdout, stderr, error pipe.
+    ``PART`` a=plan id, b=piece number: a piece of a plan too large for one
+    datagram; the SPWN that follows carries the last piece and the fds.
     ``DROP`` a=0, b=plan id: forget a plan (the supervisor's cache let it go).
 zygote → supervisor
     ``HELO`` a=protocol version, b=zygote pid; once, when ready.
@@ -35,8 +37,9 @@ if TYPE_CHECKING:
 PROTOCOL_VERSION: Final = 2
 #: fds that may ride on one message
 MAX_FDS: Final = 8
-#: the largest datagram either side sends (a plan with thousands of mounts fits)
-MAX_MESSAGE: Final = 1 << 20
+#: the largest datagram either side sends (well under an AF_UNIX socket's
+#: default send buffer); larger plans travel in PART pieces
+MAX_MESSAGE: Final = 1 << 16
 #: the largest failure record the child writes
 MAX_FAILURE: Final = 4096
 
@@ -45,6 +48,7 @@ HELLO: Final = b"HELO"
 DONE: Final = b"DONE"
 FAIL: Final = b"FAIL"
 DROP: Final = b"DROP"
+PART: Final = b"PART"
 
 _HEADER: Final = struct.Struct("=4sII")
 HEADER_SIZE: Final = _HEADER.size
@@ -110,25 +114,59 @@ def encode(tag: bytes, a: int, b: int, body: dict[str, Any] | None = None) -> by
     return header + dumps(body).encode()
 
 
-def decode(data: bytes) -> tuple[bytes, int, int, dict[str, Any] | None]:
-    """Split a message into ``(tag, a, b, body)``.
+def encode_spawn(request_id: int, plan_id: int, body: dict[str, Any] | None) -> list[bytes]:
+    """The messages of one spawn request: PART pieces of a large plan, then SPWN.
+
+    A plan with thousands of mounts does not fit in one datagram (the socket's
+    send buffer bounds it), so its JSON travels in pieces of ``MAX_MESSAGE``.
+    """
+    if body is None:
+        return [encode(SPAWN, request_id, plan_id)]
+    text = dumps(body).encode()
+    room = MAX_MESSAGE - HEADER_SIZE
+    pieces = [text[i:i + room] for i in range(0, len(text), room)]
+    parts = [_HEADER.pack(PART, plan_id & _U32, i) + piece for i, piece in enumerate(pieces[:-1])]
+    return [*parts, _HEADER.pack(SPAWN, request_id & _U32, plan_id & _U32) + pieces[-1]]
+
+
+def decode_header(data: bytes | bytearray | memoryview) -> tuple[bytes, int, int]:
+    """``(tag, a, b)`` of a message.
 
     Raises:
-        ValueError: truncated header or a body that is not a JSON object.
+        ValueError: a truncated header.
     """
     if len(data) < HEADER_SIZE:
         raise ValueError(f"truncated message ({len(data)} bytes)")
     tag, a, b = _HEADER.unpack_from(data)
-    if len(data) == HEADER_SIZE:
-        return tag, a, b, None
+    return tag, a, b
+
+
+def decode_body(payload: bytes) -> dict[str, Any]:
+    """The JSON object after a header.
+
+    Raises:
+        ValueError: not UTF-8, not JSON, or not an object.
+    """
     try:
-        text = data[HEADER_SIZE:].decode()
+        text = payload.decode()
     except UnicodeDecodeError as e:
         raise ValueError(f"message body is not UTF-8: {e}") from None
     body = _loads(text)
     if not isinstance(body, dict):
         raise ValueError("message body is not a JSON object")
-    return tag, a, b, body
+    return body
+
+
+def decode(data: bytes) -> tuple[bytes, int, int, dict[str, Any] | None]:
+    """Split a whole message into ``(tag, a, b, body)``.
+
+    Raises:
+        ValueError: truncated header or a body that is not a JSON object.
+    """
+    tag, a, b = decode_header(data)
+    if len(data) == HEADER_SIZE:
+        return tag, a, b, None
+    return tag, a, b, decode_body(data[HEADER_SIZE:])
 
 
 def encode_failure(step: str, call: str, path: str | None, errno: int, message: str) -> bytes:

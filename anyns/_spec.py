@@ -231,7 +231,7 @@ ROOT_PROPAGATIONS: Final = ("slave", "private")
 _PROPAGATIONS: Final = (None, "shared", "private", "slave", "unbindable")
 
 
-@attrs.frozen
+@attrs.frozen(cache_hash=True)
 class Bind:
     """Bind-mount a host file or directory at ``target`` inside the container.
 
@@ -452,7 +452,7 @@ def _to_namespaces(value: Any) -> Namespaces:
     return Namespaces(value)
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, cache_hash=True)
 class ContainerSpec:
     """Everything about one container, as a frozen, hashable value.
 

@@ -36,14 +36,21 @@ if TYPE_CHECKING:
     from typing import Any
 
 _monotonic = time.monotonic
+if TYPE_CHECKING:
+    _LinkedPlan = tuple[int, _child.Linked, _child.Meta, int, tuple[tuple[int, int], ...], "list[Any] | None"]
 _CLONE_BASE = C.CLONE_PIDFD | C.CLONE_PARENT | C.CLONE_CLEAR_SIGHAND
 _FDS_PER_SPAWN = 4
 
 
-def _receive(sock: _socket.socket) -> tuple[bytes, list[int]]:
-    data, ancdata, _flags, _addr = sock.recvmsg(
-        _protocol.MAX_MESSAGE, _socket.CMSG_SPACE(_protocol.MAX_FDS * 4), _socket.MSG_CMSG_CLOEXEC
-    )
+#: one receive buffer for every request: recvmsg(n) would allocate n bytes each time
+_BUFFER = bytearray(_protocol.MAX_MESSAGE)
+_VIEW = memoryview(_BUFFER)
+_ANCILLARY = _socket.CMSG_SPACE(_protocol.MAX_FDS * 4)
+
+
+def _receive(sock: _socket.socket) -> tuple[memoryview, list[int]]:
+    size, ancdata, _flags, _addr = sock.recvmsg_into((_BUFFER,), _ANCILLARY, _socket.MSG_CMSG_CLOEXEC)
+    data = _VIEW[:size]
     fds: list[int] = []
     for level, kind, payload in ancdata:
         if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
@@ -64,9 +71,12 @@ class Zygote:
         self.sock = sock
         self.supervisor_pidfd = supervisor_pidfd
         self.newroot = newroot
-        #: plan id -> (clone flags, linked ops, error metadata, extra fds, what to enter first)
-        self.plans: dict[int, tuple[int, _child.Linked, _child.Meta, int, tuple[tuple[int, int], ...]]] = {}
+        #: plan id -> (clone flags, linked ops, error metadata, extra fds, what to
+        #: enter first, its root tree holder or None)
+        self.plans: dict[int, _LinkedPlan] = {}
         self.namespaces = _namespaces.ZygoteNamespaces()
+        #: pieces of plans too large for one message, by plan id
+        self.parts: dict[int, list[bytes]] = {}
         #: prebuilt root trees, shared by every plan with the same skeleton:
         #: key -> [fd, built at (monotonic)]; the fd holder is what the linked
         #: attach_skeleton op reads, so a rebuild reaches those plans too
@@ -75,7 +85,6 @@ class Zygote:
         # ANYNS_FORCE_FALLBACK=detached-trees forces the other rung (for tests).
         forced = "detached-trees" in os.environ.get("ANYNS_FORCE_FALLBACK", "")
         self.detached_trees: bool | None = False if forced else None
-        self.next_refresh = float("inf")
 
     def serve(self) -> None:
         """Serve until the supervisor closes its end."""
@@ -97,7 +106,7 @@ class Zygote:
         body = {"step": step, "call": call, "path": None, "message": message}
         self.sock.send(_protocol.encode(_protocol.FAIL, request_id, err, body))
 
-    def handle(self, data: bytes, fds: list[int]) -> None:
+    def handle(self, data: memoryview, fds: list[int]) -> None:
         """Answer one request; a bad request gets a FAIL reply, never kills the zygote.
 
         Everything after clone3 is kept to a few C calls: each page the zygote
@@ -105,7 +114,14 @@ class Zygote:
         """
         request_id = 0
         try:
-            tag, request_id, plan_id, body = _protocol.decode(data)
+            tag, request_id, plan_id = _protocol.decode_header(data)
+            if tag == _protocol.PART:  # a piece of a large plan: a=plan id, b=its number
+                piece = bytes(data[_protocol.HEADER_SIZE:])
+                if plan_id == 0:  # a first piece starts over (a send cut short leaves stale ones)
+                    self.parts[request_id] = [piece]
+                else:
+                    self.parts.setdefault(request_id, []).append(piece)
+                return
             if tag == _protocol.DROP:
                 self.plans.pop(plan_id, None)
                 return
@@ -113,15 +129,19 @@ class Zygote:
                 raise ValueError(f"unknown request {tag!r}")
             plan = self.plans.get(plan_id)
             if plan is None:
+                pieces = self.parts.pop(plan_id, [])
+                pieces.append(bytes(data[_protocol.HEADER_SIZE:]))
+                body = _protocol.decode_body(b"".join(pieces)) if pieces[-1] or len(pieces) > 1 else None
                 plan = self._link(plan_id, body)
             if len(fds) != _FDS_PER_SPAWN + plan[3]:
                 raise ValueError(f"spawn needs {_FDS_PER_SPAWN + plan[3]} fds, got {len(fds)}")
         except (ValueError, KeyError, TypeError) as e:
             self.fail(request_id, 0, "protocol", "recvmsg", f"bad request: {e}")
             return
-        flags, linked, meta, _extra, enter = plan
-        if self.skeletons and _monotonic() > self.next_refresh:
-            self._refresh_skeletons()
+        flags, linked, meta, _extra, enter, _skeleton_holder = plan
+        skeleton = plan[5]
+        if skeleton is not None and _monotonic() > skeleton[2]:
+            self._refresh(skeleton)
         entered = 0
         step, call = "namespaces", "setns"
         try:
@@ -156,7 +176,7 @@ class Zygote:
 
     def _link(
         self, plan_id: int, body: dict[str, Any] | None
-    ) -> tuple[int, _child.Linked, _child.Meta, int, tuple[tuple[int, int], ...]]:
+    ) -> _LinkedPlan:
         if body is None:
             raise ValueError(f"unknown plan {plan_id} and no plan sent")
         ops = body["ops"]
@@ -169,7 +189,7 @@ class Zygote:
                 ops = [*ops[:at], *_skeleton.expand_for_child(skeleton, self.newroot), *ops[at + 1:]]
         linked, meta = _child.link(ops, holder)
         enter = tuple((int(index), int(flags)) for index, flags in body.get("enter", ()))
-        plan = self.plans[plan_id] = (int(body["flags"]), linked, meta, int(body.get("extra", 0)), enter)
+        plan = self.plans[plan_id] = (int(body["flags"]), linked, meta, int(body.get("extra", 0)), enter, holder)
         return plan
 
     def _skeleton(self, ops: list[Any]) -> list[Any] | None:
@@ -187,20 +207,24 @@ class Zygote:
                 self.detached_trees = False
             return None
         self.detached_trees = True
-        holder = self.skeletons[key] = [fd, ops]
-        self.next_refresh = min(self.next_refresh, _monotonic() + _skeleton.MAX_AGE)
+        holder = self.skeletons[key] = [fd, ops, _monotonic() + _skeleton.MAX_AGE]
         return holder
 
-    def _refresh_skeletons(self) -> None:
-        """Rebuild every root tree, so replaced host files reach new containers."""
-        for holder in self.skeletons.values():
-            try:
-                fd = _skeleton.build_in_zygote(holder[1])
-            except OSError:
-                continue  # keep the old tree
-            os.close(holder[0])
-            holder[0] = fd
-        self.next_refresh = _monotonic() + _skeleton.MAX_AGE
+    @staticmethod
+    def _refresh(holder: list[Any]) -> None:
+        """Rebuild one root tree that is due, so replaced host files reach new containers.
+
+        Only the tree about to be used, and only when it is older than
+        MAX_AGE: an idle spec's tree costs nothing, and a big one is rebuilt
+        at most every MAX_AGE seconds, by a spawn of its own spec.
+        """
+        holder[2] = _monotonic() + _skeleton.MAX_AGE
+        try:
+            fd = _skeleton.build_in_zygote(holder[1])
+        except OSError:
+            return  # keep the old tree
+        os.close(holder[0])
+        holder[0] = fd
 
 
 def main(sock_fd: int, supervisor_pid: int, newroot: str) -> None:

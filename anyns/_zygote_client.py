@@ -95,7 +95,7 @@ class ZygoteConnection:
             while True:
                 try:
                     data, ancdata, _flags, _addr = await self.sock.recvmsg(
-                        _protocol.MAX_MESSAGE,
+                        _REPLY_SIZE,
                         socket.CMSG_SPACE(_protocol.MAX_FDS * 4),
                         socket.MSG_CMSG_CLOEXEC,
                     )
@@ -171,13 +171,15 @@ class ZygoteConnection:
             raise self.error
         request_id = next(_request_ids)
         body = plan.to_wire() if plan_id not in self.sent_plans else None
-        message = _protocol.encode(_protocol.SPAWN, request_id, plan_id, body)
+        messages = _protocol.encode_spawn(request_id, plan_id, body)
         pending = Pending()
         self.pending[request_id] = pending
         try:
-            async with self.send_lock:
+            async with self.send_lock:  # the pieces of one request stay together
+                for piece in messages[:-1]:
+                    await self.sock.send(piece)
                 await self.sock.sendmsg(
-                    [message], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
+                    [messages[-1]], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
                 )
         except OSError as e:
             self.pending.pop(request_id, None)
@@ -210,6 +212,8 @@ class ZygoteConnection:
 
 
 _request_ids = itertools.count(1)
+#: replies are headers with at most a small JSON error record
+_REPLY_SIZE: Final = 8192
 #: what sendmsg says when the zygote's end is gone
 _PEER_GONE: Final = frozenset({errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ECONNREFUSED})
 #: plans kept by the supervisor (and so by its zygote); distinct specs beyond this evict the oldest
