@@ -143,8 +143,9 @@ def _join_fds(spec: ContainerSpec, plan: Plan) -> tuple[list[int], list[int]]:
             source = sources[kind]
             if isinstance(source, Container):
                 if source.returncode is not None or source._pidfd < 0:
-                    raise SetupError("namespaces", "setns", None, errno.ESRCH, os.strerror(errno.ESRCH),
-                                     f"the container to join ({kind}), pid {source.pid}, has exited")
+                    error = SetupError("namespaces", "setns", None, errno.ESRCH, os.strerror(errno.ESRCH),
+                                       f"the container to join ({kind}), pid {source.pid}, has exited")
+                    raise error from ProcessLookupError(errno.ESRCH, os.strerror(errno.ESRCH))
                 # A duplicate: the owner may reap it and close its own fd meanwhile.
                 fd = os.dup(source._pidfd)
                 owned.append(fd)
@@ -200,8 +201,10 @@ class Supervisor(metaclass=NoPublicConstructor):
 
     def _plan(self, key: object, compile_: Callable[[], Plan]) -> tuple[int, Plan]:
         """The plan for ``key`` (a spec, or an exec's), compiled once and cached."""
-        cached = self._plans.get(key)
-        if cached is None:
+        cached = self._plans.pop(key, None)
+        if cached is not None:
+            self._plans[key] = cached  # most recently used last: eviction takes the oldest use
+        else:
             cached = (next(self._plan_ids), compile_())
             if len(self._plans) >= MAX_PLANS:  # unbounded distinct specs: forget the oldest
                 old_id, _old = self._plans.pop(next(iter(self._plans)))

@@ -127,9 +127,9 @@ class Zygote:
                 return
             if tag != _protocol.SPAWN:
                 raise ValueError(f"unknown request {tag!r}")
+            pieces = self.parts.pop(plan_id, [])
             plan = self.plans.get(plan_id)
             if plan is None:
-                pieces = self.parts.pop(plan_id, [])
                 pieces.append(bytes(data[_protocol.HEADER_SIZE:]))
                 body = _protocol.decode_body(b"".join(pieces)) if pieces[-1] or len(pieces) > 1 else None
                 plan = self._link(plan_id, body)

@@ -170,12 +170,15 @@ class ZygoteConnection:
         if self.error is not None:
             raise self.error
         request_id = next(_request_ids)
-        body = plan.to_wire() if plan_id not in self.sent_plans else None
-        messages = _protocol.encode_spawn(request_id, plan_id, body)
         pending = Pending()
         self.pending[request_id] = pending
         try:
             async with self.send_lock:  # the pieces of one request stay together
+                # Decided under the lock, so that a plan's body goes out once,
+                # and again after a drop().
+                body = plan.to_wire() if plan_id not in self.sent_plans else None
+                messages = _protocol.encode_spawn(request_id, plan_id, body)
+                self.sent_plans.add(plan_id)
                 for piece in messages[:-1]:
                     await self.sock.send(piece)
                 await self.sock.sendmsg(
@@ -183,6 +186,7 @@ class ZygoteConnection:
                 )
         except OSError as e:
             self.pending.pop(request_id, None)
+            self.sent_plans.discard(plan_id)
             if e.errno not in _PEER_GONE and self.sock.fileno() >= 0:
                 # Not the zygote's fault (EBADF with our socket still open: an fd
                 # in the request was closed meanwhile): never retry it elsewhere.
@@ -194,8 +198,8 @@ class ZygoteConnection:
             raise RequestNotSent(str(e)) from e
         except BaseException:
             self.pending.pop(request_id, None)
+            self.sent_plans.discard(plan_id)
             raise
-        self.sent_plans.add(plan_id)
         return pending
 
     def drop(self, plan_id: int) -> None:
