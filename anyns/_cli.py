@@ -1,4 +1,4 @@
-"""The command line: ``python -m anyns run [options] -- CMD…`` and ``python -m anyns demo``.
+"""The command line: ``python -m anyns run [options] -- CMD…``, ``demo`` and ``doctor``.
 
 ``run`` passes stdio through and exits with the container's status (128+N
 when signal N killed it, like a shell). Errors are one line on stderr:
@@ -45,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--tmpfs", metavar="DIR", action="append", default=[], help="mount a tmpfs")
     run.add_argument("--share-net", action="store_true", help="use the host's network namespace")
     run.add_argument("cmd", nargs=argparse.REMAINDER, help="the command, after --")
+
+    commands.add_parser("doctor", help="check what this host offers anyns, with hints")
 
     demo = commands.add_parser("demo", help="start a few hundred containers at once and show the result")
     demo.add_argument("--count", type=int, default=300, help="containers to start (default 300)")
@@ -106,6 +108,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             status: int = trio.run(_run, spec_from_args(args))
+        elif args.command == "doctor":
+            from ._doctor import doctor
+
+            status = doctor()
         else:
             status = trio.run(demo, args.count, args.concurrency)
         return status

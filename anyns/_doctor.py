@@ -1,0 +1,159 @@
+"""``python -m anyns doctor``: what this host offers anyns, and what it lacks, with hints.
+
+Each check prints one line: ``ok``, ``warn`` (works, but something is
+degraded or will not be available) or ``FAIL`` (containers cannot start),
+with the reason. Then one real container is started, which is the only
+proof that counts.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable
+
+import attrs
+import trio
+
+from ._skeleton import build_in_zygote
+from ._spec import ContainerSpec
+from ._supervisor import open_supervisor
+
+
+@attrs.frozen
+class Finding:
+    """One check's outcome."""
+
+    name: str
+    level: str  # "ok", "warn" or "FAIL"
+    detail: str
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def _kernel() -> Finding:
+    release = os.uname().release
+    try:
+        major, minor = (int(x) for x in release.split(".")[:2])
+    except ValueError:
+        return Finding("kernel", "warn", f"cannot parse {release!r}")
+    if (major, minor) < (5, 10):
+        return Finding("kernel", "FAIL", f"{release}: anyns needs Linux 5.10 or newer (clone3, pidfd, close_range)")
+    return Finding("kernel", "ok", release)
+
+
+def _privileges() -> Finding:
+    status = _read("/proc/self/status") or ""
+    caps = next((line.split()[1] for line in status.splitlines() if line.startswith("CapEff:")), "0")
+    if int(caps, 16) & (1 << 21):  # CAP_SYS_ADMIN
+        return Finding("privileges", "ok", f"uid {os.getuid()}, CAP_SYS_ADMIN")
+    return Finding("privileges", "FAIL", "no CAP_SYS_ADMIN: run as root (rootless mode needs user namespaces, "
+                                         "which anyns does not support yet)")
+
+
+def _pidfd() -> Finding:
+    try:
+        fd = os.pidfd_open(os.getpid())
+    except OSError as e:
+        return Finding("pidfd", "FAIL", f"pidfd_open: {e.strerror} (Linux 5.3+)")
+    os.close(fd)
+    return Finding("pidfd", "ok", "pidfd_open works")
+
+
+def _detached_trees() -> Finding:
+    try:
+        fd = build_in_zygote([("mkdir", "x"), ("readonly",)])
+    except OSError as e:
+        return Finding("mount API", "warn", f"no detached mount trees ({os.strerror(e.errno or 0)}): each container "
+                                            "builds its HostRootfs root itself (slower)")
+    os.close(fd)
+    return Finding("mount API", "ok", "fsmount, open_tree and move_mount onto detached trees (prebuilt roots)")
+
+
+def _userns() -> Finding:
+    limit = _read("/proc/sys/user/max_user_namespaces")
+    if limit == "0":
+        return Finding("user namespaces", "warn", "user.max_user_namespaces=0: user namespaces are disabled")
+    if _read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns") == "1":
+        return Finding("user namespaces", "warn", "kernel.apparmor_restrict_unprivileged_userns=1 (Ubuntu 24.04)")
+    if _read("/proc/sys/kernel/unprivileged_userns_clone") == "0":
+        return Finding("user namespaces", "warn", "kernel.unprivileged_userns_clone=0")
+    return Finding("user namespaces", "ok", f"allowed (max {limit})")
+
+
+def _cgroups() -> Finding:
+    if os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
+        controllers = _read("/sys/fs/cgroup/cgroup.controllers") or ""
+        return Finding("cgroups", "ok", f"unified v2 ({controllers or 'no controllers'})")
+    if os.path.exists("/sys/fs/cgroup/unified/cgroup.controllers"):
+        return Finding("cgroups", "ok", "hybrid: v1 controllers, v2 at /sys/fs/cgroup/unified")
+    return Finding("cgroups", "warn", "no cgroup v2 hierarchy found")
+
+
+def _masked_proc() -> Finding:
+    masked = []
+    for line in (_read("/proc/self/mountinfo") or "").splitlines():
+        fields = line.split()
+        if len(fields) > 4 and fields[4].startswith("/proc/") and fields[4] != "/proc/sys/fs/binfmt_misc":
+            masked.append(fields[4])
+    if masked:
+        return Finding("/proc", "warn", f"masked paths {masked[:3]} (inside Docker?): user namespaces could not "
+                                        "mount proc")
+    return Finding("/proc", "ok", "fully visible")
+
+
+def _limits() -> Finding:
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    pid_max = _read("/proc/sys/kernel/pid_max") or "?"
+    level = "ok" if soft >= 4096 else "warn"
+    hint = "" if level == "ok" else " (about 2 fds per running container: raise ulimit -n)"
+    return Finding("limits", level, f"open files {soft} (hard {hard}), pid_max {pid_max}{hint}")
+
+
+def _tools() -> Finding:
+    have = {name: shutil.which(name) for name in ("bwrap", "busybox", "unshare")}
+    missing = [name for name, path in have.items() if path is None]
+    if missing:
+        return Finding("peer tools", "warn", f"missing {', '.join(missing)} (benchmarks and tests use them; "
+                                             "apt-get install bubblewrap busybox-static util-linux)")
+    return Finding("peer tools", "ok", "bwrap, busybox, unshare")
+
+
+CHECKS: tuple[Callable[[], Finding], ...] = (
+    _kernel, _privileges, _pidfd, _detached_trees, _userns, _cgroups, _masked_proc, _limits, _tools,
+)
+
+
+async def _live() -> Finding:
+    spec = ContainerSpec(argv=["/bin/sh", "-c", "echo $$ $(hostname)"], hostname="doctor")
+    started = time.perf_counter()
+    try:
+        async with open_supervisor() as sup:
+            done = await sup.run(spec, capture_stdout=True)
+    except Exception as e:  # the report says what went wrong, whatever it was
+        return Finding("container", "FAIL", f"{type(e).__name__}: {e}")
+    elapsed = (time.perf_counter() - started) * 1000
+    if (done.stdout or b"").split() != [b"1", b"doctor"]:
+        return Finding("container", "FAIL", f"unexpected output {done.stdout!r}")
+    return Finding("container", "ok", f"pid 1, own hostname, {elapsed:.0f} ms with the supervisor's start")
+
+
+def doctor() -> int:
+    """Print the findings; exit status 0 when containers can run here, 1 otherwise."""
+    findings = [check() for check in CHECKS]
+    findings.append(trio.run(_live))
+    width = max(len(f.name) for f in findings)
+    for f in findings:
+        print(f"{f.level:>4}  {f.name:<{width}}  {f.detail}")
+    return 1 if any(f.level == "FAIL" for f in findings) else 0
+
+

@@ -1,0 +1,98 @@
+"""The command line: ``python -m anyns run``, ``demo`` and ``doctor``, as a user calls them."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+
+def anyns(*args: str, stdin: bytes = b"", env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+    """Run ``python -m anyns ARGS`` and capture everything."""
+    return subprocess.run([sys.executable, "-m", "anyns", *args], input=stdin, capture_output=True,
+                          timeout=120, env=env, check=False)
+
+
+def test_run_passes_stdio_and_exit_status() -> None:
+    """run: stdin, stdout and stderr pass through; the exit status is the program's."""
+    done = anyns("run", "--hostname", "clibox", "--", "sh", "-c", "hostname; cat; echo err >&2; exit 3",
+                 stdin=b"from stdin\n")
+    assert (done.returncode, done.stdout, done.stderr) == (3, b"clibox\nfrom stdin\n", b"err\n")
+
+
+def test_run_signal_death_is_128_plus_n() -> None:
+    """run: a program killed by signal N (here SIGSEGV, 11) exits the CLI with 128+N, as a shell reports it."""
+    # A fault is forced even on pid 1, which ignores signals sent from inside its namespace.
+    done = anyns("run", "--", "python3", "-c", "import ctypes; ctypes.string_at(0)")
+    assert done.returncode == 128 + 11
+
+
+@pytest.mark.parametrize(
+    ("argv", "status", "start"),
+    [
+        (["--", "/no/such/program"], 127, "anyns: exec: execve '/no/such/program' failed"),
+        (["--", "/etc/passwd"], 126, "anyns: exec: execve '/etc/passwd' failed"),
+        (["--rootfs", "/no/such/root", "--", "true"], 125, "anyns: rootfs: mount '/no/such/root' failed"),
+        (["--bind", "/no/such/source:/x", "--", "true"], 125, "anyns: mounts: stat '/no/such/source' failed"),
+    ],
+)
+def test_run_errors_are_one_line_with_a_status(argv: list[str], status: int, start: str) -> None:
+    """run: a setup failure is one line on stderr, naming the step and the path, with 125/126/127."""
+    done = anyns("run", *argv)
+    lines = done.stderr.decode().splitlines()
+    assert done.returncode == status
+    assert len(lines) == 1 and lines[0].startswith(start), lines
+    assert "hint:" in lines[0]
+
+
+def test_run_environment_is_only_what_is_given() -> None:
+    """run: the environment is PATH plus --env, never the caller's."""
+    env = {**os.environ, "ANYNS_CLI_SECRET": "leak"}
+    done = anyns("run", "--env", "GREETING=hi", "--", "env", env=env)
+    assert done.returncode == 0
+    assert sorted(done.stdout.decode().splitlines()) == [
+        "GREETING=hi", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    ]
+
+
+def test_run_mounts(tmp_path: pathlib.Path) -> None:
+    """run: --bind, --ro-bind and --tmpfs mount what they say, where they say."""
+    (tmp_path / "rw").mkdir()
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "ro" / "file").write_text("read-only\n")
+    script = "echo written > /rw/out; cat /ro/file; touch /ro/x 2>/dev/null || echo ro-refused; touch /scratch/y && echo tmpfs-ok"
+    done = anyns("run", "--bind", f"{tmp_path / 'rw'}:/rw", "--ro-bind", f"{tmp_path / 'ro'}:/ro",
+                 "--tmpfs", "/scratch", "--", "sh", "-c", script)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.decode().splitlines() == ["read-only", "ro-refused", "tmpfs-ok"]
+    assert (tmp_path / "rw" / "out").read_text() == "written\n"
+    assert not (tmp_path / "ro" / "x").exists()
+
+
+def test_run_without_a_command_is_an_error() -> None:
+    """run: no command after -- is a one-line error, exit 125."""
+    done = anyns("run", "--")
+    assert done.returncode == 125
+    assert done.stderr.decode().startswith("anyns: run: no command given")
+
+
+def test_demo_reports_isolation() -> None:
+    """demo: every container started, was pid 1, had its own hostname and namespaces."""
+    done = anyns("demo", "--count", "40", "--concurrency", "8")
+    text = done.stdout.decode()
+    assert done.returncode == 0, done.stderr
+    assert "containers started and reaped                       40 of 40" in text
+    for line in ("saw themselves as pid 1", "saw their own hostname", "ids all differ from the host's"):
+        assert f"{line}" in text and "40 of 40" in text.split(line, 1)[1].splitlines()[0]
+
+
+def test_doctor_finds_a_working_host() -> None:
+    """doctor: on the CI machine every check passes and a real container runs."""
+    done = anyns("doctor")
+    text = done.stdout.decode()
+    assert done.returncode == 0, text
+    assert "FAIL" not in text
+    assert any(line.split()[:2] == ["ok", "container"] for line in text.splitlines())
