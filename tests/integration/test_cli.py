@@ -63,7 +63,8 @@ def test_run_mounts(tmp_path: pathlib.Path) -> None:
     (tmp_path / "rw").mkdir()
     (tmp_path / "ro").mkdir()
     (tmp_path / "ro" / "file").write_text("read-only\n")
-    script = "echo written > /rw/out; cat /ro/file; touch /ro/x 2>/dev/null || echo ro-refused; touch /scratch/y && echo tmpfs-ok"
+    script = ("echo written > /rw/out; cat /ro/file; touch /ro/x 2>/dev/null || echo ro-refused; "
+              "touch /scratch/y && echo tmpfs-ok")
     done = anyns("run", "--bind", f"{tmp_path / 'rw'}:/rw", "--ro-bind", f"{tmp_path / 'ro'}:/ro",
                  "--tmpfs", "/scratch", "--", "sh", "-c", script)
     assert done.returncode == 0, done.stderr
