@@ -193,6 +193,7 @@ class Supervisor(metaclass=NoPublicConstructor):
         if zygote is None or zygote.error is not None:
             zygote = self._zygote = ZygoteConnection(self._adopt_orphan, self._newroot)
             self._nursery.start_soon(zygote.serve_replies)
+            self._nursery.start_soon(zygote.watch)
         return zygote
 
     def _adopt_orphan(self, pidfd: int) -> None:

@@ -12,6 +12,7 @@ import array
 import errno
 import itertools
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -35,6 +36,7 @@ class Pending:
     """One spawn request waiting for the zygote's answer."""
 
     event: trio.Event = attrs.field(factory=trio.Event)
+    sent_at: float = attrs.field(factory=trio.current_time)
     pid: int = 0
     pidfd: int = -1
     error: BaseException | None = None
@@ -202,6 +204,26 @@ class ZygoteConnection:
             raise
         return pending
 
+    async def watch(self) -> None:
+        """Kill a zygote that leaves a request unanswered for ANSWER_TIMEOUT seconds.
+
+        It answers in well under a millisecond (a first spawn of a spec with
+        thousands of mounts: tens of ms); one that does not has hung. Killing
+        it fails what is pending with ZygoteError (via ``serve_replies``) and
+        the next spawn starts a new zygote.
+        """
+        while not self.done.is_set():
+            await trio.sleep(1)
+            if self.pending and self.error is None:
+                oldest = min(p.sent_at for p in self.pending.values())
+                if trio.current_time() - oldest > ANSWER_TIMEOUT:
+                    self.error = ZygoteError(
+                        f"the zygote (pid {self.process.pid}) did not answer for {ANSWER_TIMEOUT:.0f} s "
+                        "and was killed"
+                    )
+                    with suppress(ProcessLookupError):
+                        signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+
     def drop(self, plan_id: int) -> None:
         """Tell the zygote to forget a plan (best effort, never blocks: a full socket skips it)."""
         self.sent_plans.discard(plan_id)
@@ -216,6 +238,8 @@ class ZygoteConnection:
 
 
 _request_ids = itertools.count(1)
+#: how long a request may wait for the zygote before it counts as hung
+ANSWER_TIMEOUT: Final = 10.0
 #: replies are headers with at most a small JSON error record
 _REPLY_SIZE: Final = 8192
 #: what sendmsg says when the zygote's end is gone
