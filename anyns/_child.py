@@ -15,9 +15,11 @@ execve succeeds the pipe closes (it is close-on-exec) and the supervisor sees EO
 from __future__ import annotations
 
 import _signal  # type: ignore[import-not-found]  # no typeshed stub
+import _socket
 import errno
 import os
 import select
+import struct
 
 from . import _protocol, _skeleton
 from ._protocol import TYPE_CHECKING
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
     Linked: TypeAlias = tuple[tuple[Callable[..., None], tuple[Any, ...]], ...]
     Meta: TypeAlias = tuple[tuple[str, str, str | None], ...]
 
+_pack_int = struct.Struct("i").pack  # an fd in SCM_RIGHTS, in native byte order
 _SIGPIPE = int(_signal.SIGPIPE)
 _SIGXFSZ = int(_signal.SIGXFSZ)
 _SIG_DFL = _signal.SIG_DFL
@@ -239,6 +242,28 @@ def _stdio(rt: Rt) -> None:
     os.dup2(rt[_STDERR], 2)
 
 
+def _tty(rt: Rt, rows: int, cols: int) -> None:
+    """A pseudo-terminal from the container's devpts as stdio and controlling terminal.
+
+    The master end goes to the supervisor over the error channel (a socket
+    for tty plans), before execve closes it here.
+    """
+    master, slave = os.openpty()  # /dev/ptmx is the container's own pts/ptmx by now
+    _libc.set_window_size(slave, rows, cols)
+    os.setsid()
+    _libc.set_controlling_tty(slave)
+    os.dup2(slave, 0)
+    os.dup2(slave, 1)
+    os.dup2(slave, 2)
+    os.close(slave)
+    channel = _socket.socket(fileno=rt[_ERRPIPE])
+    try:
+        channel.sendmsg((b"TTY",), ((_socket.SOL_SOCKET, _socket.SCM_RIGHTS, _pack_int(master)),))
+    finally:
+        channel.detach()
+    os.close(master)
+
+
 def _close_fds(rt: Rt) -> None:
     # Nothing but 0-2 may reach the program: fds inherited from the zygote would
     # hold pipes open (research/spawn-path.md pitfall 3). CLOEXEC rather than
@@ -307,6 +332,7 @@ OPS: dict[str, Callable[..., None]] = {
     "interface_up": _interface_up,
     "umask": _umask,
     "stdio": _stdio,
+    "tty": _tty,
     "close_fds": _close_fds,
     "signals": _signals,
     "pdeathsig": _pdeathsig,
@@ -327,6 +353,7 @@ _SYSCALL_OF = {
     "interface_up": "ioctl",
     "wait_go": "read",
     "stdio": "dup2",
+    "tty": "openpty",
     "close_fds": "close_range",
     "signals": "sigaction",
     "pdeathsig": "prctl",

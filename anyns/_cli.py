@@ -9,10 +9,15 @@ error, 126 when the program is not executable, 127 when it is not found.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
+import functools
 import os
+import signal
 import sys
+import termios
 import time
+import tty
 from collections.abc import Sequence
 
 import trio
@@ -20,7 +25,7 @@ import trio
 from ._container import namespaces_of
 from ._errors import AnynsError, ExecError, SetupError
 from ._spec import DEFAULT_PATH, Bind, ContainerSpec, DirRootfs, HostRootfs, Namespaces, Tmpfs
-from ._supervisor import open_supervisor
+from ._supervisor import Supervisor, open_supervisor
 
 EXIT_SETUP_FAILED = 125
 EXIT_NOT_EXECUTABLE = 126
@@ -44,6 +49,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="bind-mount a host path read-only")
     run.add_argument("--tmpfs", metavar="DIR", action="append", default=[], help="mount a tmpfs")
     run.add_argument("--share-net", action="store_true", help="use the host's network namespace")
+    run.add_argument("-i", "--interactive", action="store_true",
+                     help="keep stdin attached (it always is; for docker/podman habits)")
+    run.add_argument("-t", "--tty", action="store_true",
+                     help="give the program a terminal and attach this one to it in raw mode")
     run.add_argument("cmd", nargs=argparse.REMAINDER, help="the command, after --")
 
     commands.add_parser("doctor", help="check what this host offers anyns, with hints")
@@ -87,14 +96,66 @@ def spec_from_args(args: argparse.Namespace) -> ContainerSpec:
     if args.share_net:
         namespaces &= ~Namespaces.NET
     rootfs = DirRootfs(os.path.abspath(args.rootfs), readonly=not args.rw) if args.rootfs else HostRootfs()
+    tty_size = (24, 80)
+    if args.tty:
+        env.setdefault("TERM", os.environ.get("TERM", "xterm"))
+        with contextlib.suppress(OSError):
+            size = os.get_terminal_size(0)
+            tty_size = (size.lines, size.columns)
     return ContainerSpec(argv=cmd, rootfs=rootfs, hostname=args.hostname, namespaces=namespaces,
-                         mounts=mounts, env=env, cwd=args.cwd)
+                         mounts=mounts, env=env, cwd=args.cwd, tty=args.tty, tty_size=tty_size)
 
 
 async def _run(spec: ContainerSpec) -> int:
     async with open_supervisor() as sup:
-        done = await sup.run(spec, stdin=None, check=False)
-    return done.returncode if done.returncode >= 0 else 128 - done.returncode
+        if spec.tty:
+            returncode = await _run_attached(sup, spec)
+        else:
+            returncode = (await sup.run(spec, stdin=None, check=False)).returncode
+    return returncode if returncode >= 0 else 128 - returncode
+
+
+async def _run_attached(sup: Supervisor, spec: ContainerSpec) -> int:
+    """``run -t``: this terminal, in raw mode, wired to the container's; restored afterwards."""
+    saved = termios.tcgetattr(0) if os.isatty(0) else None
+    blocking = (os.get_blocking(0), os.get_blocking(1))
+    try:
+        if saved is not None:
+            tty.setraw(0)
+        async with trio.open_nursery() as nursery:
+            box = await nursery.start(functools.partial(sup.run, check=False), spec)
+            assert box.tty is not None
+            terminal = box.tty
+            keyboard = trio.lowlevel.FdStream(os.dup(0))
+            screen = trio.lowlevel.FdStream(os.dup(1))
+
+            async def copy(source: trio.abc.ReceiveStream, sink: trio.abc.SendStream) -> None:
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    async for chunk in source:
+                        await sink.send_all(chunk)
+
+            async def resize() -> None:
+                with trio.open_signal_receiver(signal.SIGWINCH) as signals:
+                    async for _ in signals:
+                        with contextlib.suppress(OSError, AnynsError):
+                            size = os.get_terminal_size(0)
+                            box.resize_tty(size.lines, size.columns)
+
+            async with trio.open_nursery() as pumps:
+                pumps.start_soon(copy, keyboard, terminal)
+                pumps.start_soon(resize)
+                await copy(terminal, screen)  # until the program's side of the terminal is gone
+                pumps.cancel_scope.cancel()
+            await box.wait()
+            for stream in (keyboard, screen, terminal):
+                await stream.aclose()
+        returncode: int = box.returncode
+        return returncode
+    finally:
+        if saved is not None:
+            termios.tcsetattr(0, termios.TCSADRAIN, saved)
+        os.set_blocking(0, blocking[0])  # FdStream made the shared descriptions non-blocking
+        os.set_blocking(1, blocking[1])
 
 
 def _fail(message: str, status: int) -> int:

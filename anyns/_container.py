@@ -11,7 +11,9 @@ import fcntl
 import ipaddress
 import os
 import signal
+import struct
 import subprocess
+import termios
 from collections.abc import Mapping, Sequence
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any, Final, NoReturn, final
@@ -219,6 +221,9 @@ class Container(metaclass=NoPublicConstructor):
         #: undone (its veth, its address): what wait() and the supervisor wait for
         self._finished = trio.Event()
         self._ns_pid: int | None = None
+        #: with ContainerSpec(tty=True) and nursery.start: the terminal's master end
+        self.tty: trio.abc.Stream | None = None
+        self._tty_fd = -1
         #: what this container got on a Bridge: its eth0 address (empty otherwise)
         self.addresses: tuple[ipaddress.IPv4Interface, ...] = ()
         #: (bridge, host end, address) while wired, for the supervisor to undo
@@ -300,6 +305,13 @@ class Container(metaclass=NoPublicConstructor):
         io = Io.of(stdin, capture_stdout, capture_stderr, stdout, stderr, check,
                    started=task_status is not trio.TASK_STATUS_IGNORED)
         return await self._supervisor._exec(self, argv, env, cwd, io, task_status)
+
+    def resize_tty(self, rows: int, columns: int) -> None:
+        """Set the terminal's window size (``tty=True``); the program gets SIGWINCH."""
+        if self.tty is None:
+            raise AnynsError("resize_tty: this container has no terminal handed out (tty=True with nursery.start)")
+        fd = self.tty.fileno()
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
 
     def keep_namespace(self, kind: str, path: str | os.PathLike[str]) -> PersistedNamespace:
         """Keep this container's ``kind`` namespace alive at ``path``, as ``ip netns add`` does.

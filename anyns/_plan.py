@@ -145,6 +145,7 @@ class Plan:
     clone_flags: int
     ops: tuple[Op, ...]
     skeleton: tuple[tuple[Arg, ...], ...] | None = None
+    tty: bool = False
     extra_kinds: tuple[str, ...] = ()
     enter: tuple[tuple[int, int], ...] = ()
 
@@ -208,7 +209,8 @@ def compile_plan(spec: ContainerSpec, host: HostLayout) -> Plan:
     if "mnt" in joined:
         # Another container's file system view: its root is already ours.
         _process_steps(b, spec, ns, extra_kinds)
-        return Plan(clone_flags=clone_flags, ops=tuple(b.ops), extra_kinds=extra_kinds, enter=tuple(enter))
+        return Plan(clone_flags=clone_flags, ops=tuple(b.ops), extra_kinds=extra_kinds, enter=tuple(enter),
+                    tty=spec.tty)
 
     # A shared bind must stay a peer of its host mount: clone it now, while
     # the copied tree is still in the host's peer groups; it is attached in
@@ -266,7 +268,7 @@ def compile_plan(spec: ContainerSpec, host: HostLayout) -> Plan:
 
     _process_steps(b, spec, ns, extra_kinds)
     return Plan(clone_flags=clone_flags, ops=tuple(b.ops), skeleton=skeleton,
-                extra_kinds=extra_kinds, enter=tuple(enter))
+                extra_kinds=extra_kinds, enter=tuple(enter), tty=spec.tty)
 
 
 def _process_steps(b: _Builder, spec: ContainerSpec, ns: Namespaces, extra_kinds: tuple[str, ...]) -> None:
@@ -285,7 +287,12 @@ def _process_steps(b: _Builder, spec: ContainerSpec, ns: Namespaces, extra_kinds
 def _exec_steps(b: _Builder, spec: ContainerSpec) -> None:
     b.op("process", "umask", None, _DEFAULT_UMASK)
     b.op("process", "chdir", spec.cwd, spec.cwd)
-    b.op("process", "stdio", None)
+    if spec.tty:
+        # A terminal from the container's own devpts (/dev/ptmx -> pts/ptmx): the
+        # child makes it, sends the supervisor its master end, and takes the other.
+        b.op("process", "tty", "/dev/ptmx", *spec.tty_size)
+    else:
+        b.op("process", "stdio", None)
     b.op("process", "close_fds", None)
     b.op("process", "signals", None)
     b.op("pdeathsig", "pdeathsig", None)
@@ -304,7 +311,7 @@ def compile_exec_plan(spec: ContainerSpec, container_namespaces: Namespaces) -> 
     b = _Builder("/")
     _exec_steps(b, spec)
     return Plan(clone_flags=0, ops=tuple(b.ops), extra_kinds=("container",),
-                enter=((0, int(container_namespaces)),))
+                enter=((0, int(container_namespaces)),), tty=spec.tty)
 
 
 def _host_skeleton(spec: ContainerSpec, host: HostLayout) -> tuple[tuple[Arg, ...], ...]:

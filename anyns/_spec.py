@@ -439,6 +439,13 @@ def _to_argv(value: Iterable[str | os.PathLike[str]]) -> tuple[str, ...]:
     return tuple(_path(a) for a in value)
 
 
+def _to_size(value: Iterable[int]) -> tuple[int, int]:
+    size = tuple(value)
+    if len(size) != 2:
+        raise _fail("tty_size", f"expected (rows, columns), got {value!r}")
+    return size[0], size[1]
+
+
 def _to_mounts(value: Iterable[Mount]) -> tuple[Mount, ...]:
     return tuple(value)
 
@@ -475,6 +482,12 @@ class ContainerSpec:
             ``anyns.JoinNetwork(container_or_path)``; it decides whether the
             container gets a network namespace of its own, whatever
             ``namespaces`` says about NET.
+        tty: give the program a pseudo-terminal from the container's own devpts
+            instance as its stdin, stdout and stderr (and controlling
+            terminal), so shells and REPLs work; with ``nursery.start`` the
+            supervisor's end is ``Container.tty``, with ``capture_stdout=True``
+            its output is collected.
+        tty_size: the terminal's ``(rows, columns)``; ``Container.resize_tty`` changes it.
         root_propagation: ``"slave"`` (default: unmounts on the host reach the
             container, nothing flows back, as runc does) or ``"private"`` (no
             propagation either way). A ``Bind`` can choose its own.
@@ -491,6 +504,8 @@ class ContainerSpec:
     domainname: str | None = None
     join: Join | None = None
     network: Network | None = None
+    tty: bool = False
+    tty_size: tuple[int, int] = attrs.field(default=(24, 80), converter=_to_size)
 
     def __attrs_post_init__(self) -> None:
         if not self.argv:
@@ -530,6 +545,10 @@ class ContainerSpec:
             if not isinstance(mount, (Bind, Tmpfs)):
                 raise _fail(f"mounts[{i}]", f"expected anyns.Bind or anyns.Tmpfs, got {mount!r}")
         _check_abs_path("cwd", self.cwd)
+        if not isinstance(self.tty, bool):
+            raise _fail("tty", f"expected True or False, got {self.tty!r}")
+        if len(self.tty_size) != 2 or not all(isinstance(n, int) and 0 < n < 65536 for n in self.tty_size):
+            raise _fail("tty_size", f"expected (rows, columns) of positive ints, got {self.tty_size!r}")
 
 
 def effective_namespaces(spec: ContainerSpec) -> Namespaces:

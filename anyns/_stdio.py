@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 from contextlib import suppress
 from typing import IO, Any, Final
@@ -151,3 +152,51 @@ async def collect_into(stream: trio.lowlevel.FdStream, into: dict[str, bytes], n
     async for chunk in stream:
         chunks.append(chunk)
     into[name] = b"".join(chunks)
+
+
+async def read_channel(fd: int, is_socket: bool) -> tuple[bytes, list[int]]:
+    """Read the child's error channel to EOF: a failure record (or b""), and fds it sent.
+
+    A tty container's channel is a SEQPACKET socket, on which the child first
+    sends the terminal's master end; otherwise it is a pipe.
+    """
+    if not is_socket:
+        return await read_to_eof(fd), []
+    sock = socket.socket(fileno=os.dup(fd))
+    sock.setblocking(False)
+    record: list[bytes] = []
+    fds: list[int] = []
+    try:
+        while True:
+            try:
+                data, ancdata, _flags, _addr = sock.recvmsg(
+                    _READ_CHUNK, socket.CMSG_SPACE(4 * 4), socket.MSG_CMSG_CLOEXEC
+                )
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(sock)
+                continue
+            for level, kind, payload in ancdata:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    fds.extend(memoryview(payload[: len(payload) - len(payload) % 4]).cast("i").tolist())
+            if not data:
+                return b"".join(record), fds
+            if data != b"TTY":
+                record.append(data)
+    except BaseException:
+        for received in fds:
+            os.close(received)
+        raise
+    finally:
+        trio.lowlevel.notify_closing(sock)
+        sock.close()
+
+
+async def collect_tty(stream: trio.lowlevel.FdStream, into: dict[str, bytes]) -> None:
+    """Collect a terminal's output until the program's side has closed (EIO on the master)."""
+    chunks = []
+    try:
+        async for chunk in stream:
+            chunks.append(chunk)
+    except trio.BrokenResourceError:  # EIO: no process holds the terminal any more
+        pass
+    into["stdout"] = b"".join(chunks)

@@ -14,6 +14,7 @@ import errno
 import itertools
 import os
 import signal
+import socket
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager, suppress
@@ -44,7 +45,20 @@ from ._spec import (
     Rootfs,
     joined_namespaces,
 )
-from ._stdio import DEVNULL, PIPE, STDOUT, Io, StdinArg, Stdio, StdoutArg, collect_into, read_to_eof, send_and_close
+from ._stdio import (
+    DEVNULL,
+    PIPE,
+    STDOUT,
+    Io,
+    StdinArg,
+    Stdio,
+    StdoutArg,
+    collect_into,
+    collect_tty,
+    read_channel,
+    read_to_eof,
+    send_and_close,
+)
 from ._zygote_client import MAX_PLANS, RequestNotSent, ZygoteConnection, setup_error
 
 __all__ = ["DEVNULL", "PIPE", "STDOUT", "Supervisor", "open_supervisor"]
@@ -376,13 +390,23 @@ class Supervisor(metaclass=NoPublicConstructor):
         network is wired before the byte is written (and the pipe closed).
         """
         started = task_status is not trio.TASK_STATUS_IGNORED
+        if plan.tty and not (started or io.capture_stdout):
+            raise ValueError("tty=True needs 'await nursery.start(...)' (Container.tty) or capture_stdout=True")
         stdio = Stdio()
-        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        if plan.tty:
+            # A socket, not a pipe: the child sends the terminal's master end on it.
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+            err_r, err_w = ours.detach(), theirs.detach()
+        else:
+            err_r, err_w = os.pipe2(os.O_CLOEXEC)
         container: Container | None = None
         try:
-            stdio.stdin(io.stdin, self._devnull)
-            stdio.parent_out = stdio.output(io.stdout, io.capture_stdout, 1, self._devnull)
-            stdio.parent_err = stdio.output(io.stderr, io.capture_stderr, 2, self._devnull)
+            if plan.tty:  # the terminal is its stdio
+                stdio.child.extend((self._devnull, self._devnull, self._devnull))
+            else:
+                stdio.stdin(io.stdin, self._devnull)
+                stdio.parent_out = stdio.output(io.stdout, io.capture_stdout, 1, self._devnull)
+                stdio.parent_err = stdio.output(io.stderr, io.capture_stderr, 2, self._devnull)
             try:
                 container = await self._spawn(spec, plan_id, plan, [*stdio.child, err_w, *extra_fds])
             finally:
@@ -392,10 +416,14 @@ class Supervisor(metaclass=NoPublicConstructor):
             os.set_blocking(err_r, False)
             if go >= 0:
                 await self._wire_network(container, go, err_r)
-            if started:
+            if started or plan.tty:
                 # nursery.start returns only once the program runs: wait for
-                # EOF on the error pipe (it is close-on-exec) or a failure record.
-                failure = await read_to_eof(err_r, _protocol.MAX_FAILURE)
+                # EOF on the error channel (it is close-on-exec) or a failure record.
+                failure, fds = await read_channel(err_r, plan.tty)
+                if fds:
+                    container._tty_fd = fds[0]
+                    for fd in fds[1:]:
+                        os.close(fd)
                 if failure:
                     with trio.CancelScope(shield=True):
                         await container._wait_and_reap()
@@ -404,7 +432,7 @@ class Supervisor(metaclass=NoPublicConstructor):
                 container, stdio, io, task_status,
                 # Without nursery.start nobody needs the moment of exec: one
                 # wait (on the pidfd) instead of two, then the record if any.
-                -1 if started else err_r,
+                -1 if (started or plan.tty) else err_r,
             )
         finally:
             if err_w >= 0:
@@ -455,7 +483,9 @@ class Supervisor(metaclass=NoPublicConstructor):
         after the exit it holds a failure record, or nothing if execve succeeded.
         """
         captured: dict[str, bytes] = {}
-        if stdio.parent_in < 0 and stdio.parent_out < 0 and stdio.parent_err < 0:
+        if container._tty_fd >= 0:
+            await self._serve_tty(container, io, captured, task_status)
+        elif stdio.parent_in < 0 and stdio.parent_out < 0 and stdio.parent_err < 0:
             # No pipes to serve, so no nursery (the common case at scale).
             task_status.started(container)
             await container._wait_and_reap()
@@ -475,6 +505,29 @@ class Supervisor(metaclass=NoPublicConstructor):
         if io.check and done.returncode != 0:
             raise ContainerFailed(done.returncode, container.spec.argv, done.stdout, done.stderr)
         return done
+
+    async def _serve_tty(
+        self, container: Container, io: Io, captured: dict[str, bytes], task_status: trio.TaskStatus[Container]
+    ) -> None:
+        """The terminal's master end: collected (capture_stdout) or handed out as ``Container.tty``."""
+        master = trio.lowlevel.FdStream(container._tty_fd)
+        container._tty_fd = -1
+        if not io.capture_stdout:
+            container.tty = master  # the caller's now, as PIPE streams are
+            task_status.started(container)
+            await container._wait_and_reap()
+            return
+        try:
+            with _single_exceptions():
+                async with trio.open_nursery() as nursery:
+                    if io.feed is not None:
+                        nursery.start_soon(master.send_all, io.feed)  # typed in; the terminal stays open
+                    nursery.start_soon(collect_tty, master, captured)
+                    task_status.started(container)
+                    await container._wait_and_reap()
+        finally:
+            with trio.CancelScope(shield=True):
+                await master.aclose()
 
     async def _serve_stdio(
         self,

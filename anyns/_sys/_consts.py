@@ -62,6 +62,10 @@ PR_SET_DUMPABLE = 4
 # close_range(2), Linux 5.11 for CLOEXEC
 CLOSE_RANGE_CLOEXEC = 1 << 2
 
+# tty_ioctl(4)
+TIOCSCTTY = 0x540E
+TIOCSWINSZ = 0x5414
+
 # netdevice(7) ioctls for bringing lo up without netlink
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914

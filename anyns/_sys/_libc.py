@@ -251,3 +251,20 @@ def set_interface_up(name: bytes) -> None:
             raise _fail("ioctl(SIOCSIFFLAGS)")
     finally:
         os.close(fd)
+
+
+_WINSIZE = ctypes.create_string_buffer(8)  # struct winsize: rows, cols, xpixel, ypixel (unsigned short)
+
+
+def set_window_size(fd: int, rows: int, cols: int) -> None:
+    """TIOCSWINSZ: the terminal's size in characters."""
+    ctypes.memset(_WINSIZE, 0, 8)
+    (ctypes.c_ushort * 2).from_buffer(_WINSIZE)[:] = [rows, cols]
+    if _ioctl(fd, C.TIOCSWINSZ, _WINSIZE) != 0:
+        raise _fail("ioctl(TIOCSWINSZ)")
+
+
+def set_controlling_tty(fd: int) -> None:
+    """TIOCSCTTY: make ``fd`` the calling session leader's controlling terminal."""
+    if _ioctl(fd, C.TIOCSCTTY, None) != 0:
+        raise _fail("ioctl(TIOCSCTTY)")
