@@ -347,6 +347,7 @@ class Supervisor(metaclass=NoPublicConstructor):
                 argv=argv,
                 env=container.spec.env if env is None else env,
                 cwd=container.spec.cwd if cwd is None else cwd,
+                tty=False,  # the container's terminal is its program's, not the exec'd one's
             )
         except TypeError as e:
             raise SpecError(f"exec: {e}") from None
