@@ -118,15 +118,19 @@ async def test_only_stdio_fds_reach_the_program(sup: anyns.Supervisor) -> None:
         assert done.returncode == 0, done.stderr
         results.append(lines(done.stdout))
 
+    boxes = []
     async with trio.open_nursery() as nursery:
         # A few long-running containers with pipes, so the supervisor holds many fds.
         for _ in range(4):
-            await nursery.start(partial(sup.run, sh_spec("exec cat"), stdin=anyns.PIPE,
-                                        stdout=anyns.PIPE, stderr=anyns.PIPE, check=False))
+            boxes.append(await nursery.start(partial(sup.run, sh_spec("exec cat"), stdin=anyns.PIPE,
+                                                     stdout=anyns.PIPE, stderr=anyns.PIPE, check=False)))
         async with trio.open_nursery() as inner:
             for i in range(30):
                 inner.start_soon(one, i)
         nursery.cancel_scope.cancel()
+    for box in boxes:  # PIPE streams are the caller's to close, as with trio.run_process
+        for stream in (box.stdin, box.stdout, box.stderr):
+            await stream.aclose()
     assert len(results) == 30
     assert all(fds == ["0", "1", "2"] for fds in results), results
 
