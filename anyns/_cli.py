@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import errno
 import functools
+import json
 import os
 import signal
 import sys
@@ -22,9 +23,22 @@ from collections.abc import Sequence
 
 import trio
 
-from ._container import namespaces_of
+from ._container import Container, namespaces_of
 from ._errors import AnynsError, ExecError, SetupError
-from ._spec import DEFAULT_PATH, Bind, ContainerSpec, DirRootfs, HostRootfs, Namespaces, Tmpfs
+from ._spec import (
+    DEFAULT_PATH,
+    Bind,
+    Bridge,
+    ContainerSpec,
+    DirRootfs,
+    HostNetwork,
+    HostRootfs,
+    JoinNetwork,
+    Loopback,
+    Namespaces,
+    OverlayRootfs,
+    Tmpfs,
+)
 from ._supervisor import Supervisor, open_supervisor
 
 EXIT_SETUP_FAILED = 125
@@ -40,7 +54,11 @@ def _parser() -> argparse.ArgumentParser:
                               usage="python -m anyns run [options] -- CMD [ARG...]")
     run.add_argument("--rootfs", metavar="DIR", help="root filesystem directory (default: read-only host /usr)")
     run.add_argument("--rw", action="store_true", help="make the --rootfs directory writable")
+    run.add_argument("--overlay", metavar="LOWER", action="append", default=[],
+                     help="an overlay root on this read-only directory (repeat for more layers, top first)")
+    run.add_argument("--upper", metavar="DIR", help="with --overlay: keep the container's changes in DIR/diff")
     run.add_argument("--hostname", metavar="NAME", help="hostname inside the container")
+    run.add_argument("--domainname", metavar="NAME", help="NIS domain name inside the container")
     run.add_argument("--env", metavar="K=V", action="append", default=[],
                      help="environment variable (repeatable); the environment is otherwise just PATH")
     run.add_argument("--cwd", metavar="DIR", default="/", help="working directory inside")
@@ -49,6 +67,12 @@ def _parser() -> argparse.ArgumentParser:
                      help="bind-mount a host path read-only")
     run.add_argument("--tmpfs", metavar="DIR", action="append", default=[], help="mount a tmpfs")
     run.add_argument("--share-net", action="store_true", help="use the host's network namespace")
+    run.add_argument("--net", metavar="MODE", default=None,
+                     help="loopback (default), host, bridge[:SUBNET[:NAME]] or a netns file to join")
+    run.add_argument("--json-status", action="store_true",
+                     help="print JSON lines to stderr: the host pid and namespace ids at start, the exit status")
+    run.add_argument("--json-status-fd", metavar="FD", type=int, default=None,
+                     help="like --json-status, to file descriptor FD (as bwrap)")
     run.add_argument("-i", "--interactive", action="store_true",
                      help="keep stdin attached (it always is; for docker/podman habits)")
     run.add_argument("-t", "--tty", action="store_true",
@@ -93,29 +117,70 @@ def spec_from_args(args: argparse.Namespace) -> ContainerSpec:
     for value in args.tmpfs:
         mounts.append(Tmpfs(value))
     namespaces = Namespaces.DEFAULT
+    network = _network_from(args.net)
     if args.share_net:
-        namespaces &= ~Namespaces.NET
-    rootfs = DirRootfs(os.path.abspath(args.rootfs), readonly=not args.rw) if args.rootfs else HostRootfs()
+        network = HostNetwork()
+    rootfs: HostRootfs | DirRootfs | OverlayRootfs = HostRootfs()
+    if args.rootfs and args.overlay:
+        raise AnynsError("run: --rootfs and --overlay are two different roots: give one")
+    if args.rootfs:
+        rootfs = DirRootfs(os.path.abspath(args.rootfs), readonly=not args.rw)
+    elif args.overlay:
+        upper = os.path.abspath(args.upper) if args.upper else None
+        rootfs = OverlayRootfs([os.path.abspath(p) for p in args.overlay], upper=upper)
     tty_size = (24, 80)
     if args.tty:
         env.setdefault("TERM", os.environ.get("TERM", "xterm"))
         with contextlib.suppress(OSError):
             size = os.get_terminal_size(0)
             tty_size = (size.lines, size.columns)
-    return ContainerSpec(argv=cmd, rootfs=rootfs, hostname=args.hostname, namespaces=namespaces,
-                         mounts=mounts, env=env, cwd=args.cwd, tty=args.tty, tty_size=tty_size)
+    return ContainerSpec(argv=cmd, rootfs=rootfs, hostname=args.hostname, domainname=args.domainname,
+                         namespaces=namespaces, network=network, mounts=mounts, env=env, cwd=args.cwd,
+                         tty=args.tty, tty_size=tty_size)
 
 
-async def _run(spec: ContainerSpec) -> int:
+def _network_from(mode: str | None) -> Loopback | HostNetwork | Bridge | JoinNetwork | None:
+    """--net MODE: loopback, host, bridge[:SUBNET[:NAME]], or the path of a network namespace file."""
+    if mode is None or mode == "loopback":
+        return None if mode is None else Loopback()
+    if mode == "host":
+        return HostNetwork()
+    if mode == "bridge" or mode.startswith("bridge:"):
+        _, _, rest = mode.partition(":")
+        subnet, _, name = rest.partition(":")
+        return Bridge(name or "anyns0", subnet or "10.88.0.0/16")
+    if mode.startswith("/"):
+        return JoinNetwork(mode)
+    raise AnynsError(f"--net {mode!r}: expected loopback, host, bridge[:SUBNET[:NAME]] or a netns file path")
+
+
+async def _run(spec: ContainerSpec, status_fd: int | None = None) -> int:
     async with open_supervisor() as sup:
         if spec.tty:
-            returncode = await _run_attached(sup, spec)
+            returncode = await _run_attached(sup, spec, status_fd)
+        elif status_fd is not None:
+            async with trio.open_nursery() as nursery:
+                box = await nursery.start(functools.partial(sup.run, stdin=None, check=False), spec)
+                _status(status_fd, box)
+                returncode = await box.wait()
         else:
             returncode = (await sup.run(spec, stdin=None, check=False)).returncode
+    if status_fd is not None:
+        _write_status(status_fd, {"exit-code": returncode if returncode >= 0 else 128 - returncode,
+                                  **({"signal": -returncode} if returncode < 0 else {})})
     return returncode if returncode >= 0 else 128 - returncode
 
 
-async def _run_attached(sup: Supervisor, spec: ContainerSpec) -> int:
+def _write_status(fd: int, record: dict[str, object]) -> None:
+    os.write(fd, (json.dumps(record) + "\n").encode())
+
+
+def _status(fd: int, box: Container) -> None:
+    """The --json-status line at start: host pid, pid inside, namespace ids (bwrap's child-pid line, more)."""
+    _write_status(fd, {"child-pid": box.pid, "ns-pid": box.ns_pid, "namespaces": dict(box.namespaces)})
+
+
+async def _run_attached(sup: Supervisor, spec: ContainerSpec, status_fd: int | None) -> int:
     """``run -t``: this terminal, in raw mode, wired to the container's; restored afterwards."""
     saved = termios.tcgetattr(0) if os.isatty(0) else None
     blocking = (os.get_blocking(0), os.get_blocking(1))
@@ -125,6 +190,8 @@ async def _run_attached(sup: Supervisor, spec: ContainerSpec) -> int:
         async with trio.open_nursery() as nursery:
             box = await nursery.start(functools.partial(sup.run, check=False), spec)
             assert box.tty is not None
+            if status_fd is not None:
+                _status(status_fd, box)
             terminal = box.tty
             keyboard = trio.lowlevel.FdStream(os.dup(0))
             screen = trio.lowlevel.FdStream(os.dup(1))
@@ -168,7 +235,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "run":
-            status: int = trio.run(_run, spec_from_args(args))
+            status_fd = args.json_status_fd if args.json_status_fd is not None else (2 if args.json_status else None)
+            status: int = trio.run(_run, spec_from_args(args), status_fd)
         elif args.command == "doctor":
             from ._doctor import doctor
 

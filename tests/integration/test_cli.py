@@ -97,3 +97,32 @@ def test_doctor_finds_a_working_host() -> None:
     assert done.returncode == 0, text
     assert "FAIL" not in text
     assert any(line.split()[:2] == ["ok", "container"] for line in text.splitlines())
+
+
+def test_run_json_status() -> None:
+    """--json-status: a JSON line with the host pid and namespace ids at start, one with the exit status."""
+    import json
+
+    done = anyns("run", "--json-status", "--hostname", "js", "--", "sh", "-c", "exit 6")
+    records = [json.loads(line) for line in done.stderr.decode().splitlines()]
+
+    assert done.returncode == 6
+    assert records[0]["ns-pid"] == 1 and records[0]["child-pid"] > 1
+    assert records[0]["namespaces"]["uts"] != os.readlink("/proc/self/ns/uts")
+    assert records[-1] == {"exit-code": 6}
+
+
+def test_run_overlay_and_net(tmp_path: pathlib.Path) -> None:
+    """--overlay: a copy-on-write root that leaves the lower directory alone; --net host shares ours."""
+    import anyns.testing
+
+    lower = anyns.testing.busybox_rootfs(tmp_path / "lower")
+    before = sorted(os.listdir(lower))
+    done = anyns("run", "--overlay", lower, "--env", "PATH=/bin", "--", "sh", "-c", "echo hi > /new; cat /new")
+    assert (done.returncode, done.stdout) == (0, b"hi\n"), done.stderr
+    assert sorted(os.listdir(lower)) == before
+
+    shared = anyns("run", "--net", "host", "--", "readlink", "/proc/self/ns/net")
+    assert shared.stdout.decode().strip() == os.readlink("/proc/self/ns/net")
+    bad = anyns("run", "--net", "nonsense", "--", "true")
+    assert bad.returncode == 125 and bad.stderr.decode().startswith("anyns: --net 'nonsense'")
