@@ -176,8 +176,15 @@ def _write_status(fd: int, record: dict[str, object]) -> None:
 
 
 def _status(fd: int, box: Container) -> None:
-    """The --json-status line at start: host pid, pid inside, namespace ids (bwrap's child-pid line, more)."""
-    _write_status(fd, {"child-pid": box.pid, "ns-pid": box.ns_pid, "namespaces": dict(box.namespaces)})
+    """The --json-status line at start: host pid, pid inside, namespace ids (bwrap's child-pid line, more).
+
+    A program that has already exited has no namespaces left to show: null then.
+    """
+    record: dict[str, object] = {"child-pid": box.pid, "ns-pid": None, "namespaces": None}
+    with contextlib.suppress(AnynsError):
+        record["ns-pid"] = box.ns_pid
+        record["namespaces"] = dict(box.namespaces)
+    _write_status(fd, record)
 
 
 async def _run_attached(sup: Supervisor, spec: ContainerSpec, status_fd: int | None) -> int:

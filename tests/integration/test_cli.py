@@ -103,7 +103,8 @@ def test_run_json_status() -> None:
     """--json-status: a JSON line with the host pid and namespace ids at start, one with the exit status."""
     import json
 
-    done = anyns("run", "--json-status", "--hostname", "js", "--", "sh", "-c", "exit 6")
+    # The program outlives the moment the supervisor reads its namespaces.
+    done = anyns("run", "--json-status", "--hostname", "js", "--", "sh", "-c", "sleep 1; exit 6")
     records = [json.loads(line) for line in done.stderr.decode().splitlines()]
 
     assert done.returncode == 6
@@ -114,9 +115,9 @@ def test_run_json_status() -> None:
 
 def test_run_overlay_and_net(tmp_path: pathlib.Path) -> None:
     """--overlay: a copy-on-write root that leaves the lower directory alone; --net host shares ours."""
-    import anyns.testing
+    from anyns.testing import busybox_rootfs
 
-    lower = anyns.testing.busybox_rootfs(tmp_path / "lower")
+    lower = busybox_rootfs(tmp_path / "lower")
     before = sorted(os.listdir(lower))
     done = anyns("run", "--overlay", lower, "--env", "PATH=/bin", "--", "sh", "-c", "echo hi > /new; cat /new")
     assert (done.returncode, done.stdout) == (0, b"hi\n"), done.stderr
