@@ -1,0 +1,435 @@
+"""The whole benchmark suite: ``python -m benchmarks`` or ``python benchmarks/run.py``.
+
+Runs, one after the other in this process (each part's own ``main(argv)``):
+
+``spawn``
+    start+reap throughput against trio+bwrap, trio+unshare and plain trio
+    (``spawn.py``, its defaults);
+``latency``
+    call -> first output at 1 and 100 in flight, against trio+bwrap
+    (``latency.py``);
+``scale``
+    N containers running at once: start time, supervisor memory and fds per
+    container, the zygote's memory, loop lateness, kill+reap time, with and
+    without ``gc.freeze()`` (``scale.py --gc-freeze``; each trial in a fresh
+    interpreter);
+``mounts``
+    start+reap time against the number of bind mounts, against bwrap
+    (``mounts.py``);
+``bridge``
+    ``spawn.py --network loopback,bridge --tools anyns,bwrap``: the cost of
+    a bridged network (veth, address, route) per container.
+
+Each part writes ``benchmarks/results/<part>.json``; this script adds
+``benchmarks/results/summary.json`` (the machine, each part's status and
+results, and the key figures), prints a summary table with the key ratios,
+and draws ``benchmarks/results/throughput.png`` (``plot.py``, when
+matplotlib is installed). ``--quick`` passes ``--quick`` to every part: a
+CI smoke of everything, a few seconds per part.
+
+The user-namespace variant is not measured: anyns does not support user
+namespaces yet (``Namespaces.USER`` is a ``SpecError``). The summary says so,
+with the error anyns gives, rather than leaving the row out.
+
+Exit status: 0 when every part succeeded, else 1 (a part's own exit status
+is in the summary).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if __package__:
+    from . import latency, mounts, plot, scale, spawn
+else:  # python benchmarks/run.py: import the parts as the benchmarks package
+    sys.path.insert(0, str(REPO_ROOT))
+    from benchmarks import latency, mounts, plot, scale, spawn  # type: ignore[no-redef,unused-ignore]
+
+DEFAULT_RESULTS = REPO_ROOT / "benchmarks" / "results"
+PARTS = ("spawn", "latency", "scale", "mounts", "bridge")
+BRIDGE_N = 500  # per batch; the bridge part is a variant, it needs fewer than spawn's 1000
+BRIDGE_CONCURRENCY = "1,16"
+
+
+def part_argv(part: str, json_path: Path, quick: bool) -> list[str]:
+    """The command line each part's ``main`` gets."""
+    argv = ["--json", str(json_path)] + (["--quick"] if quick else [])
+    if part == "scale":
+        argv.append("--gc-freeze")
+    if part == "bridge":
+        argv += ["--network", "loopback,bridge", "--tools", "anyns,bwrap"]
+        if not quick:
+            argv += ["--n", str(BRIDGE_N), "--concurrency", BRIDGE_CONCURRENCY]
+    return argv
+
+
+MAINS: dict[str, Callable[[Sequence[str] | None], int]] = {
+    "spawn": spawn.main,
+    "latency": latency.main,
+    "scale": scale.main,
+    "mounts": mounts.main,
+    "bridge": spawn.main,
+}
+
+
+def user_namespaces() -> dict[str, Any]:
+    """Whether anyns can make a user namespace; the suite cannot measure that variant until it does."""
+    try:
+        import anyns
+
+        anyns.ContainerSpec(argv=[spawn.PAYLOAD], namespaces=anyns.Namespaces.DEFAULT | anyns.Namespaces.USER)
+    except Exception as exc:
+        return {
+            "measured": False,
+            "reason": f"anyns does not support user namespaces yet: {type(exc).__name__}: {exc}",
+        }
+    return {
+        "measured": False,
+        "reason": "anyns now accepts Namespaces.USER, but this suite has no user-namespace part yet",
+    }
+
+
+# --------------------------------------------------------------------------
+# Key figures of each part, from its JSON
+
+
+def _f(x: float | None, spec: str = ".2f", suffix: str = "") -> str:
+    return "-" if x is None else f"{x:{spec}}{suffix}"
+
+
+def _get(row: dict[str, Any] | None, key: str) -> float | None:
+    return None if row is None else row.get(key)
+
+
+def _by(rows: list[dict[str, Any]], **match: Any) -> dict[str, Any] | None:
+    for row in rows:
+        if all(row.get(k) == v for k, v in match.items()):
+            return row
+    return None
+
+
+Row = tuple[str, str, str, str, str, str]  # part, measure, anyns, peer, ratio, target
+
+
+def spawn_rows(data: dict[str, Any], part: str = "spawn") -> list[Row]:
+    ms = data.get("measurements", [])
+    out: list[Row] = []
+    for c in data.get("config", {}).get("concurrency", []):
+        a = _by(ms, tool="anyns", concurrency=c)
+        b = _by(ms, tool="bwrap", concurrency=c)
+        r = _by(data.get("ratios", []), concurrency=c) or {}
+        if part == "spawn":
+            u = _by(ms, tool="unshare", concurrency=c)
+            out.append(
+                (
+                    part,
+                    f"start+reap /s, C={c} (peer: bwrap; unshare)",
+                    _f(_get(a, "per_second"), ".0f"),
+                    f"{_f(_get(b, 'per_second'), '.0f')}; {_f(_get(u, 'per_second'), '.0f')}",
+                    f"{_f(r.get('anyns/bwrap'), '.2f', 'x')}; {_f(r.get('anyns/unshare'), '.2f', 'x')}",
+                    ">= 1.5x bwrap (goal 2.5x)",
+                )
+            )
+        else:
+            br = _by(ms, tool="anyns+bridge", concurrency=c)
+            out.append(
+                (
+                    part,
+                    f"start+reap /s, C={c}: anyns+bridge (peer: anyns; bwrap)",
+                    _f(_get(br, "per_second"), ".0f"),
+                    f"{_f(_get(a, 'per_second'), '.0f')}; {_f(_get(b, 'per_second'), '.0f')}",
+                    f"{_f(r.get('anyns+bridge/anyns'), '.2f', 'x')}; {_f(r.get('anyns+bridge/bwrap'), '.2f', 'x')}",
+                    "",
+                )
+            )
+    return out
+
+
+def latency_rows(data: dict[str, Any]) -> list[Row]:
+    ms = data.get("measurements", [])
+    out: list[Row] = []
+    for c in data.get("config", {}).get("concurrency", []):
+        a = _by(ms, tool="anyns", concurrency=c)
+        b = _by(ms, tool="bwrap", concurrency=c)
+        r = _by(data.get("ratios", []), concurrency=c) or {}
+        out.append(
+            (
+                "latency",
+                f"call -> first output p50/p99 ms, C={c}",
+                f"{_f(_get(a, 'p50_ms'))}/{_f(_get(a, 'p99_ms'))}",
+                f"{_f(_get(b, 'p50_ms'))}/{_f(_get(b, 'p99_ms'))}",
+                f"{_f(r.get('bwrap/anyns p50'), '.2f', 'x')} sooner",
+                "",
+            )
+        )
+        out.append(
+            (
+                "latency",
+                f"start() -> exec p50/p99 ms, C={c}",
+                f"{_f(_get(a, 'exec_p50_ms'))}/{_f(_get(a, 'exec_p99_ms'))}",
+                "",
+                "",
+                "<= 3/15 ms at C=100 (goal 1/5)" if c == 100 else "",
+            )
+        )
+    return out
+
+
+def _lag(t: dict[str, Any], phase: str) -> str:
+    lag = t.get("lag", {}).get(phase)
+    return "-" if not lag else f"{lag['p99_ms']:.1f}/{lag['max_ms']:.1f}"
+
+
+def _gc2(t: dict[str, Any]) -> str:
+    g2 = t.get("gc_pauses", {}).get("spawning", {}).get("gen2")
+    return "none" if not g2 else f"{g2['count']} x {g2['max_ms']:.0f}"
+
+
+def scale_rows(data: dict[str, Any]) -> list[Row]:
+    out: list[Row] = []
+    for t in data.get("trials", []):
+        tag = f"N={t['n']} gc={t['gc_mode']}"
+        if t.get("error"):
+            out.append(("scale", tag, "FAILED", "", "", t["error"].splitlines()[-1]))
+            continue
+        zyg = t.get("zygote_rss_running_kib")
+        out += [
+            (
+                "scale",
+                f"{tag}: start all s (/s); alive",
+                f"{_f(t['start_seconds'])} ({_f(t['per_second'], '.0f')}/s); {t['alive']}/{t['n']}",
+                "",
+                "",
+                ">= 1,000 running (goal 10,000)",
+            ),
+            (
+                "scale",
+                f"{tag}: supervisor KiB, fds per ctr; zygote MiB",
+                f"{_f(t['rss_per_container_kib'], '.1f')}, {_f(t['fds_per_container'], '.1f')};"
+                f" {_f(zyg and zyg / 1024, '.1f')}",
+                "",
+                "",
+                "<= 200 KiB (goal 50)",
+            ),
+            (
+                "scale",
+                f"{tag}: loop lag p99/worst ms spawn|idle|kill",
+                f"{_lag(t, 'spawning')} | {_lag(t, 'idle')} | {_lag(t, 'teardown')}",
+                "",
+                "",
+                "",
+            ),
+            ("scale", f"{tag}: full GCs while spawning (n x worst ms)", _gc2(t), "", "", ""),
+            ("scale", f"{tag}: kill+reap all, s", _f(t["kill_reap_seconds"]), "", "", ""),
+        ]
+    return out
+
+
+def mounts_rows(data: dict[str, Any]) -> list[Row]:
+    ms = data.get("measurements", [])
+    out: list[Row] = []
+    cfg = data.get("config", {})
+    for c in cfg.get("concurrency", []):
+        for binds in cfg.get("binds", []):
+            a = _by(ms, tool="anyns", binds=binds, concurrency=c)
+            b = _by(ms, tool="bwrap", binds=binds, concurrency=c)
+            ratio = b["p50_ms"] / a["p50_ms"] if a and b and a["p50_ms"] else None
+            out.append(
+                (
+                    "mounts",
+                    f"p50 ms per container, {binds} binds, C={c}",
+                    _f(_get(a, "p50_ms")),
+                    _f(_get(b, "p50_ms")),
+                    f"{_f(ratio, '.1f', 'x')} faster",
+                    "",
+                )
+            )
+        lin = {r["tool"]: r["linearity"] for r in data.get("analysis", []) if r["concurrency"] == c}
+        out.append(
+            (
+                "mounts",
+                f"linearity (ms/bind last step / first), C={c}",
+                _f(lin.get("anyns"), ".2f", "x"),
+                _f(lin.get("bwrap"), ".2f", "x"),
+                "",
+                "~1 = linear",
+            )
+        )
+    return out
+
+
+ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
+    "spawn": spawn_rows,
+    "latency": latency_rows,
+    "scale": scale_rows,
+    "mounts": mounts_rows,
+    "bridge": lambda data: spawn_rows(data, "bridge"),
+}
+
+
+def print_table(rows: list[Row]) -> None:
+    heads: Row = ("part", "measure", "anyns", "peer", "ratio", "target")
+    widths = [max(len(r[i]) for r in [heads, *rows]) for i in range(len(heads))]
+    line = "  ".join(f"{{:<{w}}}" for w in widths)
+    print(line.format(*heads))
+    print("  ".join("-" * w for w in widths))
+    for row in rows:
+        print(line.format(*row).rstrip())
+
+
+# --------------------------------------------------------------------------
+# Running
+
+
+def run_part(part: str, json_path: Path, quick: bool) -> dict[str, Any]:
+    argv = part_argv(part, json_path, quick)
+    print(f"\n{'#' * 100}\n# {part}: {' '.join(argv)}\n{'#' * 100}", flush=True)
+    with contextlib.suppress(FileNotFoundError):
+        json_path.unlink()  # a stale file must not pass for this run's results
+    start = time.perf_counter()
+    status: int | None = None
+    error = None
+    try:
+        status = MAINS[part](argv)
+    except SystemExit as exc:  # argparse
+        status = exc.code if isinstance(exc.code, int) else 2
+    except Exception as exc:
+        error = "".join(traceback.format_exception(exc)).rstrip()
+        print(f"!! part {part} crashed:\n{error}", flush=True)
+    result = None
+    with contextlib.suppress(OSError, ValueError):
+        result = json.loads(json_path.read_text())
+    return {
+        "argv": argv,
+        "exit_status": status,
+        "ok": status == 0 and error is None,
+        "seconds": time.perf_counter() - start,
+        "json": str(json_path),
+        "error": error,
+        "result": result,
+    }
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="Run the whole benchmark suite (spawn, latency, scale, mounts, bridge), write "
+        "benchmarks/results/<part>.json and summary.json, print the key ratios, plot throughput.",
+    )
+    parser.add_argument("--quick", action="store_true", help="CI smoke of every part (a few seconds each)")
+    parser.add_argument(
+        "--parts",
+        default=",".join(PARTS),
+        help="comma-separated parts to run, in this order (default: " + ",".join(PARTS) + ")",
+    )
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=DEFAULT_RESULTS,
+        metavar="DIR",
+        help="where the JSON files and the plot go (default benchmarks/results)",
+    )
+    parser.add_argument("--no-plot", action="store_true", help="do not draw throughput.png")
+    args = parser.parse_args(argv)
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    bad = [p for p in parts if p not in PARTS]
+    if bad or not parts:
+        parser.error(f"unknown part(s) {bad}; choose from {','.join(PARTS)}")
+    args.parts = [p for p in PARTS if p in parts]
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    results: Path = args.results
+    results.mkdir(parents=True, exist_ok=True)
+    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    machine = spawn.describe_machine()
+    machine["anyns_revision"] = mounts.anyns_revision()
+    print(
+        f"benchmark suite: parts {','.join(args.parts)}{' (quick)' if args.quick else ''};"
+        f" load average {machine['loadavg_start'][0]:.2f} (rerun when the machine is quiet)",
+        flush=True,
+    )
+    t0 = time.perf_counter()
+    parts: dict[str, dict[str, Any]] = {}
+    for part in args.parts:
+        parts[part] = run_part(part, results / f"{part}.json", args.quick)
+
+    rows: list[Row] = []
+    for part, info in parts.items():
+        if info["result"] is not None:
+            try:
+                rows += ROWS[part](info["result"])
+            except (KeyError, TypeError, ValueError) as exc:
+                rows.append((part, "could not summarise the results", "", "", "", f"{type(exc).__name__}: {exc}"))
+        if not info["ok"]:
+            why = info["error"].splitlines()[-1] if info["error"] else f"exit status {info['exit_status']}"
+            rows.append((part, "FAILED", "", "", "", why))
+    userns = user_namespaces()
+    why_not = "Namespaces.USER is a SpecError (below)" if "SpecError" in userns["reason"] else "see below"
+    rows.append(("userns", "user-namespace variant", "NOT MEASURED", "", "", why_not))
+
+    plot_info: dict[str, Any] = {"path": None, "skipped": None}
+    if args.no_plot:
+        plot_info["skipped"] = "--no-plot"
+    elif "spawn" not in parts or parts["spawn"]["result"] is None:
+        plot_info["skipped"] = "no spawn results from this run"
+    else:
+        out = results / "throughput.png"
+        try:
+            reason = plot.plot(parts["spawn"]["result"], out)
+        except Exception as exc:  # a plotting problem must not fail the suite
+            reason = f"plotting failed: {type(exc).__name__}: {exc}"
+        plot_info = {"path": str(out), "skipped": None} if reason is None else {"path": None, "skipped": reason}
+
+    machine["loadavg_end"] = os.getloadavg()
+    summary = {
+        "benchmark": "suite",
+        "started": started,
+        "seconds": time.perf_counter() - t0,
+        "quick": args.quick,
+        "machine": machine,
+        "parts": parts,
+        "user_namespaces": userns,
+        "plot": plot_info,
+        "summary": [dict(zip(("part", "measure", "anyns", "peer", "ratio", "target"), r, strict=True)) for r in rows],
+    }
+    path = results / "summary.json"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    tmp.replace(path)
+
+    print(f"\n{'=' * 100}")
+    print(
+        f"benchmark suite summary{' (quick)' if args.quick else ''}: nproc={machine['nproc']}"
+        f" kernel={machine['kernel']} {machine['python']} trio={machine['trio']} {machine['bwrap']}"
+        f" anyns={machine['anyns_revision']}; load average {machine['loadavg_start'][0]:.2f} before,"
+        f" {machine['loadavg_end'][0]:.2f} after; {summary['seconds']:.0f} s"
+    )
+    print("ratio: anyns's advantage over the peer (throughput anyns/peer; latency peer/anyns)\n")
+    print_table(rows)
+    print()
+    for part, info in parts.items():
+        print(f"  {part:<8} {'ok' if info['ok'] else 'FAILED':<7} {info['seconds']:6.1f} s  {info['json']}")
+    print(f"  summary  {path}")
+    if plot_info["path"]:
+        print(f"  plot     {plot_info['path']}")
+    else:
+        print(f"  plot     skipped: {plot_info['skipped']}")
+    print(f"  userns   not measured: {userns['reason']}", flush=True)
+    return 0 if all(info["ok"] for info in parts.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
