@@ -589,8 +589,10 @@ class Supervisor(metaclass=NoPublicConstructor):
 
     async def _aclose(self) -> None:
         self._closed = True
-        for container in list(self._running):
+        for count, container in enumerate(list(self._running), 1):
             container.kill()
+            if count % 256 == 0:
+                await trio.lowlevel.checkpoint()  # thousands of kills: let the loop breathe between slices
         zygote = self._zygote
         if zygote is not None:
             zygote.shutdown()
