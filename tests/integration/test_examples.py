@@ -26,4 +26,5 @@ def test_example_runs(example: pathlib.Path) -> None:
 def test_examples_are_found() -> None:
     """The examples directory is where this test looks, with the expected ones in it."""
     names = {p.name for p in EXAMPLES}
-    assert {"hello.py", "overlay_many.py", "pod.py", "bridge_echo.py"} <= names
+    assert {"hello.py", "overlay_many.py", "pod.py", "bridge_echo.py", "load_test.py", "web_fleet.py",
+            "propagation_tour.py", "job_runner.py"} <= names

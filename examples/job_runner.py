@@ -1,0 +1,74 @@
+"""A job runner: a queue of jobs, a few workers, a timeout per job, results as a table.
+
+    python examples/job_runner.py
+
+Each job runs in a fresh container; a job that overruns its time is
+cancelled, which kills and reaps its container before the worker moves on.
+(Memory and process limits arrive with anyns.Limits; see CHANGELOG.md.)
+"""
+
+from __future__ import annotations
+
+import time
+
+import trio
+
+import anyns
+
+
+def sh(script: str) -> list[str]:
+    return ["sh", "-c", script]
+
+
+JOBS = [
+    ("hello", sh("echo hello from $(hostname)"), 2.0),
+    ("count", sh("seq 1 5 | tr '\\n' ' '"), 2.0),
+    ("fails", sh("echo about to fail >&2; exit 3"), 2.0),
+    ("too-slow", ["sleep", "30"], 0.5),
+    ("missing", ["/no/such/tool"], 2.0),
+    ("env", sh("echo JOB=$JOB"), 2.0),
+]
+WORKERS = 3
+
+
+async def worker(sup: anyns.Supervisor, queue: trio.MemoryReceiveChannel[tuple[str, list[str], float]],
+                 results: list[tuple[str, str, str, float]]) -> None:
+    async for name, argv, timeout in queue:
+        spec = anyns.ContainerSpec(argv=argv, hostname=f"job-{name}",
+                                   env={"PATH": "/usr/bin:/bin", "JOB": name})
+        started = time.perf_counter()
+        status, output = "ok", ""
+        with trio.move_on_after(timeout) as scope:
+            try:
+                done = await sup.run(spec, capture_stdout=True, capture_stderr=True, check=False)
+                output = (done.stdout or b"").decode().strip() or (done.stderr or b"").decode().strip()
+                if done.returncode != 0:
+                    status = f"exit {done.returncode}"
+            except anyns.SetupError as e:
+                status, output = "setup error", str(e).split(" (hint")[0]
+        if scope.cancelled_caught:
+            status, output = "timed out", f"killed after {timeout} s"
+        results.append((name, status, output, time.perf_counter() - started))
+
+
+async def main() -> None:
+    results: list[tuple[str, str, str, float]] = []
+    send, receive = trio.open_memory_channel(len(JOBS))  # type: ignore[var-annotated]
+    for job in JOBS:
+        send.send_nowait(job)
+    send.close()
+    async with anyns.open_supervisor() as sup, trio.open_nursery() as nursery:
+        for _ in range(WORKERS):
+            nursery.start_soon(worker, sup, receive.clone(), results)
+    print(f"{'job':<10} {'status':<12} {'seconds':>7}  output")
+    for name, status, output, seconds in sorted(results):
+        print(f"{name:<10} {status:<12} {seconds:7.2f}  {output[:60]}")
+    statuses = dict((name, status) for name, status, _, _ in results)
+    expected = {"hello": "ok", "count": "ok", "fails": "exit 3", "too-slow": "timed out",
+                "missing": "setup error", "env": "ok"}
+    if statuses != expected:
+        raise SystemExit(f"unexpected results: {statuses}")
+
+
+if __name__ == "__main__":
+    trio.run(main)
