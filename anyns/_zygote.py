@@ -24,6 +24,7 @@ import _signal  # type: ignore[import-not-found]  # no typeshed stub
 import _socket
 import gc
 import os
+import select
 import struct
 import time
 
@@ -40,6 +41,8 @@ if TYPE_CHECKING:
     _LinkedPlan = tuple[int, _child.Linked, _child.Meta, int, tuple[tuple[int, int], ...], "list[Any] | None"]
 _CLONE_BASE = C.CLONE_PIDFD | C.CLONE_PARENT | C.CLONE_CLEAR_SIGHAND
 _FDS_PER_SPAWN = 4
+#: pieces one plan may come in (each up to MAX_MESSAGE): a bound on a garbled sender
+_MAX_PIECES = 1024
 
 
 #: one receive buffer for every request: recvmsg(n) would allocate n bytes each time
@@ -57,6 +60,13 @@ def _receive(sock: _socket.socket) -> tuple[memoryview, list[int]]:
             # memoryview, not array: the array module imports collections.
             fds.extend(memoryview(payload[: len(payload) - len(payload) % 4]).cast("i").tolist())
     return data, fds
+
+
+def _hung_up(sock: _socket.socket) -> bool:
+    """Whether the supervisor closed its end (a zero-length read is also what an empty datagram gives)."""
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN | select.POLLRDHUP)
+    return any(events & (select.POLLHUP | select.POLLRDHUP) for _fd, events in poller.poll(0))
 
 
 _SOL_SOCKET = _socket.SOL_SOCKET
@@ -93,8 +103,8 @@ class Zygote:
                 data, fds = _receive(self.sock)
             except (ConnectionResetError, BrokenPipeError):  # supervisor gone
                 return
-            if not data and not fds:
-                return  # EOF
+            if not data and not fds and _hung_up(self.sock):
+                return  # EOF (an empty datagram is merely malformed: handle() answers it)
             try:
                 self.handle(data, fds)
             finally:
@@ -119,8 +129,10 @@ class Zygote:
                 piece = bytes(data[_protocol.HEADER_SIZE:])
                 if plan_id == 0:  # a first piece starts over (a send cut short leaves stale ones)
                     self.parts[request_id] = [piece]
+                elif len(self.parts.setdefault(request_id, [])) < _MAX_PIECES:
+                    self.parts[request_id].append(piece)
                 else:
-                    self.parts.setdefault(request_id, []).append(piece)
+                    raise ValueError(f"plan {request_id} has more than {_MAX_PIECES} pieces")
                 return
             if tag == _protocol.DROP:
                 self.plans.pop(plan_id, None)
@@ -135,8 +147,8 @@ class Zygote:
                 plan = self._link(plan_id, body)
             if len(fds) != _FDS_PER_SPAWN + plan[3]:
                 raise ValueError(f"spawn needs {_FDS_PER_SPAWN + plan[3]} fds, got {len(fds)}")
-        except (ValueError, KeyError, TypeError) as e:
-            self.fail(request_id, 0, "protocol", "recvmsg", f"bad request: {e}")
+        except Exception as e:  # whatever a malformed request breaks, the zygote carries on
+            self.fail(request_id, 0, "protocol", "recvmsg", f"bad request: {type(e).__name__}: {e}")
             return
         flags, linked, meta, _extra, enter, _skeleton_holder = plan
         skeleton = plan[5]
@@ -188,8 +200,11 @@ class Zygote:
                 at = next(i for i, op in enumerate(ops) if op[1] == "attach_skeleton")
                 ops = [*ops[:at], *_skeleton.expand_for_child(skeleton, self.newroot), *ops[at + 1:]]
         linked, meta = _child.link(ops, holder)
+        extra = int(body.get("extra", 0))
         enter = tuple((int(index), int(flags)) for index, flags in body.get("enter", ()))
-        plan = self.plans[plan_id] = (int(body["flags"]), linked, meta, int(body.get("extra", 0)), enter, holder)
+        if not 0 <= extra <= _protocol.MAX_FDS - _FDS_PER_SPAWN or any(not 0 <= i < extra for i, _ in enter):
+            raise ValueError(f"extra fds {extra} and enter {enter} do not fit")
+        plan = self.plans[plan_id] = (int(body["flags"]), linked, meta, extra, enter, holder)
         return plan
 
     def _skeleton(self, ops: list[Any]) -> list[Any] | None:
