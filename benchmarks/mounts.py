@@ -50,28 +50,22 @@ from __future__ import annotations
 import argparse
 import contextlib
 import itertools
-import json
-import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
-import traceback
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import trio
 
-if __package__:
-    from . import spawn
-else:  # python benchmarks/mounts.py: this directory is sys.path[0]
-    import spawn  # type: ignore[no-redef,import-not-found,unused-ignore]
+if not __package__:  # python benchmarks/mounts.py: import this directory as the benchmarks package
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_JSON = REPO_ROOT / "benchmarks" / "results" / "mounts.json"
+from benchmarks import _common as common
+from benchmarks._common import fmt, say
 
 DEFAULT_BINDS = (0, 100, 500)
 DEFAULT_N = 50
@@ -92,8 +86,8 @@ NOTES = {
     "bwrap": "benchmarks/spawn.py's bwrap command (mount+pid+uts+ipc+net, pivot_root to a tmpfs with "
     "read-only /usr, /proc, /dev, /tmp tmpfs) plus --bind src_i /m/i per bind",
 }
-PAYLOAD = spawn.PAYLOAD
 TARGET_DIR = "/m"
+PAYLOAD = common.PAYLOAD
 
 
 # --------------------------------------------------------------------------
@@ -115,43 +109,23 @@ def target(i: int) -> str:
     return f"{TARGET_DIR}/{i}"
 
 
-def bwrap_argv(sources: Sequence[str]) -> list[str]:
-    """``spawn.bwrap_argv()`` with ``--bind src_i /m/i`` for each source, before the program."""
-    base = spawn.bwrap_argv()
-    assert base[-1] == PAYLOAD
+def binds_argv(sources: Sequence[str]) -> list[str]:
+    """The bwrap command with ``--bind src_i /m/i`` for each source, before the program."""
     binds: list[str] = []
     for i, src in enumerate(sources):
         binds += ["--bind", src, target(i)]
-    return [*base[:-1], *binds, PAYLOAD]
+    return common.bwrap_argv(extra=binds)
 
 
 def bwrap_template() -> str:
-    base = spawn.bwrap_argv()
-    return subprocess.list2cmdline(base[:-1]) + f" --bind SRC/0 {target(0)} ... --bind SRC/N-1 /m/N-1 {PAYLOAD}"
+    base = common.bwrap_argv(program=())
+    return subprocess.list2cmdline(base) + f" --bind SRC/0 {target(0)} ... --bind SRC/N-1 /m/N-1 {PAYLOAD}"
 
 
 ANYNS_TEMPLATE = (
     "async with anyns.open_supervisor() as sup: await sup.run(anyns.ContainerSpec("
     "argv=['/bin/true'], mounts=[anyns.Bind(f'SRC/{i}', f'/m/{i}') for i in range(N)]))"
 )
-
-
-def _git(*argv: str) -> str | None:
-    try:
-        proc = subprocess.run(
-            ["git", "-C", str(REPO_ROOT), *argv], capture_output=True, text=True, timeout=10, check=False
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return proc.stdout.strip() if proc.returncode == 0 else None
-
-
-def anyns_revision() -> str | None:
-    """The repository's commit, with ``+dirty`` when ``anyns/`` has uncommitted changes."""
-    head = _git("rev-parse", "--short", "HEAD")
-    if not head:
-        return None
-    return head + ("+dirty" if _git("status", "--porcelain", "--", "anyns") else "")
 
 
 # --------------------------------------------------------------------------
@@ -176,24 +150,16 @@ class Measurement:
 
 
 @dataclass
-class Report:
-    machine: dict[str, Any] = field(default_factory=dict)
-    config: dict[str, Any] = field(default_factory=dict)
-    commands: dict[str, str] = field(default_factory=dict)
-    measurements: list[Measurement] = field(default_factory=list)
-    skipped: dict[str, str] = field(default_factory=dict)
-    anyns_error: str | None = None
-    sources_dir: str | None = None
+class Report(common.ToolReport):
+    labels = LABELS
+    notes = NOTES
 
-    def get(self, tool: str, binds: int, concurrency: int) -> Measurement | None:
-        for m in self.measurements:
-            if m.tool == tool and m.binds == binds and m.concurrency == concurrency:
-                return m
-        return None
+    sources_dir: str | None = None
 
     def slopes(self, tool: str, concurrency: int) -> list[dict[str, Any]]:
         """Marginal p50 cost between consecutive measured N, in ms per 100 binds."""
-        points = [m for b in sorted(self.config.get("binds", [])) if (m := self.get(tool, b, concurrency))]
+        binds = sorted(self.config.get("binds", []))
+        points = [m for b in binds if (m := self.find(tool=tool, binds=b, concurrency=concurrency))]
         out = []
         for a, b in itertools.pairwise(points):
             per_100 = (b.p50_ms - a.p50_ms) / (b.binds - a.binds) * 100.0
@@ -211,68 +177,32 @@ class Report:
         return float(last / first)
 
     def analysis(self) -> list[dict[str, Any]]:
-        out = []
-        for c in self.config.get("concurrency", []):
-            for tool in self.config.get("tools", []):
-                out.append(
-                    {
-                        "tool": tool,
-                        "concurrency": c,
-                        "slopes": self.slopes(tool, c),
-                        "linearity": self.linearity(tool, c),
-                    }
-                )
-        return out
+        return [
+            {"tool": tool, "concurrency": c, "slopes": self.slopes(tool, c), "linearity": self.linearity(tool, c)}
+            for c in self.config.get("concurrency", [])
+            for tool in self.config.get("tools", [])
+        ]
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "benchmark": "mounts",
-            "payload": PAYLOAD,
-            "machine": self.machine,
-            "config": self.config,
-            "commands": self.commands,
-            "notes": {t: NOTES[t] for t in self.config.get("tools", [])},
-            "sources_dir": self.sources_dir,
-            "measurements": [asdict(m) for m in self.measurements],
-            "analysis": self.analysis(),
-            "superlinear_above": SUPERLINEAR,
-            "skipped": self.skipped,
-            "anyns_error": self.anyns_error,
-        }
+        return self.json_with(
+            "mounts",
+            {"payload": PAYLOAD},
+            {
+                "sources_dir": self.sources_dir,
+                "measurements": [asdict(m) for m in self.measurements],
+                "analysis": self.analysis(),
+                "superlinear_above": SUPERLINEAR,
+            },
+        )
 
 
 # --------------------------------------------------------------------------
 # Running
 
 
-RunOne = Callable[[], Awaitable[object]]
-
-
-async def run_chunk(run_one: RunOne, n: int, concurrency: int) -> tuple[list[float], float]:
-    """Run ``run_one`` n times with exactly ``concurrency`` calls in flight; (latencies in s, wall s)."""
-    latencies = [0.0] * n
-    next_index = 0
-
-    async def worker() -> None:
-        nonlocal next_index
-        while next_index < n:
-            i = next_index
-            next_index += 1
-            t0 = time.perf_counter()
-            await run_one()
-            latencies[i] = time.perf_counter() - t0
-
-    start = time.perf_counter()
-    async with trio.open_nursery() as nursery:
-        for _ in range(min(concurrency, n)):
-            nursery.start_soon(worker)
-    return latencies, time.perf_counter() - start
-
-
 def summarize(tool: str, binds: int, concurrency: int, latencies: list[float], seconds: float) -> Measurement:
     """One ``Measurement`` from the pooled latencies (s) and summed wall time (s) of every round."""
     n = len(latencies)
-    lat = sorted(x * 1000.0 for x in latencies)
     return Measurement(
         tool=tool,
         label=LABELS[tool],
@@ -282,24 +212,8 @@ def summarize(tool: str, binds: int, concurrency: int, latencies: list[float], s
         seconds=seconds,
         per_second=n / seconds,
         wall_ms_per_container=seconds * 1000.0 / n,
-        p50_ms=spawn.percentile(lat, 50),
-        p90_ms=spawn.percentile(lat, 90),
-        mean_ms=sum(lat) / n,
-        min_ms=lat[0],
-        max_ms=lat[-1],
+        **common.ms_summary(latencies, ("p50", "p90", "mean", "min", "max")),
     )
-
-
-def _format_exc(exc: BaseException) -> str:
-    return "".join(traceback.format_exception(exc)).rstrip()
-
-
-def _short_exc(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
-
-
-def _say(msg: str = "") -> None:
-    print(msg, flush=True)
 
 
 HEADER = f"{'tool':<12} {'binds':>6} {'C':>4} {'n':>5} {'p50 ms':>9} {'p90 ms':>9} {'min ms':>9} {'wall ms/ctr':>12}"
@@ -325,7 +239,7 @@ class Bench:
         self.report = report
         self.args = args
         self.tools: list[str] = []
-        self.runners: dict[tuple[str, int], RunOne] = {}
+        self.runners: dict[tuple[str, int], common.RunOne] = {}
         self.warm: set[tuple[str, int]] = set()
         #: tool -> smallest N at which it failed; it is not run at that N or above
         self.failed_at: dict[str, int] = {}
@@ -337,13 +251,13 @@ class Bench:
         """Stop measuring ``tool`` at ``binds`` and above (the failure would repeat there)."""
         self.failed_at[tool] = min(binds, self.failed_at.get(tool, sys.maxsize))
         if tool == "anyns":
-            text = exc if isinstance(exc, str) else _format_exc(exc)
-            self.report.anyns_error = "\n".join(filter(None, [self.report.anyns_error, f"{where}: {text}"]))
-            _say(f"!! anyns FAILED during {where}:\n{text}")
+            text = exc if isinstance(exc, str) else common.format_exc(exc)
+            self.report.add_anyns_error(f"{where}: {text}")
+            say(f"!! anyns FAILED during {where}:\n{text}")
         else:
-            text = exc if isinstance(exc, str) else _short_exc(exc)
+            text = exc if isinstance(exc, str) else common.short_exc(exc)
             self.report.skipped[tool] = f"binds >= {binds}: failed during {where}: {text}"
-            _say(f"-- skipping {LABELS[tool]} at binds >= {binds}: {text}")
+            say(f"-- skipping {LABELS[tool]} at binds >= {binds}: {text}")
 
     async def chunk(self, tool: str, binds: int, concurrency: int, n: int) -> tuple[list[float], float] | None:
         """Warm up (the first time), settle, run ``n``; None when it failed."""
@@ -352,16 +266,15 @@ class Bench:
         if (tool, binds) not in self.warm:
             try:
                 with trio.fail_after(self.args.timeout):
-                    for _ in range(self.args.warmup):
-                        await run_one()
+                    await common.warm(run_one, self.args.warmup)
             except Exception as exc:
                 self.fail(tool, binds, f"warm-up {where}", exc)
                 return None
             self.warm.add((tool, binds))
-        await spawn.settle()
+        await common.settle()
         try:
             with trio.fail_after(self.args.timeout):
-                return await run_chunk(run_one, n, concurrency)
+                return await common.timed_batch(run_one, n, concurrency)
         except Exception as exc:
             self.fail(tool, binds, where, exc)
             return None
@@ -372,8 +285,7 @@ class Bench:
         cells = [(tool, binds) for binds in self.args.binds for tool in TOOLS if tool in self.tools]
         pooled: dict[tuple[str, int], tuple[list[float], float]] = {cell: ([], 0.0) for cell in cells}
         for r, n in enumerate(chunks):
-            order = cells[r % len(cells) :] + cells[: r % len(cells)] if cells else []  # rotate the start
-            for tool, binds in order:
+            for tool, binds in common.rotate(cells, r):  # rotate the start
                 if not self.alive(tool, binds):
                     continue
                 got = await self.chunk(tool, binds, concurrency, n)
@@ -381,35 +293,24 @@ class Bench:
                     lat, sec = pooled[(tool, binds)]
                     pooled[(tool, binds)] = (lat + got[0], sec + got[1])
             done = "  ".join(
-                f"{LABELS[t]}@{b}: {spawn.percentile(sorted(pooled[(t, b)][0]), 50) * 1000:.2f}"
+                f"{LABELS[t]}@{b}: {common.percentile(sorted(pooled[(t, b)][0]), 50) * 1000:.2f}"
                 for t, b in cells
                 if self.alive(t, b) and pooled[(t, b)][0]
             )
-            _say(f"C={concurrency} round {r + 1}/{len(chunks)} (p50 ms so far) {done}")
+            say(f"C={concurrency} round {r + 1}/{len(chunks)} (p50 ms so far) {done}")
         for tool, binds in cells:
             lat, sec = pooled[(tool, binds)]
             if self.alive(tool, binds) and len(lat) == self.args.n:
                 self.report.measurements.append(summarize(tool, binds, concurrency, lat, sec))
 
     async def run_all(self) -> None:
-        _say()
+        say()
         for concurrency in self.args.concurrency:
             await self.level(concurrency)
-        _say()
-        _say(HEADER)
-        for concurrency in self.args.concurrency:
-            for binds in self.args.binds:
-                for tool in TOOLS:
-                    m = self.report.get(tool, binds, concurrency)
-                    if m is not None:
-                        _say(_row(m))
-
-
-def bwrap_runner(argv: list[str]) -> RunOne:
-    async def run_one() -> object:
-        return await trio.run_process(argv)  # check=True: a failure raises
-
-    return run_one
+        say()
+        common.print_table(
+            HEADER, _row, self.report.in_order(concurrency=self.args.concurrency, binds=self.args.binds, tool=TOOLS)
+        )
 
 
 async def async_main(report: Report, args: argparse.Namespace, sources: list[str]) -> None:
@@ -418,22 +319,16 @@ async def async_main(report: Report, args: argparse.Namespace, sources: list[str
     if "bwrap" in args.tools:
         report.commands["bwrap"] = bwrap_template()
         # Preflight without binds: a missing or unusable bwrap is skipped with its reason.
-        reason = await spawn.preflight_peer("bwrap", bwrap_argv([]))
-        if reason is not None:
-            report.skipped["bwrap"] = reason
-            _say(f"-- skipping {LABELS['bwrap']}: {reason}")
-        else:
+        if await report.admit_peer("bwrap", common.bwrap_argv()):
             bench.tools.append("bwrap")
             for binds in args.binds:
-                bench.runners[("bwrap", binds)] = bwrap_runner(bwrap_argv(sources[:binds]))
+                bench.runners[("bwrap", binds)] = common.process_runner(binds_argv(sources[:binds]))
 
     async with contextlib.AsyncExitStack() as stack:
         if "anyns" in args.tools:
             report.commands["anyns"] = ANYNS_TEMPLATE
             try:
-                import anyns  # imported late: a broken anyns still lets bwrap run
-
-                report.machine["anyns"] = getattr(anyns, "__version__", "unknown")
+                anyns = common.import_anyns(report.machine)
                 specs = {
                     binds: anyns.ContainerSpec(
                         argv=[PAYLOAD],
@@ -466,10 +361,6 @@ async def async_main(report: Report, args: argparse.Namespace, sources: list[str
 # Output
 
 
-def _fmt(x: float | None, spec: str = ".2f", suffix: str = "") -> str:
-    return "-" if x is None else f"{x:{spec}}{suffix}"
-
-
 def _verdict(ratio: float | None) -> str:
     if ratio is None:
         return "not evaluated (fewer than three N, or no growth at the first step)"
@@ -480,25 +371,17 @@ def _verdict(ratio: float | None) -> str:
 
 def print_summary(report: Report) -> None:
     mc = report.machine
-    _say()
-    _say("=" * 96)
-    _say(
-        f"mounts benchmark: start+reap {PAYLOAD} with N bind mounts; nproc={mc.get('nproc')}"
-        f" kernel={mc.get('kernel')} python={mc.get('python')} trio={mc.get('trio')}"
-    )
-    _say(
-        f"cpu={mc.get('cpu_model')} bwrap={mc.get('bwrap')} anyns={mc.get('anyns')}"
-        f" (revision {mc.get('anyns_revision')})"
-    )
-    _say(
-        f"load average before the run: {mc['loadavg_start'][0]:.2f}"
-        " (other work on the machine skews every tool; rerun when quiet)"
+    common.print_banner(
+        96,
+        f"mounts benchmark: start+reap {PAYLOAD} with N bind mounts; {common.machine_line(mc)}",
+        f"{common.versions_line(mc)} (revision {mc.get('anyns_revision')})",
+        common.load_line(mc, advice=True),
     )
     tools = report.config["tools"]
     for concurrency in report.config["concurrency"]:
-        _say()
+        say()
         both = "anyns" in tools and "bwrap" in tools
-        _say(
+        say(
             f"C={concurrency}, n={report.config['n']} per cell; ms = p50 ms per container (call to reap);"
             " ms/100 binds = marginal cost since the previous N"
             + ("; bwrap/anyns = how many times faster anyns is" if both else "")
@@ -506,73 +389,29 @@ def print_summary(report: Report) -> None:
         slopes = {t: {s["to"]: s["ms_per_100_binds"] for s in report.slopes(t, concurrency)} for t in tools}
         heads = [f"{LABELS[t]} ms" for t in tools] + (["bwrap/anyns"] if both else [])
         heads += [f"{LABELS[t]} ms/100 binds" for t in tools]
-        _say(f"{'binds':>6} " + " ".join(f"{h:>{max(len(h), 10)}}" for h in heads))
+        say(f"{'binds':>6} " + " ".join(f"{h:>{max(len(h), 10)}}" for h in heads))
         for binds in report.config["binds"]:
-            ms = {t: (m.p50_ms if (m := report.get(t, binds, concurrency)) else None) for t in tools}
-            cells = [_fmt(ms[t]) for t in tools]
+            found = {t: report.find(tool=t, binds=binds, concurrency=concurrency) for t in tools}
+            ms = {t: m.p50_ms if m else None for t, m in found.items()}
+            cells = [fmt(ms[t]) for t in tools]
             if both:
                 a, b = ms["anyns"], ms["bwrap"]
-                cells.append(_fmt(b / a if a and b else None, suffix="x"))
-            cells += [_fmt(slopes[t].get(binds)) for t in tools]
-            _say(f"{binds:>6} " + " ".join(f"{c:>{max(len(h), 10)}}" for c, h in zip(cells, heads, strict=True)))
-        _say("linearity (ms per bind at the largest N step / at the first step; ~1 linear, > 2 super-linear):")
+                cells.append(fmt(b / a if a and b else None, suffix="x"))
+            cells += [fmt(slopes[t].get(binds)) for t in tools]
+            say(f"{binds:>6} " + " ".join(f"{c:>{max(len(h), 10)}}" for c, h in zip(cells, heads, strict=True)))
+        say("linearity (ms per bind at the largest N step / at the first step; ~1 linear, > 2 super-linear):")
         for tool in tools:
             ratio = report.linearity(tool, concurrency)
-            _say(f"  {LABELS[tool]:<12} {_fmt(ratio, suffix='x'):>8}  {_verdict(ratio)}")
-    _say()
-    for tool in tools:
-        _say(f"  {LABELS[tool]}: {NOTES[tool]}")
-    for tool, reason in report.skipped.items():
-        _say(f"  skipped {LABELS[tool]}: {reason}")
-    if report.anyns_error:
-        _say("  anyns FAILED (see above)")
-
-
-def write_json(report: Report, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(report.to_json(), indent=2) + "\n")
-    tmp.replace(path)
-    _say(f"results written to {path}")
+            say(f"  {LABELS[tool]:<12} {fmt(ratio, suffix='x'):>8}  {_verdict(ratio)}")
+    say()
+    report.print_notes()
 
 
 # --------------------------------------------------------------------------
 # Command line
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1: {text}")
-    return value
-
-
-def _int_list(text: str, minimum: int) -> list[int]:
-    try:
-        values = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    if not values:
-        raise argparse.ArgumentTypeError("empty list")
-    if any(v < minimum for v in values):
-        raise argparse.ArgumentTypeError(f"every value must be >= {minimum}: {text}")
-    return values
-
-
-def _binds_list(text: str) -> list[int]:
-    return sorted(set(_int_list(text, 0)))
-
-
-def _concurrency_list(text: str) -> list[int]:
-    return _int_list(text, 1)
-
-
-def _tool_list(text: str) -> list[str]:
-    values = [part.strip() for part in text.split(",") if part.strip()]
-    bad = [v for v in values if v not in TOOLS]
-    if bad or not values:
-        raise argparse.ArgumentTypeError(f"unknown tool(s) {bad}; choose from {','.join(TOOLS)}")
-    return [t for t in TOOLS if t in values]
+TOO_SMALL = "every value must be >= {minimum}: {text}"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -583,47 +422,36 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--binds",
-        type=_binds_list,
+        type=lambda text: sorted(set(common.int_list(text, 0, TOO_SMALL))),
         default=None,
-        help="comma-separated numbers of bind mounts (default " + ",".join(map(str, DEFAULT_BINDS)) + ")",
+        help=f"comma-separated numbers of bind mounts (default {common.joined(DEFAULT_BINDS)})",
     )
     parser.add_argument(
         "--n",
-        type=_positive_int,
+        type=common.positive_int,
         default=None,
         help=f"containers per (tool, binds, concurrency) (default {DEFAULT_N})",
     )
-    parser.add_argument(
-        "--concurrency",
-        type=_concurrency_list,
-        default=None,
-        help="comma-separated in-flight counts (default " + ",".join(map(str, DEFAULT_CONCURRENCY)) + ")",
-    )
+    common.add_concurrency_option(parser, DEFAULT_CONCURRENCY, lambda text: common.int_list(text, 1, TOO_SMALL))
     parser.add_argument(
         "--quick",
         action="store_true",
-        help=f"CI smoke: binds {','.join(map(str, QUICK_BINDS))}, n={QUICK_N} (explicit --binds/--n win)",
+        help=f"CI smoke: binds {common.joined(QUICK_BINDS)}, n={QUICK_N} (explicit --binds/--n win)",
     )
     parser.add_argument(
         "--rounds",
-        type=_positive_int,
+        type=common.positive_int,
         default=None,
         help=f"split each (tool, binds) batch of --n into this many rounds; every round runs all "
         f"(tool, binds) cells, so drift hits every N alike (default {DEFAULT_ROUNDS}, --quick {QUICK_ROUNDS})",
     )
     parser.add_argument(
         "--warmup",
-        type=_positive_int,
+        type=common.positive_int,
         default=DEFAULT_WARMUP,
         help=f"untimed runs per (tool, binds) before its first batch, >= 1 (default {DEFAULT_WARMUP})",
     )
-    parser.add_argument(
-        "--json",
-        type=Path,
-        default=DEFAULT_JSON,
-        metavar="PATH",
-        help="where to write results (default benchmarks/results/mounts.json)",
-    )
+    common.add_json_option(parser, "mounts")
     parser.add_argument(
         "--max-superlinearity",
         type=float,
@@ -632,27 +460,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="exit 1 if anyns's linearity ratio (ms per bind at the largest N step / at the first "
         "step) exceeds X at any concurrency",
     )
-    parser.add_argument(
-        "--timeout",
-        type=float,
-        default=DEFAULT_TIMEOUT,
-        help=argparse.SUPPRESS,  # seconds per batch; a hang fails, not stalls
-    )
-    parser.add_argument(
-        "--tools",
-        type=_tool_list,
-        default=list(TOOLS),
-        help=argparse.SUPPRESS,  # e.g. --tools bwrap
-    )
+    common.add_hidden_options(parser, DEFAULT_TIMEOUT, TOOLS)  # e.g. --tools bwrap
     args = parser.parse_args(argv)
-    if args.binds is None:
-        args.binds = list(QUICK_BINDS if args.quick else DEFAULT_BINDS)
-    if args.n is None:
-        args.n = QUICK_N if args.quick else DEFAULT_N
-    if args.concurrency is None:
-        args.concurrency = list(DEFAULT_CONCURRENCY)
-    if args.rounds is None:
-        args.rounds = QUICK_ROUNDS if args.quick else DEFAULT_ROUNDS
+    common.apply_defaults(
+        args,
+        binds=(list(QUICK_BINDS), list(DEFAULT_BINDS)),
+        n=(QUICK_N, DEFAULT_N),
+        concurrency=(list(DEFAULT_CONCURRENCY), list(DEFAULT_CONCURRENCY)),
+        rounds=(QUICK_ROUNDS, DEFAULT_ROUNDS),
+    )
     args.rounds = min(args.rounds, args.n)
     return args
 
@@ -663,21 +479,20 @@ def check_gate(report: Report, limit: float) -> bool:
     for concurrency in report.config["concurrency"]:
         ratio = report.linearity("anyns", concurrency)
         if ratio is None:
-            _say(f"--max-superlinearity {limit}: no anyns linearity ratio at C={concurrency}; not evaluated")
+            say(f"--max-superlinearity {limit}: no anyns linearity ratio at C={concurrency}; not evaluated")
             continue
         passed = ratio <= limit
         ok = ok and passed
         verdict = "ok" if passed else "ABOVE LIMIT"
-        _say(f"--max-superlinearity {limit}: anyns at C={concurrency} = {ratio:.2f}x, {verdict}")
+        say(f"--max-superlinearity {limit}: anyns at C={concurrency} = {ratio:.2f}x, {verdict}")
     return ok
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     report = Report()
-    report.machine = spawn.describe_machine()
-    report.machine.pop("unshare", None)
-    report.machine["anyns_revision"] = anyns_revision()
+    report.machine = common.describe_machine(unshare=False)
+    report.machine["anyns_revision"] = common.anyns_revision()
     report.config = {
         "binds": args.binds,
         "n": args.n,
@@ -688,7 +503,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "quick": args.quick,
         "target_dir": TARGET_DIR,
     }
-    _say(
+    say(
         f"mounts benchmark: binds {args.binds}, n={args.n} per batch in {args.rounds} rounds,"
         f" concurrency {args.concurrency},"
         f" tools {','.join(args.tools)}"
@@ -700,36 +515,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BaseException:
         shutil.rmtree(parent, ignore_errors=True)
         raise
-    _say(f"{len(sources)} source directories under {parent}")
+    say(f"{len(sources)} source directories under {parent}")
     try:
-        trio.run(async_main, report, args, sources)
-    except KeyboardInterrupt:
-        _say("interrupted")
-        return 130
-    except Exception as exc:
-        if "anyns" not in args.tools:
-            raise
-        # Escaped the supervisor's scope (its close, or a crash in its own
-        # tasks): anyns' fault by construction of async_main.
-        report.anyns_error = "\n".join(filter(None, [report.anyns_error, _format_exc(exc)]))
-        _say(f"!! anyns FAILED:\n{_format_exc(exc)}")
+        if not common.run_trio(report, "anyns" in args.tools, async_main, report, args, sources):
+            return 130
     finally:
         shutil.rmtree(parent, ignore_errors=True)
-
-    report.machine["loadavg_end"] = os.getloadavg()
-    print_summary(report)
-    write_json(report, args.json)
-
-    status = 0
-    if report.anyns_error is not None:
-        status = 1
-    if args.max_superlinearity is not None and not check_gate(report, args.max_superlinearity):
-        status = 1
-    return status
+    common.finish(report, args.json, print_summary)
+    return report.exit_status(args.max_superlinearity is None or check_gate(report, args.max_superlinearity))
 
 
 if __name__ == "__main__":
-    if not __package__:
-        # Run as a script: make `import anyns` find the repo's package.
-        sys.path.insert(0, str(REPO_ROOT))
     sys.exit(main())

@@ -18,8 +18,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-RESULTS = REPO_ROOT / "benchmarks" / "results"
+if not __package__:  # python benchmarks/plot.py: import this directory as the benchmarks package
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks._common import RESULTS
+
 DEFAULT_SPAWN = RESULTS / "spawn.json"
 DEFAULT_OUT = RESULTS / "throughput.png"
 

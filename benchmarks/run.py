@@ -43,19 +43,17 @@ import json
 import os
 import sys
 import time
-import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if __package__:
-    from . import latency, mounts, plot, scale, spawn
-else:  # python benchmarks/run.py: import the parts as the benchmarks package
-    sys.path.insert(0, str(REPO_ROOT))
-    from benchmarks import latency, mounts, plot, scale, spawn  # type: ignore[no-redef,unused-ignore]
+if not __package__:  # python benchmarks/run.py: import this directory as the benchmarks package
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-DEFAULT_RESULTS = REPO_ROOT / "benchmarks" / "results"
+from benchmarks import _common as common
+from benchmarks import latency, mounts, plot, scale, spawn
+from benchmarks._common import fmt
+
 PARTS = ("spawn", "latency", "scale", "mounts", "bridge")
 BRIDGE_N = 500  # per batch; the bridge part is a variant, it needs fewer than spawn's 1000
 BRIDGE_CONCURRENCY = "1,16"
@@ -87,7 +85,7 @@ def user_namespaces() -> dict[str, Any]:
     try:
         import anyns
 
-        anyns.ContainerSpec(argv=[spawn.PAYLOAD], namespaces=anyns.Namespaces.DEFAULT | anyns.Namespaces.USER)
+        anyns.ContainerSpec(argv=[common.PAYLOAD], namespaces=anyns.Namespaces.DEFAULT | anyns.Namespaces.USER)
     except Exception as exc:
         return {
             "measured": False,
@@ -101,10 +99,6 @@ def user_namespaces() -> dict[str, Any]:
 
 # --------------------------------------------------------------------------
 # Key figures of each part, from its JSON
-
-
-def _f(x: float | None, spec: str = ".2f", suffix: str = "") -> str:
-    return "-" if x is None else f"{x:{spec}}{suffix}"
 
 
 def _get(row: dict[str, Any] | None, key: str) -> float | None:
@@ -122,36 +116,29 @@ Row = tuple[str, str, str, str, str, str]  # part, measure, anyns, peer, ratio, 
 
 
 def spawn_rows(data: dict[str, Any], part: str = "spawn") -> list[Row]:
+    """spawn: anyns against bwrap and unshare; bridge: anyns+bridge against anyns and bwrap."""
     ms = data.get("measurements", [])
+    if part == "spawn":
+        tool, peers, what, target = "anyns", ("bwrap", "unshare"), "", ">= 1.5x bwrap (goal 2.5x)"
+    else:
+        tool, peers, what, target = "anyns+bridge", ("anyns", "bwrap"), ": anyns+bridge", ""
+
+    def rate(t: str, c: int) -> str:
+        return fmt(_get(_by(ms, tool=t, concurrency=c), "per_second"), ".0f")
+
     out: list[Row] = []
     for c in data.get("config", {}).get("concurrency", []):
-        a = _by(ms, tool="anyns", concurrency=c)
-        b = _by(ms, tool="bwrap", concurrency=c)
         r = _by(data.get("ratios", []), concurrency=c) or {}
-        if part == "spawn":
-            u = _by(ms, tool="unshare", concurrency=c)
-            out.append(
-                (
-                    part,
-                    f"start+reap /s, C={c} (peer: bwrap; unshare)",
-                    _f(_get(a, "per_second"), ".0f"),
-                    f"{_f(_get(b, 'per_second'), '.0f')}; {_f(_get(u, 'per_second'), '.0f')}",
-                    f"{_f(r.get('anyns/bwrap'), '.2f', 'x')}; {_f(r.get('anyns/unshare'), '.2f', 'x')}",
-                    ">= 1.5x bwrap (goal 2.5x)",
-                )
+        out.append(
+            (
+                part,
+                f"start+reap /s, C={c}{what} (peer: {'; '.join(peers)})",
+                rate(tool, c),
+                "; ".join(rate(p, c) for p in peers),
+                "; ".join(fmt(r.get(f"{tool}/{p}"), ".2f", "x") for p in peers),
+                target,
             )
-        else:
-            br = _by(ms, tool="anyns+bridge", concurrency=c)
-            out.append(
-                (
-                    part,
-                    f"start+reap /s, C={c}: anyns+bridge (peer: anyns; bwrap)",
-                    _f(_get(br, "per_second"), ".0f"),
-                    f"{_f(_get(a, 'per_second'), '.0f')}; {_f(_get(b, 'per_second'), '.0f')}",
-                    f"{_f(r.get('anyns+bridge/anyns'), '.2f', 'x')}; {_f(r.get('anyns+bridge/bwrap'), '.2f', 'x')}",
-                    "",
-                )
-            )
+        )
     return out
 
 
@@ -166,9 +153,9 @@ def latency_rows(data: dict[str, Any]) -> list[Row]:
             (
                 "latency",
                 f"call -> first output p50/p99 ms, C={c}",
-                f"{_f(_get(a, 'p50_ms'))}/{_f(_get(a, 'p99_ms'))}",
-                f"{_f(_get(b, 'p50_ms'))}/{_f(_get(b, 'p99_ms'))}",
-                f"{_f(r.get('bwrap/anyns p50'), '.2f', 'x')} sooner",
+                f"{fmt(_get(a, 'p50_ms'))}/{fmt(_get(a, 'p99_ms'))}",
+                f"{fmt(_get(b, 'p50_ms'))}/{fmt(_get(b, 'p99_ms'))}",
+                f"{fmt(r.get('bwrap/anyns p50'), '.2f', 'x')} sooner",
                 "",
             )
         )
@@ -176,7 +163,7 @@ def latency_rows(data: dict[str, Any]) -> list[Row]:
             (
                 "latency",
                 f"start() -> exec p50/p99 ms, C={c}",
-                f"{_f(_get(a, 'exec_p50_ms'))}/{_f(_get(a, 'exec_p99_ms'))}",
+                f"{fmt(_get(a, 'exec_p50_ms'))}/{fmt(_get(a, 'exec_p99_ms'))}",
                 "",
                 "",
                 "<= 3/15 ms at C=100 (goal 1/5)" if c == 100 else "",
@@ -186,8 +173,7 @@ def latency_rows(data: dict[str, Any]) -> list[Row]:
 
 
 def _lag(t: dict[str, Any], phase: str) -> str:
-    lag = t.get("lag", {}).get(phase)
-    return "-" if not lag else f"{lag['p99_ms']:.1f}/{lag['max_ms']:.1f}"
+    return scale.lag_cell(t.get("lag", {}).get(phase))
 
 
 def _gc2(t: dict[str, Any]) -> str:
@@ -207,7 +193,7 @@ def scale_rows(data: dict[str, Any]) -> list[Row]:
             (
                 "scale",
                 f"{tag}: start all s (/s); alive",
-                f"{_f(t['start_seconds'])} ({_f(t['per_second'], '.0f')}/s); {t['alive']}/{t['n']}",
+                f"{fmt(t['start_seconds'])} ({fmt(t['per_second'], '.0f')}/s); {t['alive']}/{t['n']}",
                 "",
                 "",
                 ">= 1,000 running (goal 10,000)",
@@ -215,8 +201,8 @@ def scale_rows(data: dict[str, Any]) -> list[Row]:
             (
                 "scale",
                 f"{tag}: supervisor KiB, fds per ctr; zygote MiB",
-                f"{_f(t['rss_per_container_kib'], '.1f')}, {_f(t['fds_per_container'], '.1f')};"
-                f" {_f(zyg and zyg / 1024, '.1f')}",
+                f"{fmt(t['rss_per_container_kib'], '.1f')}, {fmt(t['fds_per_container'], '.1f')};"
+                f" {fmt(zyg and zyg / 1024, '.1f')}",
                 "",
                 "",
                 "<= 200 KiB (goal 50)",
@@ -230,7 +216,7 @@ def scale_rows(data: dict[str, Any]) -> list[Row]:
                 "",
             ),
             ("scale", f"{tag}: full GCs while spawning (n x worst ms)", _gc2(t), "", "", ""),
-            ("scale", f"{tag}: kill+reap all, s", _f(t["kill_reap_seconds"]), "", "", ""),
+            ("scale", f"{tag}: kill+reap all, s", fmt(t["kill_reap_seconds"]), "", "", ""),
         ]
     return out
 
@@ -248,9 +234,9 @@ def mounts_rows(data: dict[str, Any]) -> list[Row]:
                 (
                     "mounts",
                     f"p50 ms per container, {binds} binds, C={c}",
-                    _f(_get(a, "p50_ms")),
-                    _f(_get(b, "p50_ms")),
-                    f"{_f(ratio, '.1f', 'x')} faster",
+                    fmt(_get(a, "p50_ms")),
+                    fmt(_get(b, "p50_ms")),
+                    f"{fmt(ratio, '.1f', 'x')} faster",
                     "",
                 )
             )
@@ -259,8 +245,8 @@ def mounts_rows(data: dict[str, Any]) -> list[Row]:
             (
                 "mounts",
                 f"linearity (ms/bind last step / first), C={c}",
-                _f(lin.get("anyns"), ".2f", "x"),
-                _f(lin.get("bwrap"), ".2f", "x"),
+                fmt(lin.get("anyns"), ".2f", "x"),
+                fmt(lin.get("bwrap"), ".2f", "x"),
                 "",
                 "~1 = linear",
             )
@@ -304,7 +290,7 @@ def run_part(part: str, json_path: Path, quick: bool) -> dict[str, Any]:
     except SystemExit as exc:  # argparse
         status = exc.code if isinstance(exc.code, int) else 2
     except Exception as exc:
-        error = "".join(traceback.format_exception(exc)).rstrip()
+        error = common.format_exc(exc)
         print(f"!! part {part} crashed:\n{error}", flush=True)
     result = None
     with contextlib.suppress(OSError, ValueError):
@@ -335,13 +321,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--results",
         type=Path,
-        default=DEFAULT_RESULTS,
+        default=common.RESULTS,
         metavar="DIR",
         help="where the JSON files and the plot go (default benchmarks/results)",
     )
     parser.add_argument("--no-plot", action="store_true", help="do not draw throughput.png")
     args = parser.parse_args(argv)
-    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    parts = common.split_list(args.parts)
     bad = [p for p in parts if p not in PARTS]
     if bad or not parts:
         parser.error(f"unknown part(s) {bad}; choose from {','.join(PARTS)}")
@@ -354,8 +340,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: Path = args.results
     results.mkdir(parents=True, exist_ok=True)
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    machine = spawn.describe_machine()
-    machine["anyns_revision"] = mounts.anyns_revision()
+    machine = common.describe_machine()
+    machine["anyns_revision"] = common.anyns_revision()
     print(
         f"benchmark suite: parts {','.join(args.parts)}{' (quick)' if args.quick else ''};"
         f" load average {machine['loadavg_start'][0]:.2f} (rerun when the machine is quiet)",
@@ -406,9 +392,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "summary": [dict(zip(("part", "measure", "anyns", "peer", "ratio", "target"), r, strict=True)) for r in rows],
     }
     path = results / "summary.json"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    tmp.replace(path)
+    common.write_json(path, summary, announce=False)
 
     print(f"\n{'=' * 100}")
     print(

@@ -59,7 +59,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import traceback
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -67,13 +66,11 @@ from typing import Any
 
 import trio
 
-if __package__:
-    from . import spawn
-else:  # python benchmarks/scale.py: this directory is sys.path[0]
-    import spawn  # type: ignore[no-redef,import-not-found,unused-ignore]
+if not __package__:  # python benchmarks/scale.py: import this directory as the benchmarks package
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_JSON = REPO_ROOT / "benchmarks" / "results" / "scale.json"
+from benchmarks import _common as common
+from benchmarks._common import fmt, say
 
 DEFAULT_NS = (1000,)
 QUICK_NS = (100,)
@@ -105,20 +102,9 @@ COMMAND = (
 # /proc
 
 
-def _status_kib(pid: int | str, key: bytes) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(key):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
 def rss_kib(pid: int | str = "self") -> int | None:
     """VmRSS of ``pid`` in KiB (None if it is gone)."""
-    return _status_kib(pid, b"VmRSS:")
+    return common.proc_int(f"/proc/{pid}/status", "VmRSS:")
 
 
 def open_fds() -> int:
@@ -127,11 +113,7 @@ def open_fds() -> int:
 
 
 def mem_available_kib() -> int | None:
-    with contextlib.suppress(OSError, ValueError), open("/proc/meminfo", "rb") as f:
-        for line in f:
-            if line.startswith(b"MemAvailable:"):
-                return int(line.split()[1])
-    return None
+    return common.proc_int("/proc/meminfo", "MemAvailable:")
 
 
 def _children() -> Iterator[int]:
@@ -228,13 +210,10 @@ class LagMonitor:
             ticks = self.samples.get(phase, [])
             if not ticks:
                 continue
-            values = sorted(t[0] * 1000.0 for t in ticks)
             worst = sorted(ticks, reverse=True)[:3]
             out[phase] = {
-                "ticks": len(values),
-                "p50_ms": spawn.percentile(values, 50),
-                "p99_ms": spawn.percentile(values, 99),
-                "max_ms": values[-1],
+                "ticks": len(ticks),
+                **common.ms_summary((t[0] for t in ticks), ("p50", "p99", "max")),
                 # the three latest ticks: how late, and the loop thread's time on a CPU, waiting
                 # for a CPU, and collecting garbage during that tick (10 ms + late)
                 "worst": [
@@ -328,17 +307,8 @@ class Trial:
 
 
 @dataclass
-class Report:
-    machine: dict[str, Any] = field(default_factory=dict)
-    config: dict[str, Any] = field(default_factory=dict)
+class Report(common.BaseReport):
     trials: list[Trial] = field(default_factory=list)
-    anyns_error: str | None = None
-
-    def get(self, n: int, gc_mode: str) -> Trial | None:
-        for t in self.trials:
-            if t.n == n and t.gc_mode == gc_mode:
-                return t
-        return None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -369,18 +339,6 @@ class Report:
 # Running
 
 
-def _say(msg: str = "") -> None:
-    print(msg, flush=True)
-
-
-def _short_exc(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
-
-
-def _format_exc(exc: BaseException) -> str:
-    return "".join(traceback.format_exception(exc)).rstrip()
-
-
 @contextlib.contextmanager
 def gc_mode_applied(mode: str) -> Iterator[None]:
     """``disable``: collections off inside; otherwise nothing (``freeze`` acts while spawning)."""
@@ -397,7 +355,7 @@ def gc_mode_applied(mode: str) -> Iterator[None]:
 async def run_trial(sup: Any, spec: Any, trial: Trial, idle: float) -> list[Any]:
     """One trial: start ``trial.n``, measure, check, idle, tear down. Fills ``trial``."""
     n, batch = trial.n, trial.batch
-    await spawn.settle(SETTLE_MAX)
+    await common.settle(SETTLE_MAX)
     gc.collect()
     trial.zygote_pid = find_zygote()
     trial.rss_before_kib = rss_kib()
@@ -416,29 +374,21 @@ async def run_trial(sup: Any, spec: Any, trial: Trial, idle: float) -> list[Any]
             lag.phase = None
             with gc_mode_applied(trial.gc_mode):
                 async with trio.open_nursery() as containers:
-                    next_index = 0
 
-                    async def starter() -> None:
-                        nonlocal next_index
-                        while next_index < n:
-                            next_index += 1
-                            try:
-                                box = await containers.start(functools.partial(sup.run, check=False), spec)
-                            except Exception as exc:
-                                trial.failures += 1
-                                if len(trial.failure_examples) < 5:
-                                    trial.failure_examples.append(_short_exc(exc))
-                                continue
-                            boxes.append(box)
-                            if trial.gc_mode == "freeze" and len(boxes) % batch == 0:
-                                gc.freeze()
+                    async def start_one(_: int) -> None:
+                        try:
+                            box = await containers.start(functools.partial(sup.run, check=False), spec)
+                        except Exception as exc:
+                            trial.failures += 1
+                            if len(trial.failure_examples) < 5:
+                                trial.failure_examples.append(common.short_exc(exc))
+                            return
+                        boxes.append(box)
+                        if trial.gc_mode == "freeze" and len(boxes) % batch == 0:
+                            gc.freeze()
 
                     lag.phase = "spawning"
-                    t0 = time.perf_counter()
-                    async with trio.open_nursery() as starters:
-                        for _ in range(min(batch, n)):
-                            starters.start_soon(starter)
-                    trial.start_seconds = time.perf_counter() - t0
+                    trial.start_seconds = await common.in_flight(n, batch, start_one)
                     lag.phase = None
                     if trial.gc_mode == "freeze":
                         gc.freeze()
@@ -488,15 +438,9 @@ async def run_trial(sup: Any, spec: Any, trial: Trial, idle: float) -> list[Any]
     return boxes
 
 
-def _fmt(x: float | int | None, spec: str = ".1f") -> str:
-    return "-" if x is None else f"{x:{spec}}"
-
-
-def _lag_cell(trial: Trial, phase: str) -> str:
-    lag = trial.lag.get(phase)
-    if not lag:
-        return "-"
-    return f"{lag['p99_ms']:.1f}/{lag['max_ms']:.1f}"
+def lag_cell(lag: dict[str, Any] | None) -> str:
+    """A phase's loop lateness (``Trial.lag[phase]``) as p99/worst ms."""
+    return "-" if not lag else f"{lag['p99_ms']:.1f}/{lag['max_ms']:.1f}"
 
 
 def _gc2_cell(trial: Trial, phase: str) -> str:
@@ -513,10 +457,10 @@ HEADER = (
 def _row(t: Trial) -> str:
     zyg = None if t.zygote_rss_running_kib is None else t.zygote_rss_running_kib / 1024
     return (
-        f"{t.n:>6} {t.gc_mode:>8} {_fmt(t.start_seconds, '.2f'):>8} {_fmt(t.per_second, '.0f'):>6}"
-        f" {_fmt(t.rss_per_container_kib):>8} {_fmt(t.fds_per_container, '.2f'):>8} {_fmt(zyg):>10}"
-        f" {_lag_cell(t, 'quiet'):>10} {_lag_cell(t, 'spawning'):>10} {_lag_cell(t, 'idle'):>10}"
-        f" {_lag_cell(t, 'teardown'):>10} {_fmt(t.kill_reap_seconds, '.2f'):>7} {_fmt(t.alive, 'd'):>6}"
+        f"{t.n:>6} {t.gc_mode:>8} {fmt(t.start_seconds, '.2f'):>8} {fmt(t.per_second, '.0f'):>6}"
+        f" {fmt(t.rss_per_container_kib, '.1f'):>8} {fmt(t.fds_per_container, '.2f'):>8} {fmt(zyg, '.1f'):>10}"
+        + "".join(f" {lag_cell(t.lag.get(phase)):>10}" for phase in PHASES)
+        + f" {fmt(t.kill_reap_seconds, '.2f'):>7} {fmt(t.alive, 'd'):>6}"
     )
 
 
@@ -527,13 +471,13 @@ async def trial_async(trial: Trial, args: argparse.Namespace) -> None:
     spec = anyns.ContainerSpec(argv=list(ARGV))
     try:
         async with anyns.open_supervisor() as sup:
-            warm = anyns.ContainerSpec(argv=[spawn.PAYLOAD])
+            warm = anyns.ContainerSpec(argv=[common.PAYLOAD])
             for _ in range(args.warmup):
                 await sup.run(warm)
             with trio.fail_after(args.timeout):
                 await run_trial(sup, spec, trial, args.idle)
     except Exception as exc:
-        trial.error = _format_exc(exc)
+        trial.error = common.format_exc(exc)
 
 
 def trial_main(args: argparse.Namespace) -> int:
@@ -567,7 +511,7 @@ def run_trial_process(n: int, mode: str, args: argparse.Namespace) -> Trial:
             str(args.timeout),
         ]
         try:
-            proc = subprocess.run(argv, cwd=REPO_ROOT, timeout=args.timeout + 60, check=False)
+            proc = subprocess.run(argv, cwd=common.REPO_ROOT, timeout=args.timeout + 60, check=False)
         except subprocess.TimeoutExpired:
             return Trial(
                 n=n, gc_mode=mode, batch=args.batch, error=f"trial process timed out after {args.timeout + 60} s"
@@ -578,85 +522,60 @@ def run_trial_process(n: int, mode: str, args: argparse.Namespace) -> Trial:
 
 
 def run_all(report: Report, args: argparse.Namespace) -> None:
-    _say()
-    _say("each trial runs in a fresh interpreter; lag cells: p99/worst ms of a trio.sleep(0.01) loop's lateness")
-    _say(HEADER)
+    say()
+    say("each trial runs in a fresh interpreter; lag cells: p99/worst ms of a trio.sleep(0.01) loop's lateness")
+    say(HEADER)
     for n in args.n:
         for mode in args.gc:
             trial = run_trial_process(n, mode, args)
             report.trials.append(trial)
             if trial.error:
-                _say(f"!! N={n} gc={mode} FAILED: {trial.error.splitlines()[-1]}")
-            _say(_row(trial))
+                say(f"!! N={n} gc={mode} FAILED: {trial.error.splitlines()[-1]}")
+            say(_row(trial))
             for text in trial.failure_examples:
-                _say(f"   start failed: {text}")
+                say(f"   start failed: {text}")
             for text in trial.not_alive:
-                _say(f"   not alive: {text}")
+                say(f"   not alive: {text}")
 
 
 def print_summary(report: Report) -> None:
     mc = report.machine
-    _say()
-    _say("=" * 110)
-    _say(
+    common.print_banner(
+        110,
         f"scale benchmark: N x '{' '.join(ARGV)}' running at once, started {report.config['batch']} at a time;"
-        f" nproc={mc.get('nproc')} kernel={mc.get('kernel')} python={mc.get('python')} trio={mc.get('trio')}"
-        f" anyns={mc.get('anyns')} ({mc.get('anyns_revision')})"
+        f" {common.machine_line(mc)} anyns={mc.get('anyns')} ({mc.get('anyns_revision')})",
+        common.load_line(mc),
     )
-    _say(f"load average before the run: {mc['loadavg_start'][0]:.2f}")
-    _say("lag cells: p99/worst ms lateness of a trio.sleep(0.01) loop; gc2 = full collections (count x worst ms)")
-    _say(HEADER + f" {'gc2 spawn':>10} {'gc2 idle':>9} {'gc2 kill':>9}")
+    say("lag cells: p99/worst ms lateness of a trio.sleep(0.01) loop; gc2 = full collections (count x worst ms)")
+    say(HEADER + f" {'gc2 spawn':>10} {'gc2 idle':>9} {'gc2 kill':>9}")
     for t in report.trials:
-        _say(_row(t) + f" {_gc2_cell(t, 'spawning'):>10} {_gc2_cell(t, 'idle'):>9} {_gc2_cell(t, 'teardown'):>9}")
-    _say()
+        say(_row(t) + f" {_gc2_cell(t, 'spawning'):>10} {_gc2_cell(t, 'idle'):>9} {_gc2_cell(t, 'teardown'):>9}")
+    say()
     for t in report.trials:
-        _say(
-            f"N={t.n} gc={t.gc_mode}: supervisor RSS {_fmt(t.rss_before_kib, 'd')} -> {_fmt(t.rss_running_kib, 'd')}"
-            f" -> {_fmt(t.rss_after_kib, 'd')} KiB (before, running, after);"
-            f" fds {_fmt(t.fds_before, 'd')} -> {_fmt(t.fds_running, 'd')} -> {_fmt(t.fds_after, 'd')};"
-            f" zygote RSS {_fmt(t.zygote_rss_before_kib, 'd')} -> {_fmt(t.zygote_rss_running_kib, 'd')} KiB;"
-            f" host {_fmt(t.host_kib_per_container, '.0f')} KiB/container;"
-            f" {_fmt(t.gc_objects_running, 'd')} gc-tracked objects running"
+        say(
+            f"N={t.n} gc={t.gc_mode}: supervisor RSS {fmt(t.rss_before_kib, 'd')} -> {fmt(t.rss_running_kib, 'd')}"
+            f" -> {fmt(t.rss_after_kib, 'd')} KiB (before, running, after);"
+            f" fds {fmt(t.fds_before, 'd')} -> {fmt(t.fds_running, 'd')} -> {fmt(t.fds_after, 'd')};"
+            f" zygote RSS {fmt(t.zygote_rss_before_kib, 'd')} -> {fmt(t.zygote_rss_running_kib, 'd')} KiB;"
+            f" host {fmt(t.host_kib_per_container, '.0f')} KiB/container;"
+            f" {fmt(t.gc_objects_running, 'd')} gc-tracked objects running"
             + ("" if t.unfreeze_collect_ms is None else f"; unfreeze+collect afterwards {t.unfreeze_collect_ms:.0f} ms")
         )
     for t in report.trials:
         if not t.ok:
             why = t.error.splitlines()[-1] if t.error else f"{t.failures} failed starts, {t.alive} of {t.n} alive"
-            _say(f"!! N={t.n} gc={t.gc_mode}: {why}")
-    _say(
+            say(f"!! N={t.n} gc={t.gc_mode}: {why}")
+    say(
         "targets (DESIGN.md): 1,000 running containers (first bar), 10,000 (goal);"
         " supervisor <= 200 KiB per running container (first bar), <= 50 KiB (goal)"
     )
-
-
-def write_json(report: Report, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(report.to_json(), indent=2) + "\n")
-    tmp.replace(path)
-    _say(f"results written to {path}")
 
 
 # --------------------------------------------------------------------------
 # Command line
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"a comma-separated list of numbers >= 1: {text}")
-    return values
-
-
-def _gc_list(text: str) -> list[str]:
-    values = [part.strip() for part in text.split(",") if part.strip()]
-    bad = [v for v in values if v not in GC_MODES]
-    if bad or not values:
-        raise argparse.ArgumentTypeError(f"unknown gc mode(s) {bad}; choose from {','.join(GC_MODES)}")
-    return [m for m in GC_MODES if m in values]
+N_LIST_ERROR = "a comma-separated list of numbers >= {minimum}: {text}"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -668,14 +587,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--n",
-        type=_int_list,
+        type=lambda text: common.int_list(text, 1, N_LIST_ERROR, N_LIST_ERROR),
         default=None,
         metavar="N[,N...]",
-        help="containers running at once, e.g. 100,1000,2000 (default " + ",".join(map(str, DEFAULT_NS)) + ")",
+        help=f"containers running at once, e.g. 100,1000,2000 (default {common.joined(DEFAULT_NS)})",
     )
     parser.add_argument(
         "--batch",
-        type=spawn._positive_int,
+        type=common.positive_int,
         default=DEFAULT_BATCH,
         help=f"starts in flight at a time (default {DEFAULT_BATCH})",
     )
@@ -687,7 +606,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--gc",
-        type=_gc_list,
+        type=lambda text: common.choice_list(text, GC_MODES, "gc mode"),
         default=None,
         metavar="MODE[,MODE...]",
         help="garbage-collector handling, one trial each: default, freeze (gc.freeze() as containers "
@@ -701,7 +620,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help=f"CI smoke: N={','.join(map(str, QUICK_NS))}, idle {QUICK_IDLE} s (explicit --n/--idle win)",
+        help=f"CI smoke: N={common.joined(QUICK_NS)}, idle {QUICK_IDLE} s (explicit --n/--idle win)",
     )
     parser.add_argument(
         "--warmup",
@@ -709,20 +628,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=DEFAULT_WARMUP,
         help=f"untimed /bin/true runs before the first trial (default {DEFAULT_WARMUP})",
     )
-    parser.add_argument(
-        "--json",
-        type=Path,
-        default=DEFAULT_JSON,
-        metavar="PATH",
-        help="where to write results (default benchmarks/results/scale.json)",
-    )
-    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help=argparse.SUPPRESS)
+    common.add_json_option(parser, "scale")
+    common.add_hidden_options(parser, DEFAULT_TIMEOUT)  # seconds per trial
     parser.add_argument("--trial-json", type=Path, default=None, help=argparse.SUPPRESS)  # internal: one trial
     args = parser.parse_args(argv)
-    if args.n is None:
-        args.n = list(QUICK_NS if args.quick else DEFAULT_NS)
-    if args.idle is None:
-        args.idle = QUICK_IDLE if args.quick else DEFAULT_IDLE
+    common.apply_defaults(args, n=(list(QUICK_NS), list(DEFAULT_NS)), idle=(QUICK_IDLE, DEFAULT_IDLE))
     gc_modes = set(args.gc or ["default"])
     if args.gc_freeze:
         gc_modes |= {"default", "freeze"}
@@ -735,9 +645,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.trial_json is not None:
         return trial_main(args)
     report = Report()
-    report.machine = spawn.describe_machine()
-    report.machine.pop("unshare", None)
-    report.machine["anyns_revision"] = _revision()
+    report.machine = common.describe_machine(unshare=False)
+    report.machine["anyns_revision"] = common.anyns_revision()
     report.config = {
         "n": args.n,
         "batch": args.batch,
@@ -749,39 +658,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         "quick": args.quick,
         "gc_threshold": gc.get_threshold(),
     }
-    _say(f"scale benchmark: N={args.n} running at once, {args.batch} starts in flight, gc modes {args.gc}")
+    say(f"scale benchmark: N={args.n} running at once, {args.batch} starts in flight, gc modes {args.gc}")
     try:
-        import anyns
-
-        report.machine["anyns"] = getattr(anyns, "__version__", "unknown")
+        anyns = common.import_anyns(report.machine)
         report.config["spec"] = repr(anyns.ContainerSpec(argv=list(ARGV)))
     except Exception as exc:
-        report.anyns_error = _format_exc(exc)
-        _say(f"!! anyns FAILED to import:\n{report.anyns_error}")
+        report.anyns_error = common.format_exc(exc)
+        say(f"!! anyns FAILED to import:\n{report.anyns_error}")
     else:
         try:
             run_all(report, args)
         except KeyboardInterrupt:
-            _say("interrupted")
+            say("interrupted")
             return 130
-    report.machine["loadavg_end"] = os.getloadavg()
-    print_summary(report)
-    write_json(report, args.json)
+    common.finish(report, args.json, print_summary)
     if report.anyns_error is not None or not report.trials or not all(t.ok for t in report.trials):
         return 1
     return 0
 
 
-def _revision() -> str | None:
-    if __package__:
-        from .mounts import anyns_revision
-    else:
-        from mounts import anyns_revision  # type: ignore[no-redef,import-not-found,unused-ignore]
-    return anyns_revision()
-
-
 if __name__ == "__main__":
-    if not __package__:
-        # Run as a script: make `import anyns` find the repo's package.
-        sys.path.insert(0, str(REPO_ROOT))
     sys.exit(main())
