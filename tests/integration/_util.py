@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import select
+import time
 from typing import Any
 
 import attrs
@@ -94,3 +96,17 @@ def read(path: str) -> bytes:
 
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def wait_all_exited(pidfds: list[int], timeout: float) -> list[int]:
+    """Wait until every pidfd reports its process exited; return those that did not in time."""
+    poller = select.poll()
+    for fd in pidfds:
+        poller.register(fd, select.POLLIN)
+    pending = set(pidfds)
+    deadline = time.monotonic() + timeout
+    while pending and (left := deadline - time.monotonic()) > 0:
+        for fd, _event in poller.poll(left * 1000):
+            pending.discard(fd)
+            poller.unregister(fd)
+    return sorted(pending)

@@ -5,14 +5,13 @@ from __future__ import annotations
 import functools
 import os
 import random
-import select
 import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import trio
+from _util import wait_all_exited
 
 import anyns
 
@@ -42,20 +41,6 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _wait_all_exited(pidfds: list[int], timeout: float) -> list[int]:
-    """Wait until every pidfd reports its process exited; return those that did not in time."""
-    poller = select.poll()
-    for fd in pidfds:
-        poller.register(fd, select.POLLIN)
-    pending = set(pidfds)
-    deadline = time.monotonic() + timeout
-    while pending and (left := deadline - time.monotonic()) > 0:
-        for fd, _event in poller.poll(left * 1000):
-            pending.discard(fd)
-            poller.unregister(fd)
-    return sorted(pending)
-
-
 def test_supervisor_killed_takes_zygote_and_containers_along() -> None:
     """SIGKILL of the supervisor process: within a second, no zygote and no container is left."""
     proc = subprocess.Popen([sys.executable, "-c", _SCRIPT], stdout=subprocess.PIPE, text=True)
@@ -70,7 +55,7 @@ def test_supervisor_killed_takes_zygote_and_containers_along() -> None:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
 
-        assert _wait_all_exited(pidfds, timeout=1.0) == []
+        assert wait_all_exited(pidfds, timeout=1.0) == []
     finally:
         for fd in pidfds:
             os.close(fd)

@@ -33,7 +33,7 @@ from typing import Any
 import attrs
 import pytest
 import trio
-from _util import SH
+from _util import SH, wait_all_exited
 
 import anyns
 from anyns import Namespaces
@@ -489,20 +489,6 @@ _KILLED_SUPERVISOR = textwrap.dedent(
 )
 
 
-def _wait_all_exited(pidfds: list[int], timeout: float) -> list[int]:
-    """Wait until every pidfd reports its process exited; return those that did not in time."""
-    poller = select.poll()
-    for fd in pidfds:
-        poller.register(fd, select.POLLIN)
-    pending = set(pidfds)
-    deadline = time.monotonic() + timeout
-    while pending and (left := deadline - time.monotonic()) > 0:
-        for fd, _event in poller.poll(left * 1000):
-            pending.discard(fd)
-            poller.unregister(fd)
-    return sorted(pending)
-
-
 def _link_monitor(netns: str) -> socket.socket:
     """A netlink socket in the namespace file ``netns``, readable whenever a link there changes."""
     result: list[Any] = []
@@ -565,7 +551,7 @@ def test_supervisor_killed_leaves_no_container_and_no_veth(tmp_path: Path) -> No
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         started = time.monotonic()
-        assert _wait_all_exited(pidfds, timeout=1.0) == []
+        assert wait_all_exited(pidfds, timeout=1.0) == []
         assert _veths_gone(kept, monitor, timeout=max(0.0, 1.0 - (time.monotonic() - started))) == []
         # The bridge may remain: nobody was left to delete it. Here it can only be in the kept
         # hub namespace (never the machine's), which dies when the umount below drops the last reference.
