@@ -193,7 +193,7 @@ async def _run_attached(sup: Supervisor, spec: ContainerSpec, status_fd: int | N
     blocking = (os.get_blocking(0), os.get_blocking(1))
     try:
         if saved is not None:
-            tty.setraw(0)
+            tty.setraw(0, termios.TCSANOW)  # not TCSAFLUSH: keep what was typed ahead
         async with trio.open_nursery() as nursery:
             box = await nursery.start(functools.partial(sup.run, check=False), spec)
             assert box.tty is not None
