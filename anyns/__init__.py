@@ -34,6 +34,7 @@ from ._errors import (
     ZygoteError,
 )
 from ._spec import (
+    RLIM_INFINITY,
     Bind,
     Bridge,
     ContainerSpec,
@@ -54,6 +55,7 @@ from ._version import __version__
 __all__ = [
     "DEVNULL",
     "PIPE",
+    "RLIM_INFINITY",
     "STDOUT",
     "AnynsError",
     "Bind",

@@ -231,6 +231,10 @@ def _interface_up(rt: Rt, name: bytes) -> None:
     _libc.set_interface_up(name)
 
 
+def _setrlimit(rt: Rt, resource: int, soft: int, hard: int) -> None:
+    _libc.setrlimit(resource, soft, hard)
+
+
 def _umask(rt: Rt, mask: int) -> None:
     os.umask(mask)
 
@@ -331,6 +335,7 @@ OPS: dict[str, Callable[..., None]] = {
     "sethostname": _sethostname,
     "interface_up": _interface_up,
     "umask": _umask,
+    "setrlimit": _setrlimit,
     "stdio": _stdio,
     "tty": _tty,
     "close_fds": _close_fds,

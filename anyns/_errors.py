@@ -192,6 +192,13 @@ def diagnose(step: str, syscall: str, errno: int, path: str | None) -> str | Non
             return "the mount table is full: see /proc/sys/fs/mount-max"
         if errno == _errno.ENOENT and path:
             return f"{path!r} does not exist inside the container's root; create it or choose another target"
+    if syscall == "setrlimit" and errno == _errno.EPERM:
+        if path == "nofile":
+            return (
+                "a hard limit above the supervisor's needs CAP_SYS_RESOURCE, "
+                "and nofile cannot exceed /proc/sys/fs/nr_open"
+            )
+        return "raising a hard limit above the supervisor's needs CAP_SYS_RESOURCE (run as root)"
     if errno == _errno.EMFILE:
         return "the supervisor ran out of file descriptors (ulimit -n)"
     return None

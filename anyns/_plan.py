@@ -56,6 +56,7 @@ import attrs
 from ._spec import (
     DEFAULT_PATH,
     KIND_FLAGS,
+    RLIMITS,
     Bind,
     Bridge,
     ContainerSpec,
@@ -285,6 +286,8 @@ def _process_steps(b: _Builder, spec: ContainerSpec, ns: Namespaces, extra_kinds
 
 
 def _exec_steps(b: _Builder, spec: ContainerSpec) -> None:
+    for name, soft, hard in spec.rlimits:
+        b.op("process", "setrlimit", name, RLIMITS[name], soft, hard)
     b.op("process", "umask", None, _DEFAULT_UMASK)
     b.op("process", "chdir", spec.cwd, spec.cwd)
     if spec.tty:

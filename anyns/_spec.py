@@ -446,6 +446,41 @@ def _to_size(value: Iterable[int]) -> tuple[int, int]:
     return size[0], size[1]
 
 
+#: setrlimit(2) resources by the names ``ulimit``/prlimit use, lower-case
+RLIMITS: Final = {
+    "as": 9, "core": 4, "cpu": 0, "data": 2, "fsize": 1, "locks": 10, "memlock": 8, "msgqueue": 12,
+    "nice": 13, "nofile": 7, "nproc": 6, "rss": 5, "rtprio": 14, "rttime": 15, "sigpending": 11, "stack": 3,
+}
+RLIM_INFINITY: Final = (1 << 64) - 1
+
+
+def _to_rlimits(value: Any) -> tuple[tuple[str, int, int], ...]:
+    """``{"nofile": (soft, hard)}`` (or an int for both) -> sorted ``((name, soft, hard), ...)``."""
+    items = value.items() if isinstance(value, Mapping) else value
+    out: list[tuple[str, int, int]] = []
+    for entry in items:
+        fields: tuple[Any, ...] = tuple(entry)
+        if len(fields) == 3:  # already normalised
+            name, soft, hard = fields[0], fields[1], fields[2]
+        elif len(fields) == 2:
+            name, limits = fields[0], fields[1]
+            pair: tuple[Any, ...] = (limits, limits) if isinstance(limits, int) else tuple(limits)
+            if len(pair) != 2:
+                raise _fail(f"rlimits[{name!r}]", f"expected (soft, hard) or one int, got {limits!r}")
+            soft, hard = pair[0], pair[1]
+        else:
+            raise _fail("rlimits", f"expected a mapping of name -> (soft, hard), got {value!r}")
+        if name not in RLIMITS:
+            raise _fail("rlimits", f"unknown resource {name!r}; expected one of {sorted(RLIMITS)}")
+        for n in (soft, hard):
+            if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= RLIM_INFINITY:
+                raise _fail(f"rlimits[{name!r}]", f"expected a limit from 0 to RLIM_INFINITY, got {n!r}")
+        if soft > hard:
+            raise _fail(f"rlimits[{name!r}]", f"the soft limit {soft} is above the hard limit {hard}")
+        out.append((name, soft, hard))
+    return tuple(sorted(out))
+
+
 def _to_mounts(value: Iterable[Mount]) -> tuple[Mount, ...]:
     return tuple(value)
 
@@ -488,6 +523,8 @@ class ContainerSpec:
             supervisor's end is ``Container.tty``, with ``capture_stdout=True``
             its output is collected.
         tty_size: the terminal's ``(rows, columns)``; ``Container.resize_tty`` changes it.
+        rlimits: resource limits of the program, ``{"nofile": (soft, hard), "nproc": 64}``
+            (names as ``prlimit`` has them; an int sets both; ``anyns.RLIM_INFINITY``).
         root_propagation: ``"slave"`` (default: unmounts on the host reach the
             container, nothing flows back, as runc does) or ``"private"`` (no
             propagation either way). A ``Bind`` can choose its own.
@@ -506,6 +543,7 @@ class ContainerSpec:
     network: Network | None = None
     tty: bool = False
     tty_size: tuple[int, int] = attrs.field(default=(24, 80), converter=_to_size)
+    rlimits: tuple[tuple[str, int, int], ...] = attrs.field(default=(), converter=_to_rlimits)
 
     def __attrs_post_init__(self) -> None:
         if not self.argv:

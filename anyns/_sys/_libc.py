@@ -268,3 +268,18 @@ def set_controlling_tty(fd: int) -> None:
     """TIOCSCTTY: make ``fd`` the calling session leader's controlling terminal."""
     if _ioctl(fd, C.TIOCSCTTY, None) != 0:
         raise _fail("ioctl(TIOCSCTTY)")
+
+
+_RLIMIT = (ctypes.c_uint64 * 2)()
+_setrlimit = _libc.setrlimit
+_setrlimit.argtypes = (ctypes.c_int, ctypes.c_void_p)
+_setrlimit.restype = ctypes.c_int
+
+
+def setrlimit(resource: int, soft: int, hard: int) -> None:
+    """setrlimit(2) with 64-bit limits (RLIM_INFINITY = 2**64 - 1); resource.setrlimit would do, but
+    the resource module is one more import in the zygote."""
+    _RLIMIT[0] = soft
+    _RLIMIT[1] = hard
+    if _setrlimit(resource, _RLIMIT) != 0:
+        raise _fail("setrlimit")

@@ -246,3 +246,25 @@ def test_environment_is_immutable_mapping() -> None:
     with pytest.raises(TypeError):
         spec.env["B"] = "2"  # type: ignore[index]
     assert dict(build().env) == {"PATH": DEFAULT_PATH}
+
+
+def test_rlimits_normalise_to_sorted_triples() -> None:
+    """A mapping of name -> (soft, hard) or one int becomes sorted (name, soft, hard) triples."""
+    spec = anyns.ContainerSpec(argv=["true"], rlimits={"nproc": 10, "core": (0, anyns.RLIM_INFINITY)})
+    assert spec.rlimits == (("core", 0, anyns.RLIM_INFINITY), ("nproc", 10, 10))
+    assert anyns.ContainerSpec(argv=["true"]).rlimits == ()
+
+
+@pytest.mark.parametrize(("rlimits", "field"), [
+    ({"bogus": 1}, "rlimits"),
+    ({"nofile": (10, 5)}, "rlimits['nofile']"),
+    ({"nofile": -1}, "rlimits['nofile']"),
+    ({"nofile": (1, 2, 3)}, "rlimits['nofile']"),
+    ({"nofile": True}, "rlimits['nofile']"),
+    ({"nofile": 1 << 64}, "rlimits['nofile']"),
+])
+def test_invalid_rlimits_are_spec_errors(rlimits: dict[str, object], field: str) -> None:
+    """Unknown names, soft above hard, and out-of-range values are refused when the spec is built."""
+    with pytest.raises(anyns.SpecError) as info:
+        anyns.ContainerSpec(argv=["true"], rlimits=rlimits)
+    assert str(info.value).startswith(field + ":")
