@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import ipaddress
+import math
 import os
 import signal
 import struct
@@ -359,6 +360,21 @@ class Container(metaclass=NoPublicConstructor):
     def kill(self) -> None:
         """Send SIGKILL: the whole pid namespace dies with its pid 1."""
         self.send_signal(signal.SIGKILL)
+
+    async def stop(self, grace: float = 5.0) -> int:
+        """Stop the container: SIGTERM, then SIGKILL to all of it once ``grace`` seconds have passed.
+
+        Returns the ``returncode`` once the container has been reaped (at once
+        if it already ended). A pid-1 program only sees SIGTERM if it has a
+        handler for it; one that ignores it is killed after ``grace``.
+        """
+        if not 0 <= grace < math.inf:
+            raise ValueError(f"grace must be seconds >= 0, got {grace!r}")
+        self.terminate()
+        with trio.move_on_after(grace):
+            return await self.wait()
+        self.kill()
+        return await self.wait()
 
     async def _wait_and_reap(self) -> int:
         """Wait on the pidfd, then reap; only the task that owns the container calls this."""

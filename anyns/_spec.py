@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import functools
 import ipaddress
+import math
 import operator
 import os
 import posixpath
@@ -525,6 +526,9 @@ class ContainerSpec:
         tty_size: the terminal's ``(rows, columns)``; ``Container.resize_tty`` changes it.
         rlimits: resource limits of the program, ``{"nofile": (soft, hard), "nproc": 64}``
             (names as ``prlimit`` has them; an int sets both; ``anyns.RLIM_INFINITY``).
+        stop_grace: seconds a cancelled ``run`` waits after SIGTERM before it
+            SIGKILLs the container (default 0: SIGKILL at once). A pid-1
+            program only sees SIGTERM if it handles it.
         root_propagation: ``"slave"`` (default: unmounts on the host reach the
             container, nothing flows back, as runc does) or ``"private"`` (no
             propagation either way). A ``Bind`` can choose its own.
@@ -544,8 +548,12 @@ class ContainerSpec:
     tty: bool = False
     tty_size: tuple[int, int] = attrs.field(default=(24, 80), converter=_to_size)
     rlimits: tuple[tuple[str, int, int], ...] = attrs.field(default=(), converter=_to_rlimits)
+    stop_grace: float = 0
 
     def __attrs_post_init__(self) -> None:
+        if (isinstance(self.stop_grace, bool) or not isinstance(self.stop_grace, (int, float))
+                or not 0 <= self.stop_grace < math.inf):
+            raise _fail("stop_grace", f"expected seconds >= 0, got {self.stop_grace!r}")
         if not self.argv:
             raise _fail("argv", "must name a program")
         for i, arg in enumerate(self.argv):

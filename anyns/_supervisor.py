@@ -576,6 +576,11 @@ class Supervisor(metaclass=NoPublicConstructor):
         """Kill and reap ``container`` unless it already was, then unwire it; shielded, so always completes."""
         try:
             with trio.CancelScope(shield=True):
+                if container.returncode is None and container.spec.stop_grace > 0:
+                    # Cancelled or failed while it runs: give it stop_grace seconds to end on SIGTERM.
+                    container.terminate()
+                    with trio.move_on_after(container.spec.stop_grace):
+                        await container._wait_and_reap()
                 if container.returncode is None:
                     container.kill()
                     await container._wait_and_reap()

@@ -268,3 +268,10 @@ def test_invalid_rlimits_are_spec_errors(rlimits: dict[str, object], field: str)
     with pytest.raises(anyns.SpecError) as info:
         anyns.ContainerSpec(argv=["true"], rlimits=rlimits)
     assert str(info.value).startswith(field + ":")
+
+
+@pytest.mark.parametrize("grace", [-1, float("nan"), float("inf"), True, "5"])
+def test_invalid_stop_grace_is_spec_error(grace: object) -> None:
+    """stop_grace is a finite number of seconds >= 0."""
+    with pytest.raises(anyns.SpecError, match=r"^stop_grace:"):
+        anyns.ContainerSpec(argv=["true"], stop_grace=grace)
