@@ -23,6 +23,7 @@ async def _started(sup: anyns.Supervisor, nursery: trio.Nursery, script: str, **
                                     task_status=task_status))
     assert container.stdout is not None
     assert await container.stdout.receive_some(6) == b"ready\n"
+    await container.stdout.aclose()  # the caller owns a PIPE stream; nothing more is written to it
     return container
 
 
