@@ -27,6 +27,7 @@ from ._container import Container, namespaces_of
 from ._errors import AnynsError, ExecError, SetupError
 from ._spec import (
     DEFAULT_PATH,
+    RLIM_INFINITY,
     Bind,
     Bridge,
     ContainerSpec,
@@ -66,6 +67,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--ro-bind", metavar="SRC:DST", action="append", default=[],
                      help="bind-mount a host path read-only")
     run.add_argument("--tmpfs", metavar="DIR", action="append", default=[], help="mount a tmpfs")
+    run.add_argument("--rlimit", metavar="NAME=SOFT[:HARD]", action="append", default=[],
+                     help="a resource limit as prlimit names it, e.g. nofile=1024:4096 or core=unlimited")
     run.add_argument("--share-net", action="store_true", help="use the host's network namespace")
     run.add_argument("--net", metavar="MODE", default=None,
                      help="loopback (default), host, bridge[:SUBNET[:NAME]] or a netns file to join")
@@ -116,6 +119,7 @@ def spec_from_args(args: argparse.Namespace) -> ContainerSpec:
         mounts.append(Bind(*_split_mount(value, "--ro-bind"), readonly=True))
     for value in args.tmpfs:
         mounts.append(Tmpfs(value))
+    rlimits = dict(_rlimit_from(value) for value in args.rlimit)
     namespaces = Namespaces.DEFAULT
     network = _network_from(args.net)
     if args.share_net:
@@ -136,7 +140,20 @@ def spec_from_args(args: argparse.Namespace) -> ContainerSpec:
             tty_size = (size.lines, size.columns)
     return ContainerSpec(argv=cmd, rootfs=rootfs, hostname=args.hostname, domainname=args.domainname,
                          namespaces=namespaces, network=network, mounts=mounts, env=env, cwd=args.cwd,
-                         tty=args.tty, tty_size=tty_size)
+                         tty=args.tty, tty_size=tty_size, rlimits=rlimits)
+
+
+def _rlimit_from(value: str) -> tuple[str, tuple[int, int]]:
+    """--rlimit NAME=SOFT[:HARD]: one number sets both; "unlimited" is RLIM_INFINITY (prlimit's syntax)."""
+    name, sep, limits = value.partition("=")
+    soft, _, hard = limits.partition(":")
+    try:
+        numbers = [RLIM_INFINITY if n in ("unlimited", "infinity") else int(n) for n in (soft, hard or soft)]
+    except ValueError:
+        numbers = []
+    if not sep or not name or len(numbers) != 2:
+        raise AnynsError(f"--rlimit {value!r}: expected NAME=SOFT[:HARD], e.g. nofile=1024:4096")
+    return name, (numbers[0], numbers[1])
 
 
 def _network_from(mode: str | None) -> Loopback | HostNetwork | Bridge | JoinNetwork | None:

@@ -127,3 +127,16 @@ def test_run_overlay_and_net(tmp_path: pathlib.Path) -> None:
     assert shared.stdout.decode().strip() == os.readlink("/proc/self/ns/net")
     bad = anyns("run", "--net", "nonsense", "--", "true")
     assert bad.returncode == 125 and bad.stderr.decode().startswith("anyns: --net 'nonsense'")
+
+
+def test_run_rlimit() -> None:
+    """run --rlimit NAME=SOFT[:HARD] sets the program's limits; a malformed or unknown one is a clear error."""
+    done = anyns("run", "--rlimit", "nofile=64:128", "--rlimit", "core=unlimited", "--",
+                 "grep", "-E", "^Max (open files|core file size)", "/proc/self/limits")
+    assert done.returncode == 0, done.stderr
+    rows = {line[:25].strip(): line[25:].split()[:2] for line in done.stdout.decode().splitlines()}
+    assert rows == {"Max core file size": ["unlimited", "unlimited"], "Max open files": ["64", "128"]}
+    bad = anyns("run", "--rlimit", "nofile", "--", "true")
+    assert bad.returncode == 125 and b"--rlimit 'nofile': expected NAME=SOFT[:HARD]" in bad.stderr
+    unknown = anyns("run", "--rlimit", "bogus=1", "--", "true")
+    assert unknown.returncode == 125 and b"unknown resource 'bogus'" in unknown.stderr
