@@ -286,8 +286,6 @@ def _process_steps(b: _Builder, spec: ContainerSpec, ns: Namespaces, extra_kinds
 
 
 def _exec_steps(b: _Builder, spec: ContainerSpec) -> None:
-    for name, soft, hard in spec.rlimits:
-        b.op("process", "setrlimit", name, RLIMITS[name], soft, hard)
     b.op("process", "umask", None, _DEFAULT_UMASK)
     b.op("process", "chdir", spec.cwd, spec.cwd)
     if spec.tty:
@@ -298,6 +296,9 @@ def _exec_steps(b: _Builder, spec: ContainerSpec) -> None:
         b.op("process", "stdio", None)
     b.op("process", "close_fds", None)
     b.op("process", "signals", None)
+    # Last before exec: a low nofile, as or nproc must not trip the child's own setup.
+    for name, soft, hard in spec.rlimits:
+        b.op("process", "setrlimit", name, RLIMITS[name], soft, hard)
     b.op("pdeathsig", "pdeathsig", None)
     b.op("exec", "execve", spec.argv[0], _exec_candidates(spec), spec.argv,
          tuple(f"{k}={v}" for k, v in spec.env.items()))

@@ -55,3 +55,10 @@ async def test_raising_hard_limit_above_host_max_fails_cleanly(sup: anyns.Superv
     assert err.hint is not None and "nr_open" in err.hint
     done = await sh(sup, "echo ok")
     assert done.stdout == b"ok\n"
+
+
+async def test_tight_limits_do_not_break_setup(sup: anyns.Supervisor) -> None:
+    """The limits are set last before exec: nofile=4 with a tty (which opens /dev/ptmx) still starts."""
+    done = await sup.run(anyns.ContainerSpec(argv=["/bin/sh", "-c", "ulimit -n"], tty=True, rlimits={"nofile": 4}),
+                         capture_stdout=True)
+    assert (done.returncode, done.stdout) == (0, b"4\r\n")
