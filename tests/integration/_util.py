@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import attrs
+import trio
 
 import anyns
 
@@ -110,3 +111,57 @@ def wait_all_exited(pidfds: list[int], timeout: float) -> list[int]:
             pending.discard(fd)
             poller.unregister(fd)
     return sorted(pending)
+
+
+PYTHON = "/usr/bin/python3"
+
+# A loopback "pong" server for PYTHON -c: prints its port, then answers every connection.
+PONG_SERVER = """
+import socket
+s = socket.socket()
+s.bind(('127.0.0.1', 0))
+s.listen()
+print(s.getsockname()[1], flush=True)
+while True:
+    c, _ = s.accept()
+    c.sendall(b'pong')
+    c.close()
+"""
+# Its client for PYTHON -c ... PORT: prints what the server sent.
+PONG_CLIENT = """
+import socket, sys
+c = socket.create_connection(('127.0.0.1', int(sys.argv[1])))
+print(c.recv(4).decode())
+"""
+
+
+def sleeper(**fields: Any) -> anyns.ContainerSpec:
+    """A spec whose program sleeps until it is killed."""
+    return anyns.ContainerSpec(argv=["sleep", "1000"], **fields)
+
+
+async def close_streams(*procs: anyns.Container) -> None:
+    """Close the streams anyns.PIPE handed out: they belong to the caller (trio.run_process semantics)."""
+    for proc in procs:
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            if stream is not None:
+                await stream.aclose()
+
+
+async def kill_and_wait_dead(box: anyns.Container) -> None:
+    """SIGKILL ``box`` and wait until it has died, watching its own pidfd: its owner may not have reaped it yet."""
+    watch = os.pidfd_open(box.pid)
+    try:
+        box.kill()
+        await trio.lowlevel.wait_readable(watch)
+    finally:
+        trio.lowlevel.notify_closing(watch)
+        os.close(watch)
+
+
+def nspid(pid: int) -> list[int]:
+    """The NSpid line of /proc/PID/status: the pid in each pid namespace, outermost first."""
+    for line in read(f"/proc/{pid}/status").decode().splitlines():
+        if line.startswith("NSpid:"):
+            return [int(f) for f in line.split()[1:]]
+    raise AssertionError(f"no NSpid in /proc/{pid}/status")

@@ -9,13 +9,27 @@ from functools import partial
 
 import pytest
 import trio
-from _util import alive, children_of_me, exists, lines, read, read_lines, sh_spec
+from _util import (
+    PONG_CLIENT,
+    PONG_SERVER,
+    PYTHON,
+    alive,
+    children_of_me,
+    close_streams,
+    exists,
+    kill_and_wait_dead,
+    lines,
+    nspid,
+    read,
+    read_lines,
+    sh_spec,
+    sleeper,
+)
 
 import anyns
 from anyns import Namespaces
 
 NS = Namespaces
-PYTHON = "/usr/bin/python3"
 KINDS = ("cgroup", "ipc", "mnt", "net", "pid", "time", "user", "uts")
 
 # pid 1 of the container: writes a file on its own tmpfs, then serves "pong" on a loopback port.
@@ -23,20 +37,7 @@ SERVER = """
 import socket
 with open('/data/hello', 'w') as f:
     f.write('written by pid 1\\n')
-s = socket.socket()
-s.bind(('127.0.0.1', 0))
-s.listen()
-print(s.getsockname()[1], flush=True)
-while True:
-    c, _ = s.accept()
-    c.sendall(b'pong')
-    c.close()
-"""
-CLIENT = """
-import socket, sys
-c = socket.create_connection(('127.0.0.1', int(sys.argv[1])))
-print(c.recv(4).decode())
-"""
+""" + PONG_SERVER
 
 
 def host_connect(port: int) -> bytes:
@@ -45,24 +46,6 @@ def host_connect(port: int) -> bytes:
         return c.recv(4)
 
 
-def nspid(pid: int) -> list[int]:
-    """The NSpid line of /proc/PID/status: the pid in each pid namespace, outermost first."""
-    for line in read(f"/proc/{pid}/status").decode().splitlines():
-        if line.startswith("NSpid:"):
-            return [int(f) for f in line.split()[1:]]
-    raise AssertionError(f"no NSpid in /proc/{pid}/status")
-
-
-def sleeper(**fields: object) -> anyns.ContainerSpec:
-    return anyns.ContainerSpec(argv=["sleep", "1000"], **fields)  # type: ignore[arg-type]
-
-
-async def close_streams(*procs: anyns.Container) -> None:
-    """Close the streams anyns.PIPE handed out: they belong to the caller (trio.run_process semantics)."""
-    for proc in procs:
-        for stream in (proc.stdin, proc.stdout, proc.stderr):
-            if stream is not None:
-                await stream.aclose()
 
 
 async def test_exec_sees_hostname_processes_mounts_and_network(sup: anyns.Supervisor) -> None:
@@ -96,7 +79,7 @@ async def test_exec_sees_hostname_processes_mounts_and_network(sup: anyns.Superv
         # Its network namespace: the same netns, and the server on its loopback.
         assert await run("readlink", "/proc/self/ns/net") == [box.namespaces["net"]]
         assert box.namespaces["net"] != os.readlink("/proc/self/ns/net")
-        assert await run(PYTHON, "-I", "-c", CLIENT, port) == ["pong"]
+        assert await run(PYTHON, "-I", "-c", PONG_CLIENT, port) == ["pong"]
         with pytest.raises(ConnectionRefusedError):
             host_connect(int(port))
         box.kill()
@@ -258,13 +241,7 @@ async def test_exec_into_dead_unreaped_container_never_runs_on_the_host(sup: any
     async with trio.open_nursery() as nursery:
         for _ in range(10):
             box = await nursery.start(partial(sup.run, sleeper(), check=False))
-            watch = os.pidfd_open(box.pid)
-            try:
-                box.kill()
-                await trio.lowlevel.wait_readable(watch)  # dead; its owner may not have reaped it yet
-            finally:
-                trio.lowlevel.notify_closing(watch)
-                os.close(watch)
+            await kill_and_wait_dead(box)
             try:
                 done = await box.exec(["readlink", "/proc/self/ns/net"], capture_stdout=True)
             except anyns.SetupError as e:

@@ -11,44 +11,32 @@ from functools import partial
 
 import pytest
 import trio
-from _util import evolve, exists, host_namespaces, lines, read_lines, sh, sh_spec
+from _util import (
+    PONG_CLIENT,
+    PONG_SERVER,
+    PYTHON,
+    close_streams,
+    evolve,
+    exists,
+    host_namespaces,
+    kill_and_wait_dead,
+    lines,
+    read_lines,
+    sh,
+    sh_spec,
+    sleeper,
+)
 
 import anyns
 from anyns import Namespaces
 
 NS = Namespaces
-PYTHON = "/usr/bin/python3"
 KINDS = ("cgroup", "ipc", "mnt", "net", "pid", "time", "user", "uts")
 DEFAULT_KINDS = {"mnt", "pid", "uts", "ipc", "net"}
 
-SERVER = """
-import socket
-s = socket.socket()
-s.bind(('127.0.0.1', 0))
-s.listen()
-print(s.getsockname()[1], flush=True)
-while True:
-    c, _ = s.accept()
-    c.sendall(b'pong')
-    c.close()
-"""
-CLIENT = """
-import socket, sys
-c = socket.create_connection(('127.0.0.1', int(sys.argv[1])))
-print(c.recv(4).decode())
-"""
+SERVER = PONG_SERVER
 
 
-def sleeper(**fields: object) -> anyns.ContainerSpec:
-    return anyns.ContainerSpec(argv=["sleep", "1000"], **fields)  # type: ignore[arg-type]
-
-
-async def close_streams(*procs: anyns.Container) -> None:
-    """Close the streams anyns.PIPE handed out: they belong to the caller (trio.run_process semantics)."""
-    for proc in procs:
-        for stream in (proc.stdin, proc.stdout, proc.stderr):
-            if stream is not None:
-                await stream.aclose()
 
 
 def mount_points() -> set[str]:
@@ -123,7 +111,7 @@ async def test_joined_net_shares_loopback(sup: anyns.Supervisor) -> None:
         server = await nursery.start(partial(sup.run, anyns.ContainerSpec(argv=[PYTHON, "-I", "-c", SERVER]),
                                              stdout=anyns.PIPE, check=False))
         [port] = await read_lines(server.stdout, 1)
-        client = anyns.ContainerSpec(argv=[PYTHON, "-I", "-c", CLIENT, port])
+        client = anyns.ContainerSpec(argv=[PYTHON, "-I", "-c", PONG_CLIENT, port])
         done = await sup.run(evolve(client, join=anyns.Join(net=server)), capture_stdout=True,
                              capture_stderr=True)
         assert lines(done.stdout) == ["pong"]
@@ -223,13 +211,7 @@ async def test_join_dead_unreaped_container_never_joins_the_host(sup: anyns.Supe
         for _ in range(8):
             box = await nursery.start(partial(sup.run, sleeper(), check=False))
             spec = anyns.ContainerSpec(argv=["readlink", "/proc/self/ns/net"], join=anyns.Join(net=box))
-            watch = os.pidfd_open(box.pid)
-            try:
-                box.kill()
-                await trio.lowlevel.wait_readable(watch)  # dead; its owner may not have reaped it yet
-            finally:
-                trio.lowlevel.notify_closing(watch)
-                os.close(watch)
+            await kill_and_wait_dead(box)
             try:
                 done = await sup.run(spec, capture_stdout=True)
             except anyns.SetupError as e:
@@ -315,7 +297,7 @@ async def test_kept_net_namespace_outlives_its_container(sup: anyns.Supervisor, 
             joined, argv=[PYTHON, "-I", "-c", SERVER]), stdout=anyns.PIPE, check=False))
         assert server.namespaces["net"] == kept.id
         [port] = await read_lines(server.stdout, 1)
-        done = await sup.run(evolve(joined, argv=[PYTHON, "-I", "-c", CLIENT, port]), capture_stdout=True)
+        done = await sup.run(evolve(joined, argv=[PYTHON, "-I", "-c", PONG_CLIENT, port]), capture_stdout=True)
         assert lines(done.stdout) == ["pong"]
         server.kill()
     await close_streams(server)

@@ -10,7 +10,7 @@ import subprocess
 from functools import partial
 
 import trio
-from _util import alive, children_of_me, lines, read, read_lines, sh, sh_spec
+from _util import alive, children_of_me, close_streams, lines, nspid, read, read_lines, sh, sh_spec
 
 import anyns
 
@@ -28,21 +28,6 @@ print('ok' if fd >= 0 else errno.errorcode[ctypes.get_errno()], flush=True)
 LOOK = """ipcs -m | awk '/^0x/ {print "shm", $1, $2, $5}'; exec python3 -I -c "$1" open "$2" """
 QUEUE = f"/anyns-test-q-{os.getpid()}"
 
-
-async def close_streams(*procs: anyns.Container) -> None:
-    """Close the streams anyns.PIPE handed out: they belong to the caller (trio.run_process semantics)."""
-    for proc in procs:
-        for stream in (proc.stdin, proc.stdout, proc.stderr):
-            if stream is not None:
-                await stream.aclose()
-
-
-def nspid(pid: int) -> list[int]:
-    """The NSpid line of /proc/PID/status: the pid in each pid namespace, outermost first."""
-    for line in read(f"/proc/{pid}/status").decode().splitlines():
-        if line.startswith("NSpid:"):
-            return [int(f) for f in line.split()[1:]]
-    raise AssertionError(f"no NSpid in /proc/{pid}/status")
 
 
 def host_pid_of(ns_pid: int, pid_ns: str) -> int:
