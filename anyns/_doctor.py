@@ -16,6 +16,7 @@ from collections.abc import Callable
 import attrs
 import trio
 
+from ._errors import read_setting
 from ._skeleton import build_in_zygote
 from ._spec import ContainerSpec
 from ._supervisor import open_supervisor
@@ -30,14 +31,6 @@ class Finding:
     detail: str
 
 
-def _read(path: str) -> str | None:
-    try:
-        with open(path) as f:
-            return f.read().strip()
-    except OSError:
-        return None
-
-
 def _kernel() -> Finding:
     release = os.uname().release
     try:
@@ -50,7 +43,7 @@ def _kernel() -> Finding:
 
 
 def _privileges() -> Finding:
-    status = _read("/proc/self/status") or ""
+    status = read_setting("/proc/self/status") or ""
     caps = next((line.split()[1] for line in status.splitlines() if line.startswith("CapEff:")), "0")
     if int(caps, 16) & (1 << 21):  # CAP_SYS_ADMIN
         return Finding("privileges", "ok", f"uid {os.getuid()}, CAP_SYS_ADMIN")
@@ -78,19 +71,19 @@ def _detached_trees() -> Finding:
 
 
 def _userns() -> Finding:
-    limit = _read("/proc/sys/user/max_user_namespaces")
+    limit = read_setting("/proc/sys/user/max_user_namespaces")
     if limit == "0":
         return Finding("user namespaces", "warn", "user.max_user_namespaces=0: user namespaces are disabled")
-    if _read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns") == "1":
+    if read_setting("/proc/sys/kernel/apparmor_restrict_unprivileged_userns") == "1":
         return Finding("user namespaces", "warn", "kernel.apparmor_restrict_unprivileged_userns=1 (Ubuntu 24.04)")
-    if _read("/proc/sys/kernel/unprivileged_userns_clone") == "0":
+    if read_setting("/proc/sys/kernel/unprivileged_userns_clone") == "0":
         return Finding("user namespaces", "warn", "kernel.unprivileged_userns_clone=0")
     return Finding("user namespaces", "ok", f"allowed (max {limit})")
 
 
 def _cgroups() -> Finding:
     if os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
-        controllers = _read("/sys/fs/cgroup/cgroup.controllers") or ""
+        controllers = read_setting("/sys/fs/cgroup/cgroup.controllers") or ""
         return Finding("cgroups", "ok", f"unified v2 ({controllers or 'no controllers'})")
     if os.path.exists("/sys/fs/cgroup/unified/cgroup.controllers"):
         return Finding("cgroups", "ok", "hybrid: v1 controllers, v2 at /sys/fs/cgroup/unified")
@@ -99,7 +92,7 @@ def _cgroups() -> Finding:
 
 def _masked_proc() -> Finding:
     masked = []
-    for line in (_read("/proc/self/mountinfo") or "").splitlines():
+    for line in (read_setting("/proc/self/mountinfo") or "").splitlines():
         fields = line.split()
         if len(fields) > 4 and fields[4].startswith("/proc/") and fields[4] != "/proc/sys/fs/binfmt_misc":
             masked.append(fields[4])
@@ -113,7 +106,7 @@ def _limits() -> Finding:
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    pid_max = _read("/proc/sys/kernel/pid_max") or "?"
+    pid_max = read_setting("/proc/sys/kernel/pid_max") or "?"
     level = "ok" if soft >= 4096 else "warn"
     hint = "" if level == "ok" else " (about 2 fds per running container: raise ulimit -n)"
     return Finding("limits", level, f"open files {soft} (hard {hard}), pid_max {pid_max}{hint}")

@@ -135,7 +135,8 @@ class ContainerFailed(AnynsError, subprocess.CalledProcessError):
         return (type(self), (self.returncode, self.cmd, self.output, self.stderr))
 
 
-def _read_sysctl(path: str) -> str | None:
+def read_setting(path: str) -> str | None:
+    """The stripped text of a small /proc or /sys file, or None if it cannot be read."""
     try:
         with open(path) as f:
             return f.read().strip()
@@ -164,9 +165,9 @@ def diagnose(step: str, syscall: str, errno: int, path: str | None) -> str | Non
         if errno == _errno.ENOSPC:
             return "a namespace limit was reached: see /proc/sys/user/max_*_namespaces"
         if errno == _errno.EPERM:
-            if _read_sysctl("/proc/sys/kernel/unprivileged_userns_clone") == "0":
+            if read_setting("/proc/sys/kernel/unprivileged_userns_clone") == "0":
                 return "user namespaces are disabled: kernel.unprivileged_userns_clone=0"
-            if _read_sysctl("/proc/sys/kernel/apparmor_restrict_unprivileged_userns") == "1":
+            if read_setting("/proc/sys/kernel/apparmor_restrict_unprivileged_userns") == "1":
                 return "AppArmor restricts user namespaces: kernel.apparmor_restrict_unprivileged_userns=1"
             return "creating namespaces needs CAP_SYS_ADMIN (run as root) or a user namespace"
         if errno == _errno.EAGAIN:

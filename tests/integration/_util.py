@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import attrs
@@ -165,3 +169,24 @@ def nspid(pid: int) -> list[int]:
         if line.startswith("NSpid:"):
             return [int(f) for f in line.split()[1:]]
     raise AssertionError(f"no NSpid in /proc/{pid}/status")
+
+
+@contextlib.contextmanager
+def supervisor_process(script: str, *args: str) -> Iterator[tuple[subprocess.Popen[str], list[int]]]:
+    """Run ``python -c script *args`` (a supervisor the test will SIGKILL) with its stdout piped.
+
+    Yields the process and a list for pidfds of what it started; on leaving, the
+    pidfds are closed and the process is killed if it still runs.
+    """
+    proc = subprocess.Popen([sys.executable, "-c", script, *args], stdout=subprocess.PIPE, text=True)
+    pidfds: list[int] = []
+    try:
+        yield proc, pidfds
+    finally:
+        for fd in pidfds:
+            os.close(fd)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()

@@ -6,12 +6,10 @@ import functools
 import os
 import random
 import signal
-import subprocess
-import sys
 import textwrap
 
 import trio
-from _util import wait_all_exited
+from _util import supervisor_process, wait_all_exited
 
 import anyns
 
@@ -43,27 +41,17 @@ def _alive(pid: int) -> bool:
 
 def test_supervisor_killed_takes_zygote_and_containers_along() -> None:
     """SIGKILL of the supervisor process: within a second, no zygote and no container is left."""
-    proc = subprocess.Popen([sys.executable, "-c", _SCRIPT], stdout=subprocess.PIPE, text=True)
-    pidfds: list[int] = []
-    try:
+    with supervisor_process(_SCRIPT) as (proc, pidfds):
         assert proc.stdout is not None
         pids = [int(p) for p in proc.stdout.readline().split()]
         assert len(pids) == 21
         assert all(_alive(pid) for pid in pids)
-        pidfds = [os.pidfd_open(pid) for pid in pids]
+        pidfds.extend(os.pidfd_open(pid) for pid in pids)
 
         proc.send_signal(signal.SIGKILL)
         proc.wait()
 
         assert wait_all_exited(pidfds, timeout=1.0) == []
-    finally:
-        for fd in pidfds:
-            os.close(fd)
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
 
 
 def _gone(pids: list[int]) -> bool:

@@ -21,7 +21,6 @@ import select
 import signal
 import socket
 import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -33,7 +32,7 @@ from typing import Any
 import attrs
 import pytest
 import trio
-from _util import SH, wait_all_exited
+from _util import SH, supervisor_process, wait_all_exited
 
 import anyns
 from anyns import Namespaces
@@ -534,38 +533,30 @@ def _veths_gone(netns: str, monitor: socket.socket, timeout: float) -> list[str]
 def test_supervisor_killed_leaves_no_container_and_no_veth(tmp_path: Path) -> None:
     """SIGKILL of a supervisor with 10 bridged containers: within a second no container and no veth remain."""
     kept = str(tmp_path / "hubnet")
-    proc = subprocess.Popen([sys.executable, "-c", _KILLED_SUPERVISOR, kept], stdout=subprocess.PIPE, text=True)
-    pidfds: list[int] = []
     monitor: socket.socket | None = None
     try:
-        assert proc.stdout is not None
-        path, *pids_text = proc.stdout.readline().split()
-        assert path == kept
-        pids = [int(p) for p in pids_text]
-        assert len(pids) == 11  # the hub and 10 bridged containers
-        pidfds = [os.pidfd_open(pid) for pid in pids]
-        monitor = _link_monitor(kept)
-        before = link_names(ip_in(kept, "-o", "link", "show", "type", "veth"))
-        assert sorted(before) == sorted(f"anyns{pid}" for pid in pids[1:])
+        with supervisor_process(_KILLED_SUPERVISOR, kept) as (proc, pidfds):
+            assert proc.stdout is not None
+            path, *pids_text = proc.stdout.readline().split()
+            assert path == kept
+            pids = [int(p) for p in pids_text]
+            assert len(pids) == 11  # the hub and 10 bridged containers
+            pidfds.extend(os.pidfd_open(pid) for pid in pids)
+            monitor = _link_monitor(kept)
+            before = link_names(ip_in(kept, "-o", "link", "show", "type", "veth"))
+            assert sorted(before) == sorted(f"anyns{pid}" for pid in pids[1:])
 
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        started = time.monotonic()
-        assert wait_all_exited(pidfds, timeout=1.0) == []
-        assert _veths_gone(kept, monitor, timeout=max(0.0, 1.0 - (time.monotonic() - started))) == []
-        # The bridge may remain: nobody was left to delete it. Here it can only be in the kept
-        # hub namespace (never the machine's), which dies when the umount below drops the last reference.
-        assert set(link_names(ip_in(kept, "-o", "link", "show"))) <= {"lo", "anyns0"}
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            started = time.monotonic()
+            assert wait_all_exited(pidfds, timeout=1.0) == []
+            assert _veths_gone(kept, monitor, timeout=max(0.0, 1.0 - (time.monotonic() - started))) == []
+            # The bridge may remain: nobody was left to delete it. Here it can only be in the kept
+            # hub namespace (never the machine's), which dies when the umount below drops the last reference.
+            assert set(link_names(ip_in(kept, "-o", "link", "show"))) <= {"lo", "anyns0"}
     finally:
         if monitor is not None:
             monitor.close()
-        for fd in pidfds:
-            os.close(fd)
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
         if os.path.ismount(kept):
             subprocess.run(["umount", kept], check=True)
 
