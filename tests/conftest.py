@@ -25,6 +25,7 @@ import attrs
 import hypothesis
 import pytest
 import trio
+from _proc import process_table
 
 import anyns
 
@@ -105,24 +106,6 @@ class Snapshot:
     cgroups: frozenset[str]
 
 
-def _process_table() -> dict[int, tuple[int, str, str]]:
-    """pid -> (ppid, state, comm) for every process we can read."""
-    table = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                data = f.read()
-        except OSError:  # exited meanwhile
-            continue
-        close = data.rindex(b")")
-        comm = data[data.index(b"(") + 1 : close].decode(errors="replace")
-        fields = data[close + 2 :].split()
-        table[int(name)] = (int(fields[1]), fields[0].decode(), comm)
-    return table
-
-
 def _mounts() -> collections.Counter[tuple[str, str, str, str]]:
     """(root, mount point, fs type, source) of each host mount; ids and options are volatile."""
     counts: collections.Counter[tuple[str, str, str, str]] = collections.Counter()
@@ -157,7 +140,7 @@ def _anyns_cgroups() -> frozenset[str]:
 def snapshot() -> Snapshot:
     """The current state of everything the leak check compares."""
     me = os.getpid()
-    table = _process_table()
+    table = process_table()
     children = {pid: f"{comm} ({state})" for pid, (ppid, state, comm) in table.items() if ppid == me}
     zombies = frozenset(pid for pid, (ppid, state, _) in table.items() if ppid == me and state == "Z")
     descendants: set[int] = set()

@@ -13,6 +13,7 @@ from typing import Any
 
 import attrs
 import trio
+from _proc import process_state, process_table
 
 import anyns
 
@@ -44,29 +45,19 @@ def host_namespaces() -> dict[str, str]:
 
 def is_zombie_or_gone(pid: int) -> bool:
     """True when ``pid`` no longer exists (or only as a zombie)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        return True
-    return data[data.rindex(b")") + 2 :].split()[0] == b"Z"
+    return process_state(pid) in (None, "Z")
 
 
 def children_of_me() -> dict[int, str]:
     """pid -> cmdline of every direct child of this process."""
     me, found = os.getpid(), {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                data = f.read()
-            with open(f"/proc/{name}/cmdline", "rb") as f:
-                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-        except OSError:
-            continue
-        if int(data[data.rindex(b")") + 2 :].split()[1]) == me:
-            found[int(name)] = cmdline
+    for pid, (ppid, _state, _comm) in process_table().items():
+        if ppid == me:
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    found[pid] = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+            except OSError:  # exited meanwhile
+                continue
     return found
 
 

@@ -9,6 +9,7 @@ import signal
 import textwrap
 
 import trio
+from _proc import process_state
 from _util import supervisor_process, wait_all_exited
 
 import anyns
@@ -30,22 +31,13 @@ _SCRIPT = textwrap.dedent(
 )
 
 
-def _alive(pid: int) -> bool:
-    """True while ``pid`` exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 def test_supervisor_killed_takes_zygote_and_containers_along() -> None:
     """SIGKILL of the supervisor process: within a second, no zygote and no container is left."""
     with supervisor_process(_SCRIPT) as (proc, pidfds):
         assert proc.stdout is not None
         pids = [int(p) for p in proc.stdout.readline().split()]
         assert len(pids) == 21
-        assert all(_alive(pid) for pid in pids)
+        assert all(process_state(pid) not in (None, "Z") for pid in pids)
         pidfds.extend(os.pidfd_open(pid) for pid in pids)
 
         proc.send_signal(signal.SIGKILL)
