@@ -538,9 +538,9 @@ async def measure_levels(
     say(header)
     for level, concurrency in enumerate(args.concurrency):
         for tool in rotate([t for t in report.config["tools"] if t in runners], level):
-            runner = runners.get(tool)
-            if runner is None:  # defensive: dropped after a failure
+            if tool not in runners:  # dropped after a failure
                 continue
+            runner = runners[tool]
             await settle()
             try:
                 with trio.fail_after(args.timeout):
@@ -632,6 +632,23 @@ def add_concurrency_option(
         type=parse,
         default=None,
         help=f"comma-separated in-flight counts (default {joined(default)})",
+    )
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0: {text}")
+    return value
+
+
+def add_warmup_option(parser: argparse.ArgumentParser, default: int, what: str, *, minimum: int = 0) -> None:
+    """--warmup: ``what`` are the untimed runs made before measuring."""
+    parser.add_argument(
+        "--warmup",
+        type=positive_int if minimum else non_negative_int,
+        default=default,
+        help=f"untimed {what} before measuring{', >= 1' if minimum else ''} (default {default})",
     )
 
 

@@ -301,12 +301,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     common.add_concurrency_option(parser, DEFAULT_CONCURRENCY)
     parser.add_argument("--quick", action="store_true", help=f"CI smoke: n={QUICK_N} (an explicit --n wins)")
-    parser.add_argument(
-        "--warmup",
-        type=int,
-        default=DEFAULT_WARMUP,
-        help=f"untimed cycles per tool before measuring (default {DEFAULT_WARMUP})",
-    )
+    common.add_warmup_option(parser, DEFAULT_WARMUP, "cycles per tool")
     common.add_json_option(parser, "latency")
     common.add_hidden_options(parser, DEFAULT_TIMEOUT, TOOLS)
     args = parser.parse_args(argv)

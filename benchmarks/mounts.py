@@ -57,7 +57,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -66,6 +66,9 @@ if not __package__:  # python benchmarks/mounts.py: import this directory as the
 
 from benchmarks import _common as common
 from benchmarks._common import fmt, say
+
+if TYPE_CHECKING:  # anyns itself is imported late, so a missing install is reported, not raised
+    from anyns import ContainerSpec
 
 DEFAULT_BINDS = (0, 100, 500)
 DEFAULT_N = 50
@@ -347,7 +350,7 @@ async def async_main(report: Report, args: argparse.Namespace, sources: list[str
                 bench.tools.insert(0, "anyns")
                 for binds, spec in specs.items():
 
-                    async def run_anyns(spec: anyns.ContainerSpec = spec) -> object:
+                    async def run_anyns(spec: ContainerSpec = spec) -> object:
                         return await sup.run(spec)
 
                     bench.runners[("anyns", binds)] = run_anyns
@@ -445,12 +448,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help=f"split each (tool, binds) batch of --n into this many rounds; every round runs all "
         f"(tool, binds) cells, so drift hits every N alike (default {DEFAULT_ROUNDS}, --quick {QUICK_ROUNDS})",
     )
-    parser.add_argument(
-        "--warmup",
-        type=common.positive_int,
-        default=DEFAULT_WARMUP,
-        help=f"untimed runs per (tool, binds) before its first batch, >= 1 (default {DEFAULT_WARMUP})",
-    )
+    common.add_warmup_option(parser, DEFAULT_WARMUP, "runs per (tool, binds)", minimum=1)
     common.add_json_option(parser, "mounts")
     parser.add_argument(
         "--max-superlinearity",

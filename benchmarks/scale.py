@@ -622,12 +622,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help=f"CI smoke: N={common.joined(QUICK_NS)}, idle {QUICK_IDLE} s (explicit --n/--idle win)",
     )
-    parser.add_argument(
-        "--warmup",
-        type=int,
-        default=DEFAULT_WARMUP,
-        help=f"untimed /bin/true runs before the first trial (default {DEFAULT_WARMUP})",
-    )
+    common.add_warmup_option(parser, DEFAULT_WARMUP, "/bin/true runs")
     common.add_json_option(parser, "scale")
     common.add_hidden_options(parser, DEFAULT_TIMEOUT)  # seconds per trial
     parser.add_argument("--trial-json", type=Path, default=None, help=argparse.SUPPRESS)  # internal: one trial

@@ -346,12 +346,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help=f"CI smoke: N={QUICK_N}, concurrency {common.joined(QUICK_CONCURRENCY)} (explicit --n/--concurrency win)",
     )
-    parser.add_argument(
-        "--warmup",
-        type=int,
-        default=DEFAULT_WARMUP,
-        help=f"untimed runs per tool before measuring (default {DEFAULT_WARMUP})",
-    )
+    common.add_warmup_option(parser, DEFAULT_WARMUP, "runs per tool")
     common.add_json_option(parser, "spawn")
     parser.add_argument(
         "--min-ratio",
