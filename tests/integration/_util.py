@@ -109,6 +109,8 @@ def wait_all_exited(pidfds: list[int], timeout: float) -> list[int]:
 
 
 PYTHON = "/usr/bin/python3"
+#: every kind of namespace in /proc/PID/ns (without the *_for_children links)
+KINDS = ("cgroup", "ipc", "mnt", "net", "pid", "time", "user", "uts")
 
 # A loopback "pong" server for PYTHON -c: prints its port, then answers every connection.
 PONG_SERVER = """

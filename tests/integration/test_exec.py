@@ -10,6 +10,7 @@ from functools import partial
 import pytest
 import trio
 from _util import (
+    KINDS,
     PONG_CLIENT,
     PONG_SERVER,
     PYTHON,
@@ -30,7 +31,6 @@ import anyns
 from anyns import Namespaces
 
 NS = Namespaces
-KINDS = ("cgroup", "ipc", "mnt", "net", "pid", "time", "user", "uts")
 
 # pid 1 of the container: writes a file on its own tmpfs, then serves "pong" on a loopback port.
 SERVER = """

@@ -12,6 +12,7 @@ from functools import partial
 import pytest
 import trio
 from _util import (
+    KINDS,
     PONG_CLIENT,
     PONG_SERVER,
     PYTHON,
@@ -31,7 +32,6 @@ import anyns
 from anyns import Namespaces
 
 NS = Namespaces
-KINDS = ("cgroup", "ipc", "mnt", "net", "pid", "time", "user", "uts")
 DEFAULT_KINDS = {"mnt", "pid", "uts", "ipc", "net"}
 
 SERVER = PONG_SERVER
@@ -233,13 +233,7 @@ async def test_namespaces_of_a_dead_process_is_never_partial(sup: anyns.Supervis
     async with trio.open_nursery() as nursery:
         for _ in range(6):
             box = await nursery.start(partial(sup.run, sleeper(), check=False))
-            watch = os.pidfd_open(box.pid)
-            try:
-                box.kill()
-                await trio.lowlevel.wait_readable(watch)
-            finally:
-                trio.lowlevel.notify_closing(watch)
-                os.close(watch)
+            await kill_and_wait_dead(box)
             try:
                 seen = dict(box.namespaces)
             except (anyns.AnynsError, ProcessLookupError):
