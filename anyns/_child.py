@@ -21,7 +21,7 @@ import os
 import select
 import struct
 
-from . import _protocol, _skeleton
+from . import _cgroups, _protocol, _skeleton
 from ._protocol import TYPE_CHECKING
 from ._sys import _consts as C
 from ._sys import _libc
@@ -58,6 +58,11 @@ def _wait_go(rt: Rt, index: int) -> None:
     """Block until the supervisor has set up the network (one byte), or give up on EOF."""
     if os.read(rt[_EXTRA + index], 1) != b"1":
         raise OSError(errno.ECANCELED, "the supervisor abandoned the network setup")
+
+
+def _cgroup_enter(rt: Rt, index: int) -> None:
+    """Move into the container's v1 leaf (extra fd ``index`` is its cgroup.procs)."""
+    _cgroups.enter_in_child(rt[_EXTRA + index])
 
 
 def _setdomainname(rt: Rt, name: bytes) -> None:
@@ -311,6 +316,7 @@ def _execve(rt: Rt, candidates: tuple[bytes, ...], argv: tuple[bytes, ...],
 
 
 OPS: dict[str, Callable[..., None]] = {
+    "cgroup_enter": _cgroup_enter,
     "unshare": _unshare,
     "setns": _setns,
     "setdomainname": _setdomainname,
@@ -357,6 +363,7 @@ _SYSCALL_OF = {
     "attach_skeleton": "move_mount",
     "interface_up": "ioctl",
     "wait_go": "read",
+    "cgroup_enter": "write",
     "stdio": "dup2",
     "tty": "openpty",
     "close_fds": "close_range",

@@ -15,23 +15,27 @@ import signal
 import struct
 import subprocess
 import termios
+import time
 from collections.abc import Mapping, Sequence
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any, Final, NoReturn, final
 
+import attrs
 import trio
 
-from ._errors import AnynsError, SetupError, SpecError
+from . import _cgroups
+from ._errors import AnynsError, SetupError, SpecError, UnsupportedError
 from ._namespaces import persist_from_host, release_from_host
 from ._spec import KIND_FLAGS
 from ._stdio import Io
+from ._sys import _libc
 
 if TYPE_CHECKING:
     from ._spec import ContainerSpec
     from ._stdio import StdinArg, StdoutArg
     from ._supervisor import Supervisor
 
-__all__ = ["CompletedContainer", "Container", "NamespaceId", "PersistedNamespace", "namespaces_of",
+__all__ = ["CompletedContainer", "Container", "ContainerStats", "NamespaceId", "PersistedNamespace", "namespaces_of",
            "persist_namespace"]
 
 #: the namespace kinds of /proc/PID/ns, in the names the kernel uses there
@@ -174,24 +178,58 @@ def _nsfs_name(path: str, kind: str) -> NamespaceId:
     return NamespaceId(f"{kind}:[{inode}]")
 
 
+@attrs.frozen
+class ContainerStats:
+    """What a container used: ``CompletedContainer.stats`` (at its end), ``Container.statistics()`` (now).
+
+    With ``limits`` the figures are its cgroup's, for all of its processes
+    (exec'd ones too). Without, they come from the kernel's account of its
+    first process and the processes it reaped (``getrusage``), and the
+    memory peak is the largest single process's resident set.
+
+    Attributes:
+        wall_time: seconds from its clone to its end (or to now).
+        cpu_user: CPU seconds in user mode.
+        cpu_system: CPU seconds in the kernel on its behalf.
+        memory_peak: the most memory it used at once, in bytes (None if unknown).
+        memory_current: memory in use now, in bytes (``statistics()`` with a memory controller).
+        pids_current: tasks alive now (``statistics()`` with a pids controller).
+    """
+
+    wall_time: float
+    cpu_user: float
+    cpu_system: float
+    memory_peak: int | None = None
+    memory_current: int | None = None
+    pids_current: int | None = None
+
+
 class CompletedContainer(subprocess.CompletedProcess[bytes]):
     """A finished container: what ``Supervisor.run`` returns.
 
     Attributes:
         args: the argv of the program.
-        returncode: its exit status, or ``-N`` when signal N killed it.
+        returncode: its exit status, or ``-N`` when signal N killed it (``-9``
+            when the OOM killer chose it).
         stdout: captured output, or None when not captured.
         stderr: captured error output, or None when not captured.
         pid: its pid in the host's view, while it ran.
+        stats: a ``ContainerStats``: CPU time, peak memory, wall time.
+        oom_killed: whether the OOM killer killed a process of it (its
+            ``Limits.memory`` was reached; needs ``limits``).
     """
 
     def __init__(self, args: Sequence[str], returncode: int, stdout: bytes | None,
-                 stderr: bytes | None, pid: int) -> None:
+                 stderr: bytes | None, pid: int, stats: ContainerStats | None = None,
+                 oom_killed: bool = False) -> None:
         super().__init__(list(args), returncode, stdout, stderr)
         self.pid = pid
+        self.stats = ContainerStats(0.0, 0.0, 0.0) if stats is None else stats
+        self.oom_killed = oom_killed
 
     def __repr__(self) -> str:
-        return f"<anyns.CompletedContainer {self.args!r} pid={self.pid} returncode={self.returncode}>"
+        oom = " oom_killed" if self.oom_killed else ""
+        return f"<anyns.CompletedContainer {self.args!r} pid={self.pid} returncode={self.returncode}{oom}>"
 
 
 @final
@@ -230,6 +268,14 @@ class Container(metaclass=NoPublicConstructor):
         #: (bridge, host end, address) while wired, for the supervisor to undo
         self._network: tuple[Any, str, ipaddress.IPv4Interface] | None = None
         self._namespaces: Mapping[str, NamespaceId] | None = None
+        #: its cgroup (ContainerSpec.limits), shared with processes exec'd into it
+        self._leaf: _cgroups.Leaf | None = None
+        self._started_at = time.monotonic()
+        self._ended_at: float | None = None
+        #: (user s, system s, max RSS bytes) from waitid's rusage
+        self._usage: tuple[float, float, int] = (0.0, 0.0, 0)
+        #: its cgroup's figures when it was reaped (read before the cgroup is removed)
+        self._final: dict[str, float | int | None] | None = None
 
     def __repr__(self) -> str:
         state = "running" if self.returncode is None else f"returncode={self.returncode}"
@@ -376,6 +422,77 @@ class Container(metaclass=NoPublicConstructor):
         self.kill()
         return await self.wait()
 
+    def statistics(self) -> ContainerStats:
+        """What it has used so far: CPU time, memory now and at peak, tasks (its cgroup's figures).
+
+        After it has ended, the figures at its end (as ``CompletedContainer.stats``).
+
+        Raises:
+            UnsupportedError: it has no cgroup (give the spec ``limits=anyns.Limits()``).
+        """
+        if self.returncode is not None:
+            return self._stats()
+        if self._leaf is None:
+            raise UnsupportedError("statistics: the container has no cgroup; "
+                                   "give its spec limits=anyns.Limits() (limits are optional)")
+        now = _cgroups.statistics(self._leaf)
+        return ContainerStats(
+            time.monotonic() - self._started_at,
+            float(now["cpu_user"] or 0.0), float(now["cpu_system"] or 0.0),
+            _int_or_none(now["memory_peak"]), _int_or_none(now["memory_current"]),
+            _int_or_none(now["pids_current"]),
+        )
+
+    def _stats(self) -> ContainerStats:
+        """Its figures at its end (after the reap)."""
+        user, system, max_rss = self._usage
+        peak: int | None = max_rss or None
+        final = self._final
+        if final is not None:
+            if final["cpu_user"] is not None:
+                user, system = float(final["cpu_user"]), float(final["cpu_system"] or 0.0)
+            if final["memory_peak"] is not None:
+                peak = int(final["memory_peak"])
+        end = self._ended_at if self._ended_at is not None else time.monotonic()
+        return ContainerStats(end - self._started_at, user, system, peak)
+
+    @property
+    def oom_killed(self) -> bool:
+        """Whether the OOM killer has killed a process of it (needs ``limits`` with a memory controller)."""
+        figures = self._final if self._final is not None else (
+            _cgroups.statistics(self._leaf) if self._leaf is not None else None)
+        return bool(figures and figures.get("oom_kills"))
+
+    async def pause(self) -> None:
+        """Freeze every process of the container (the cgroup freezer); returns once they are frozen.
+
+        Signals, including SIGKILL, still end a frozen container.
+
+        Raises:
+            UnsupportedError: it has no cgroup (``limits=anyns.Limits()`` gives it one), or no freezer here.
+        """
+        await self._freeze(True)
+
+    async def resume(self) -> None:
+        """Thaw a container frozen by ``pause()``."""
+        await self._freeze(False)
+
+    async def _freeze(self, frozen: bool) -> None:
+        verb = "pause" if frozen else "resume"
+        if self._leaf is None:
+            raise UnsupportedError(f"{verb}: the container has no cgroup to freeze; "
+                                   "give its spec limits=anyns.Limits()")
+        if self.returncode is not None:
+            raise AnynsError(f"{verb}: container pid {self.pid} has exited")
+        try:
+            _cgroups.freeze(self._leaf, frozen)
+        except _cgroups.Unavailable as e:
+            raise UnsupportedError(str(e)) from None
+        # Freezing is asynchronous (cgroup.events says when it is done); a
+        # process in an uninterruptible sleep can delay it.
+        while frozen and not _cgroups.is_frozen(self._leaf) and self.returncode is None:  # noqa: ASYNC110
+            await trio.sleep(0.001)  # cgroup.events gives no event trio can wait on portably
+
     async def _wait_and_reap(self) -> int:
         """Wait on the pidfd, then reap; only the task that owns the container calls this."""
         if self.returncode is None:
@@ -386,12 +503,18 @@ class Container(metaclass=NoPublicConstructor):
 
     def _reap(self) -> None:
         # Only after the pidfd polled readable: WNOHANG then never returns None.
-        result = os.waitid(os.P_PIDFD, self._pidfd, os.WEXITED | os.WNOHANG)
+        # The raw syscall, for the rusage glibc's waitid leaves out.
+        result = _libc.waitid_pidfd(self._pidfd, os.WEXITED | os.WNOHANG)
         assert result is not None
-        if result.si_code == os.CLD_EXITED:
-            self.returncode = result.si_status
+        code, status, user, system, max_rss = result
+        self._ended_at = time.monotonic()
+        self._usage = (user, system, max_rss)
+        if code == os.CLD_EXITED:
+            self.returncode = status
         else:  # CLD_KILLED or CLD_DUMPED
-            self.returncode = -result.si_status
+            self.returncode = -status
+        if self._leaf is not None:  # its figures, before the cgroup goes
+            self._final = _cgroups.statistics(self._leaf)
         self._close_pidfd()
 
     def _close_pidfd(self) -> None:
@@ -399,3 +522,7 @@ class Container(metaclass=NoPublicConstructor):
             trio.lowlevel.notify_closing(self._pidfd)
             os.close(self._pidfd)
             self._pidfd = -1
+
+
+def _int_or_none(value: float | int | None) -> int | None:
+    return None if value is None else int(value)

@@ -108,7 +108,9 @@ class ContainerFailed(AnynsError, subprocess.CalledProcessError):
     """The container's program exited with a non-zero status and ``check=True``.
 
     ``returncode`` is the exit status, or ``-N`` when signal N killed it;
-    ``cmd`` is the argv; ``stdout``/``stderr`` hold captured output, if any.
+    ``cmd`` is the argv; ``stdout``/``stderr`` hold captured output, if any;
+    ``oom_killed`` is true when the OOM killer ended it, and
+    ``memory_limit`` is then its ``Limits.memory`` in bytes.
     """
 
     def __init__(
@@ -117,10 +119,18 @@ class ContainerFailed(AnynsError, subprocess.CalledProcessError):
         cmd: Sequence[str],
         output: bytes | None = None,
         stderr: bytes | None = None,
+        *,
+        oom_killed: bool = False,
+        memory_limit: int | None = None,
     ) -> None:
         subprocess.CalledProcessError.__init__(self, returncode, list(cmd), output, stderr)
+        self.oom_killed = oom_killed
+        self.memory_limit = memory_limit
 
     def __str__(self) -> str:
+        if self.oom_killed and self.returncode < 0:
+            limit = f" (memory limit {format_size(self.memory_limit)})" if self.memory_limit else ""
+            return f"container {self.cmd!r} was killed by the OOM killer{limit}"
         if self.returncode < 0:
             try:
                 import signal
@@ -132,7 +142,25 @@ class ContainerFailed(AnynsError, subprocess.CalledProcessError):
         return f"container {self.cmd!r} exited with status {self.returncode}"
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (type(self), (self.returncode, self.cmd, self.output, self.stderr))
+        return (_container_failed, (self.returncode, self.cmd, self.output, self.stderr, self.oom_killed,
+                                    self.memory_limit))
+
+
+def _container_failed(returncode: int, cmd: Sequence[str], output: bytes | None, stderr: bytes | None,
+                      oom_killed: bool, memory_limit: int | None) -> ContainerFailed:
+    """Unpickle a ContainerFailed (its keyword-only arguments)."""
+    return ContainerFailed(returncode, cmd, output, stderr, oom_killed=oom_killed, memory_limit=memory_limit)
+
+
+def format_size(number: int) -> str:
+    """``268435456`` -> ``"256M"``: the largest unit that divides it exactly."""
+    for unit in ("T", "G", "M", "k"):
+        scale = 1 << (10 * ('kMGT'.index(unit) + 1))
+        if number % scale == 0:
+            return f"{number // scale}{unit}"
+    return str(number)
+
+
 
 
 def read_setting(path: str) -> str | None:

@@ -17,6 +17,10 @@ A plan is a tuple of operations ``(step, call, path, args)``:
 
 The order (each line a step)::
 
+    cgroup       with ``limits``: move into the leaf's v1 cgroups (the
+                 v2 one it was born in: clone3 CLONE_INTO_CGROUP), first, so
+                 that all of its setup is accounted and a cgroup namespace is
+                 rooted at the leaf
     namespaces   setns into joined namespaces (a joined pid namespace is
                  entered by the zygote before the clone), then
                  unshare every namespace but PID (which only clone3 can give
@@ -119,6 +123,9 @@ class HostLayout:
         top_dirs: those of them that are real directories (bound read-only).
         etc_files: /etc entries that are files on the host.
         etc_dirs: /etc entries that are directories on the host.
+        cgroup_v2: whether a container with limits is born in a v2 leaf.
+        cgroup_v1: the v1 hierarchies (by controllers) whose leaf such a
+            container enters itself, in the order of the fds a spawn carries.
     """
 
     newroot: str
@@ -126,6 +133,8 @@ class HostLayout:
     top_dirs: tuple[str, ...] = ()
     etc_files: tuple[str, ...] = ()
     etc_dirs: tuple[str, ...] = ()
+    cgroup_v2: bool = False
+    cgroup_v1: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -141,6 +150,8 @@ class Plan:
             for the pidfd of the container an exec enters.
         enter: ``(extra fd index, CLONE_NEW* flags)``: namespaces the zygote
             steps into before it clones (an exec; a joined pid namespace).
+        cgroup: the extra fd index of the v2 cgroup directory the zygote
+            clones into, or -1.
     """
 
     clone_flags: int
@@ -149,6 +160,7 @@ class Plan:
     tty: bool = False
     extra_kinds: tuple[str, ...] = ()
     enter: tuple[tuple[int, int], ...] = ()
+    cgroup: int = -1
 
     def to_wire(self) -> dict[str, object]:
         """The JSON-able form the zygote receives (see ``_protocol``)."""
@@ -158,6 +170,7 @@ class Plan:
             "skeleton": None if self.skeleton is None else [list(op) for op in self.skeleton],
             "extra": len(self.extra_kinds),
             "enter": [list(e) for e in self.enter],
+            "cgroup": self.cgroup,
         }
 
 
@@ -189,8 +202,9 @@ def compile_plan(spec: ContainerSpec, host: HostLayout) -> Plan:
     b = _Builder(host.newroot)
     joined = joined_namespaces(spec)
     extra_kinds = tuple(joined)
+    extra_kinds, cgroup = _cgroup_steps(b, spec, host, extra_kinds)
     enter: list[tuple[int, int]] = []
-    for index, kind in enumerate(extra_kinds):
+    for index, kind in enumerate(joined):
         flag = int(KIND_FLAGS[kind])
         if kind == "pid":
             enter.append((index, flag))  # only the zygote can: it changes where children are born
@@ -211,7 +225,7 @@ def compile_plan(spec: ContainerSpec, host: HostLayout) -> Plan:
         # Another container's file system view: its root is already ours.
         _process_steps(b, spec, ns, extra_kinds)
         return Plan(clone_flags=clone_flags, ops=tuple(b.ops), extra_kinds=extra_kinds, enter=tuple(enter),
-                    tty=spec.tty)
+                    tty=spec.tty, cgroup=cgroup)
 
     # A shared bind must stay a peer of its host mount: clone it now, while
     # the copied tree is still in the host's peer groups; it is attached in
@@ -269,7 +283,26 @@ def compile_plan(spec: ContainerSpec, host: HostLayout) -> Plan:
 
     _process_steps(b, spec, ns, extra_kinds)
     return Plan(clone_flags=clone_flags, ops=tuple(b.ops), skeleton=skeleton,
-                extra_kinds=extra_kinds, enter=tuple(enter), tty=spec.tty)
+                extra_kinds=extra_kinds, enter=tuple(enter), tty=spec.tty, cgroup=cgroup)
+
+
+def _cgroup_steps(b: _Builder, spec: ContainerSpec, host: HostLayout, extra_kinds: tuple[str, ...]
+                  ) -> tuple[tuple[str, ...], int]:
+    """With ``limits``: the leaf's fds (v2 directory, then each v1 cgroup.procs) and the v1 moves.
+
+    Returns the extra kinds with the cgroup fds added, and the index of the v2
+    directory (-1 if none).
+    """
+    if spec.limits is None:
+        return extra_kinds, -1
+    cgroup = -1
+    if host.cgroup_v2:
+        cgroup = len(extra_kinds)
+        extra_kinds += ("cgroup",)
+    for name in host.cgroup_v1:
+        b.op("cgroup", "cgroup_enter", name, len(extra_kinds))
+        extra_kinds += ("cgroup1",)
+    return extra_kinds, cgroup
 
 
 def _process_steps(b: _Builder, spec: ContainerSpec, ns: Namespaces, extra_kinds: tuple[str, ...]) -> None:
@@ -304,18 +337,30 @@ def _exec_steps(b: _Builder, spec: ContainerSpec) -> None:
          tuple(f"{k}={v}" for k, v in spec.env.items()))
 
 
-def compile_exec_plan(spec: ContainerSpec, container_namespaces: Namespaces) -> Plan:
+def compile_exec_plan(spec: ContainerSpec, container_namespaces: Namespaces, host: HostLayout | None = None
+                      ) -> Plan:
     """A process run inside a running container (``Container.exec``); pure.
 
     The zygote enters all of ``container_namespaces`` through the container's
     pidfd (the first extra fd), so the clone is born in its pid namespace with
     its root; the child then only sets up the process and execs ``spec.argv``
-    with ``spec.env`` in ``spec.cwd``.
+    with ``spec.env`` in ``spec.cwd``. With ``limits`` it joins the
+    container's cgroup: born in its v2 leaf, it enters the v1 ones itself,
+    and a cgroup namespace is entered by the child after that (entered
+    first, it would hide the leaf the clone goes into).
     """
     b = _Builder("/")
+    flags = int(container_namespaces)
+    cgroup = -1
+    extra_kinds: tuple[str, ...] = ("container",)
+    if spec.limits is not None and host is not None:
+        extra_kinds, cgroup = _cgroup_steps(b, spec, host, extra_kinds)
+        if flags & Namespaces.CGROUP:
+            flags &= ~int(Namespaces.CGROUP)
+            b.op("namespaces", "setns", "cgroup", 0, int(Namespaces.CGROUP))
     _exec_steps(b, spec)
-    return Plan(clone_flags=0, ops=tuple(b.ops), extra_kinds=("container",),
-                enter=((0, int(container_namespaces)),), tty=spec.tty)
+    return Plan(clone_flags=0, ops=tuple(b.ops), extra_kinds=extra_kinds,
+                enter=((0, flags),), tty=spec.tty, cgroup=cgroup)
 
 
 def _host_skeleton(spec: ContainerSpec, host: HostLayout) -> tuple[tuple[Arg, ...], ...]:

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 PROTOCOL_VERSION: Final = 2
 #: fds that may ride on one message
-MAX_FDS: Final = 8
+MAX_FDS: Final = 16
 #: the largest datagram either side sends (well under an AF_UNIX socket's
 #: default send buffer); larger plans travel in PART pieces
 MAX_MESSAGE: Final = 1 << 16

@@ -32,6 +32,7 @@ __all__ = [
     "HostRootfs",
     "Join",
     "JoinNetwork",
+    "Limits",
     "Loopback",
     "OverlayRootfs",
     "Mount",
@@ -482,6 +483,74 @@ def _to_rlimits(value: Any) -> tuple[tuple[str, int, int], ...]:
     return tuple(sorted(out))
 
 
+_SIZE_UNITS: Final = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(where: str, value: Any) -> int:
+    """Bytes from an int or a string like ``"256M"``, ``"1.5g"``, ``"64KiB"`` (units are powers of 1024)."""
+    if isinstance(value, bool):
+        raise _fail(where, f"expected bytes or a size like '256M', got {value!r}")
+    if isinstance(value, int):
+        number = value
+    elif isinstance(value, str):
+        text = value.strip().lower().removesuffix("b").removesuffix("i")
+        unit = text[-1:] if text[-1:] in _SIZE_UNITS else ""
+        digits = text[: len(text) - len(unit)].strip()
+        try:
+            amount = float(digits) if "." in digits else int(digits)
+        except ValueError:
+            raise _fail(where, f"expected bytes or a size like '256M' (units k, M, G, T), got {value!r}") from None
+        if not math.isfinite(amount):
+            raise _fail(where, f"expected a finite size, got {value!r}")
+        number = int(amount * _SIZE_UNITS[unit])
+    else:
+        raise _fail(where, f"expected bytes or a size like '256M', got {type(value).__name__}")
+    if not 0 < number < 1 << 62:
+        raise _fail(where, f"expected a size above 0 and below 2**62 bytes, got {value!r}")
+    return number
+
+
+def _to_memory(value: Any) -> int | None:
+    return None if value is None else parse_size("limits.memory", value)
+
+
+#: the smallest CPU quota the kernel takes: 1 ms per 100 ms period
+_MIN_CPU: Final = 0.01
+
+
+@attrs.frozen(kw_only=True)
+class Limits:
+    """A container's budget, enforced by its own cgroup (``ContainerSpec(limits=...)``).
+
+    Any ``Limits`` (even ``Limits()``) gives the container a cgroup: its
+    processes are counted together, ``Container.statistics()``, ``pause()``
+    and ``resume()`` work, and teardown kills every process in it. A limit
+    the host cannot enforce is an ``anyns.UnsupportedError`` at spawn time,
+    never silently dropped.
+
+    Args:
+        memory: bytes, or a size such as ``"256M"`` or ``"1.5G"`` (powers of
+            1024). Swap is not allowed beyond it: past it the OOM killer ends
+            the container (``CompletedContainer.oom_killed``).
+        pids: how many tasks (processes and threads) may exist at once; more
+            forks fail with EAGAIN.
+        cpu: how many CPUs' worth of time per period, such as ``0.5`` (the
+            CFS quota: 50 ms per 100 ms); at least 0.01.
+    """
+
+    memory: int | None = attrs.field(default=None, converter=_to_memory)
+    pids: int | None = None
+    cpu: float | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if self.pids is not None and (isinstance(self.pids, bool) or not isinstance(self.pids, int)
+                                      or not 0 < self.pids < 1 << 31):
+            raise _fail("limits.pids", f"expected a number of tasks from 1 to 2**31-1, got {self.pids!r}")
+        if self.cpu is not None and (isinstance(self.cpu, bool) or not isinstance(self.cpu, (int, float))
+                                     or not _MIN_CPU <= self.cpu <= 1_000_000):
+            raise _fail("limits.cpu", f"expected CPUs from {_MIN_CPU} (e.g. 0.5 for half a CPU), got {self.cpu!r}")
+
+
 def _to_mounts(value: Iterable[Mount]) -> tuple[Mount, ...]:
     return tuple(value)
 
@@ -526,6 +595,15 @@ class ContainerSpec:
         tty_size: the terminal's ``(rows, columns)``; ``Container.resize_tty`` changes it.
         rlimits: resource limits of the program, ``{"nofile": (soft, hard), "nproc": 64}``
             (names as ``prlimit`` has them; an int sets both; ``anyns.RLIM_INFINITY``).
+        limits: ``anyns.Limits(memory="256M", pids=64, cpu=0.5)``: a cgroup of
+            its own with those limits (None, the default: no cgroup, the
+            fastest start).
+        init: run a small init as pid 1 (default) that starts the program,
+            forwards SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2 and
+            SIGWINCH to it, reaps orphaned processes, and exits with the
+            program's status (``returncode`` still describes the program).
+            False runs the program itself as pid 1. Only with a pid
+            namespace of its own.
         stop_grace: seconds a cancelled ``run`` waits after SIGTERM before it
             SIGKILLs the container (default 0: SIGKILL at once). A pid-1
             program only sees SIGTERM if it handles it.
@@ -549,6 +627,8 @@ class ContainerSpec:
     tty_size: tuple[int, int] = attrs.field(default=(24, 80), converter=_to_size)
     rlimits: tuple[tuple[str, int, int], ...] = attrs.field(default=(), converter=_to_rlimits)
     stop_grace: float = 0
+    limits: Limits | None = None
+    init: bool = True
 
     def __attrs_post_init__(self) -> None:
         if (isinstance(self.stop_grace, bool) or not isinstance(self.stop_grace, (int, float))
@@ -556,6 +636,10 @@ class ContainerSpec:
             raise _fail("stop_grace", f"expected seconds >= 0, got {self.stop_grace!r}")
         if not self.argv:
             raise _fail("argv", "must name a program")
+        if self.limits is not None and not isinstance(self.limits, Limits):
+            raise _fail("limits", f"expected an anyns.Limits, got {self.limits!r}")
+        if not isinstance(self.init, bool):
+            raise _fail("init", f"expected True or False, got {self.init!r}")
         for i, arg in enumerate(self.argv):
             _check_text(f"argv[{i}]", arg)
         if not self.argv[0]:

@@ -23,13 +23,14 @@ from typing import Final, final
 import attrs
 import trio
 
-from . import _protocol
+from . import _cgroups, _protocol
 from ._container import CompletedContainer, Container, NoPublicConstructor, PersistedNamespace
 from ._errors import (
     ContainerFailed,
     NetworkError,
     SetupError,
     SpecError,
+    UnsupportedError,
     ZygoteError,
 )
 from ._network import Networking
@@ -84,7 +85,7 @@ def _newroot_dir() -> str:
     raise ZygoteError("no writable place for the container root mount point (/run or $TMPDIR)")
 
 
-def _probe_host(newroot: str, rootfs: Rootfs) -> HostLayout:
+def _probe_host(newroot: str, rootfs: Rootfs, cgroups: _cgroups.Cgroups | None) -> HostLayout:
     links: list[tuple[str, str]] = []
     dirs: list[str] = []
     for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
@@ -103,7 +104,25 @@ def _probe_host(newroot: str, rootfs: Rootfs) -> HostLayout:
             elif os.path.exists(path):
                 etc_files.append(name)
     return HostLayout(newroot=newroot, top_links=tuple(links), top_dirs=tuple(dirs),
-                      etc_files=tuple(etc_files), etc_dirs=tuple(etc_dirs))
+                      etc_files=tuple(etc_files), etc_dirs=tuple(etc_dirs),
+                      cgroup_v2=cgroups is not None and cgroups.v2 is not None,
+                      cgroup_v1=tuple(",".join(sorted(h.controllers)) for h in cgroups.v1) if cgroups else ())
+
+
+def _open_cgroups(parent: str | None) -> _cgroups.Cgroups | None:
+    """The supervisor's cgroups (made on first use), after removing what dead supervisors left; None without any."""
+    try:
+        v2, v1 = _cgroups.probe()
+    except OSError:
+        return None
+    if parent is not None and (
+        v2 is None or not os.path.isdir(parent) or not os.path.realpath(parent).startswith(v2.mount + "/")
+    ):
+        where = v2.mount if v2 is not None else "a cgroup v2 hierarchy"
+        raise UnsupportedError(f"open_supervisor: cgroup_parent {parent!r} is not a directory in {where}")
+    cgroups = _cgroups.Cgroups(v2, v1, parent)
+    cgroups.collect_leftovers()
+    return cgroups
 
 
 def _exited(container: Container, syscall: str) -> SetupError:
@@ -152,8 +171,8 @@ def _join_fds(spec: ContainerSpec, plan: Plan) -> tuple[list[int], list[int]]:
     owned: list[int] = []
     try:
         for kind in plan.extra_kinds:
-            if kind == "go":
-                continue  # the network's go pipe: run() adds it
+            if kind not in sources:
+                continue  # the network's go pipe and the cgroup fds: run() adds them
             source = sources[kind]
             if isinstance(source, Container):
                 if source.returncode is not None or source._pidfd < 0:
@@ -186,8 +205,9 @@ def _join_fds(spec: ContainerSpec, plan: Plan) -> tuple[list[int], list[int]]:
 class Supervisor(metaclass=NoPublicConstructor):
     """Starts containers through a zygote and owns them; made by ``open_supervisor()``."""
 
-    def __init__(self, nursery: trio.Nursery) -> None:
+    def __init__(self, nursery: trio.Nursery, cgroup_parent: str | None = None) -> None:
         self._nursery = nursery
+        self._cgroups = _open_cgroups(cgroup_parent)
         self._zygote: ZygoteConnection | None = None
         self._plans: dict[object, tuple[int, Plan]] = {}
         self._layouts: dict[object, HostLayout] = {}
@@ -233,7 +253,7 @@ class Supervisor(metaclass=NoPublicConstructor):
             layout_key = spec.rootfs if isinstance(spec.rootfs, HostRootfs) else None
             layout = self._layouts.get(layout_key)
             if layout is None:
-                layout = self._layouts[layout_key] = _probe_host(self._newroot, spec.rootfs)
+                layout = self._layouts[layout_key] = _probe_host(self._newroot, spec.rootfs, self._cgroups)
             return compile_plan(spec, layout)
 
         return self._plan(_plan_key(spec), compile_)
@@ -319,17 +339,71 @@ class Supervisor(metaclass=NoPublicConstructor):
         io = Io.of(stdin, capture_stdout, capture_stderr, stdout, stderr, check,
                    started=task_status is not trio.TASK_STATUS_IGNORED)
         plan_id, plan = self._container_plan(spec)
-        extra, owned = _join_fds(spec, plan)
+        leaf = self._new_cgroup(spec)
         go = -1
-        if "go" in plan.extra_kinds:
-            go_r, go = os.pipe2(os.O_CLOEXEC)
-            extra.append(go_r)
-            owned.append(go_r)
+        owned: list[int] = []
         try:
-            return await self._launch(spec, plan_id, plan, extra, io, task_status, go)
+            extra, owned = _join_fds(spec, plan)
+            if leaf is not None:
+                cgroup_fds = self._cgroup_fds(leaf)
+                extra += cgroup_fds
+                owned += cgroup_fds
+            if "go" in plan.extra_kinds:
+                go_r, go = os.pipe2(os.O_CLOEXEC)
+                extra.append(go_r)
+                owned.append(go_r)
+        except BaseException:
+            for fd in owned:
+                os.close(fd)
+            if leaf is not None:
+                await self._release_cgroup(leaf)
+            raise
+        try:
+            return await self._launch(spec, plan_id, plan, extra, io, task_status, go, leaf, owned)
         finally:
             for fd in owned:
                 os.close(fd)
+
+    # ---- cgroups
+
+    def _new_cgroup(self, spec: ContainerSpec) -> _cgroups.Leaf | None:
+        """The cgroup leaf of a container with ``limits`` (None without).
+
+        Raises:
+            UnsupportedError: a limit this host cannot enforce, or no cgroups here.
+            SetupError: the kernel refused a limit (step "cgroup").
+        """
+        if spec.limits is None:
+            return None
+        if self._cgroups is None:
+            raise UnsupportedError("limits: no cgroup hierarchy could be read here (/proc/self/cgroup)")
+        try:
+            return self._cgroups.create(spec.limits)
+        except _cgroups.Unavailable as e:
+            raise UnsupportedError(str(e) + (f" (hint: {e.hint})" if e.hint else "")) from e.__cause__
+        except _cgroups.CgroupWriteError as e:
+            raise _cgroup_error(e) from e.error
+
+    @staticmethod
+    def _cgroup_fds(leaf: _cgroups.Leaf) -> list[int]:
+        try:
+            return leaf.open_fds()
+        except _cgroups.CgroupWriteError as e:
+            raise _cgroup_error(e) from e.error
+
+    async def _release_cgroup(self, leaf: _cgroups.Leaf) -> None:
+        """One user fewer; the last one removes the leaf (killing what is left in it). Shielded."""
+        leaf.users -= 1
+        if leaf.users > 0 or self._cgroups is None:
+            return
+        with trio.CancelScope(shield=True):
+            # Right after the reap the kernel may still be taking the last
+            # tasks out; give it a moment rather than leave the directory.
+            for _attempt in range(400):
+                if self._cgroups.remove(leaf):
+                    return
+                await trio.sleep(0.005)
+            # Still busy after 2 s: the next supervisor's start removes it.
 
     async def _exec(
         self,
@@ -359,13 +433,21 @@ class Supervisor(metaclass=NoPublicConstructor):
             for kind in container.spec.join.kinds():
                 flags |= KIND_FLAGS[kind]
         flags &= ~Namespaces.USER
-        plan_id, plan = self._plan(("exec", spec, int(flags)), lambda: compile_exec_plan(spec, flags))
+        leaf = container._leaf
+        host = _probe_host(self._newroot, HostRootfs(etc=()), self._cgroups) if leaf is not None else None
+        plan_id, plan = self._plan(("exec", spec, int(flags), leaf is not None),
+                                   lambda: compile_exec_plan(spec, flags, host))
         # Our own duplicate of the pidfd: the task that owns the container may
         # reap it and close its fd while this request waits, and that fd number
         # could then name something else (a new zygote's pidfd: the host).
         target = os.dup(container._pidfd)
+        owned: list[int] = []
         try:
-            return await self._launch(spec, plan_id, plan, [target], io, task_status)
+            if leaf is not None:  # the exec'd process joins the container's cgroup, and holds it
+                owned = self._cgroup_fds(leaf)
+                leaf.users += 1
+            return await self._launch(spec, plan_id, plan, [target, *owned], io, task_status, leaf=leaf,
+                                      owned=owned)
         except SetupError as e:
             if (e.step, e.errno) in (("clone", errno.ENOMEM), ("namespaces", errno.ESRCH)):
                 # clone3 into a pid namespace whose init is gone; setns into a reaped process
@@ -374,6 +456,8 @@ class Supervisor(metaclass=NoPublicConstructor):
             raise
         finally:
             os.close(target)
+            for fd in owned:
+                os.close(fd)
 
     async def _launch(
         self,
@@ -384,11 +468,15 @@ class Supervisor(metaclass=NoPublicConstructor):
         io: Io,
         task_status: trio.TaskStatus[Container],
         go: int = -1,
+        leaf: _cgroups.Leaf | None = None,
+        owned: list[int] | None = None,
     ) -> CompletedContainer:
         """Start the process ``plan`` describes, stream its stdio, wait for it and reap it.
 
         ``go``: the write end of the pipe a Bridge container waits on; the
         network is wired before the byte is written (and the pipe closed).
+        ``leaf``: its cgroup, one use of which this call owns and releases.
+        ``owned``: fds to close as soon as the clone is answered.
         """
         started = task_status is not trio.TASK_STATUS_IGNORED
         if plan.tty and not (started or io.capture_stdout):
@@ -414,6 +502,11 @@ class Supervisor(metaclass=NoPublicConstructor):
                 os.close(err_w)
                 err_w = -1
                 stdio.close_child_ends()
+                for fd in owned or ():  # the child has its copies
+                    os.close(fd)
+                if owned:
+                    owned.clear()
+            container._leaf, leaf = leaf, None  # the container's to release now
             os.set_blocking(err_r, False)
             if go >= 0:
                 await self._wire_network(container, go, err_r)
@@ -446,6 +539,8 @@ class Supervisor(metaclass=NoPublicConstructor):
             stdio.close_parent_ends()
             if container is not None:
                 await self._ensure_reaped(container)
+            if leaf is not None:  # no container was made
+                await self._release_cgroup(leaf)
 
     async def _wire_network(self, container: Container, go: int, err_r: int) -> None:
         """Give a Bridge container its eth0, then let it go on to exec.
@@ -501,10 +596,12 @@ class Supervisor(metaclass=NoPublicConstructor):
             container.spec.argv, container.returncode,
             captured.get("stdout") if io.capture_stdout else None,
             captured.get("stderr") if io.capture_stderr else None,
-            container.pid,
+            container.pid, container._stats(), container.oom_killed,
         )
         if io.check and done.returncode != 0:
-            raise ContainerFailed(done.returncode, container.spec.argv, done.stdout, done.stderr)
+            limits = container.spec.limits
+            raise ContainerFailed(done.returncode, container.spec.argv, done.stdout, done.stderr,
+                                  oom_killed=done.oom_killed, memory_limit=limits.memory if limits else None)
         return done
 
     async def _serve_tty(
@@ -588,6 +685,9 @@ class Supervisor(metaclass=NoPublicConstructor):
                     # Now, not when the kernel gets round to it: "no veth left" holds when run returns.
                     network, container._network = container._network, None
                     await self._networking.detach(*network)
+                if container._leaf is not None:
+                    leaf, container._leaf = container._leaf, None
+                    await self._release_cgroup(leaf)
         finally:
             self._running.discard(container)
             container._finished.set()
@@ -608,6 +708,8 @@ class Supervisor(metaclass=NoPublicConstructor):
             with suppress(OSError):
                 kept.release()
         await self._networking.aclose()
+        if self._cgroups is not None:
+            self._cgroups.close()
         os.close(self._devnull)
 
 
@@ -644,9 +746,28 @@ def _single_exceptions() -> Iterator[None]:
             exc.__context__ = context
 
 
+def _cgroup_error(e: _cgroups.CgroupWriteError) -> SetupError:
+    err = e.error.errno or 0
+    hint = None
+    if err in (errno.EACCES, errno.EPERM, errno.EROFS):
+        hint = "cgroups need root, or a delegated cgroup (open_supervisor(cgroup_parent=...))"
+    elif err == errno.EINVAL:
+        hint = "the kernel refused the value: check the Limits"
+    elif err == errno.EBUSY and e.path.endswith("memory.limit_in_bytes"):
+        hint = "the memory in use is already above the limit"
+    error = SetupError("cgroup", e.syscall, e.path, err, e.error.strerror or str(e.error), hint)
+    error.__cause__ = e.error
+    return error
+
+
 @asynccontextmanager
-async def open_supervisor() -> AsyncIterator[Supervisor]:
+async def open_supervisor(*, cgroup_parent: str | None = None) -> AsyncIterator[Supervisor]:
     """Start a supervisor (and its zygote); on exit, kill and reap every container it started.
+
+    Args:
+        cgroup_parent: a cgroup v2 directory (delegated to this user, with the
+            controllers enabled) under which containers with ``limits`` get
+            their cgroups; default: beside the supervisor's own cgroup.
 
     Example::
 
@@ -655,7 +776,7 @@ async def open_supervisor() -> AsyncIterator[Supervisor]:
     """
     with _single_exceptions():
         async with trio.open_nursery() as nursery:
-            supervisor: Supervisor = Supervisor._create(nursery)
+            supervisor: Supervisor = Supervisor._create(nursery, cgroup_parent)
             try:
                 supervisor._connection()  # start the zygote now, from this thread
                 yield supervisor

@@ -75,6 +75,7 @@ IFF_LOOPBACK = 0x8
 # x86_64 syscall numbers (arch/x86/entry/syscalls/syscall_64.tbl); the numbers
 # from 424 on are shared by every architecture.
 SYS_pivot_root = 155
+SYS_waitid = 247
 SYS_pidfd_send_signal = 424
 SYS_open_tree = 428
 SYS_move_mount = 429

@@ -16,6 +16,7 @@ from . import _consts as C
 
 # pivot_root has a per-architecture number; those from 424 on are shared.
 _PIVOT_ROOT_NR = {"aarch64": 41, "riscv64": 41}.get(os.uname().machine, C.SYS_pivot_root)
+_WAITID_NR = ctypes.c_long({"aarch64": 95, "riscv64": 95}.get(os.uname().machine, C.SYS_waitid))
 
 _libc = ctypes.CDLL(None, use_errno=True)
 # clone3 must run with the GIL held (PyDLL): with CDLL the GIL would be
@@ -98,14 +99,19 @@ _CLONE_NR = ctypes.c_long(C.SYS_clone3)
 _CLONE_ARGS.pidfd = ctypes.addressof(_CLONE_PIDFD_OUT)
 
 
-def clone3(flags: int, exit_signal: int) -> tuple[int, int]:
-    """clone3 without CLONE_VM, always with CLONE_PIDFD.
+def clone3(flags: int, exit_signal: int, cgroup_fd: int = -1) -> tuple[int, int]:
+    """clone3 without CLONE_VM, always with CLONE_PIDFD; into cgroup ``cgroup_fd`` (a v2 directory) if >= 0.
 
     Returns ``(pid, pidfd)`` in the parent and ``(0, -1)`` in the child.
     Not reentrant (one preallocated argument block), which the single-threaded
     zygote never needs.
     """
     args = _CLONE_ARGS
+    if cgroup_fd >= 0:
+        flags |= C.CLONE_INTO_CGROUP
+        args.cgroup = cgroup_fd
+    else:
+        args.cgroup = 0
     args.flags = flags | C.CLONE_PIDFD
     args.exit_signal = exit_signal
     _CLONE_PIDFD_OUT.value = -1
@@ -283,3 +289,49 @@ def setrlimit(resource: int, soft: int, hard: int) -> None:
     _RLIMIT[1] = hard
     if _setrlimit(resource, _RLIMIT) != 0:
         raise _fail("setrlimit")
+
+
+class _siginfo_chld(ctypes.Structure):
+    """The SIGCHLD view of ``siginfo_t`` (128 bytes): what waitid fills in."""
+
+    _fields_ = [
+        ("si_signo", ctypes.c_int), ("si_errno", ctypes.c_int), ("si_code", ctypes.c_int), ("_pad", ctypes.c_int),
+        ("si_pid", ctypes.c_int), ("si_uid", ctypes.c_uint), ("si_status", ctypes.c_int),
+        ("_rest", ctypes.c_char * (128 - 28)),
+    ]
+
+
+class rusage(ctypes.Structure):
+    """``struct rusage``: two timevals, then 14 longs (ru_maxrss first, in KiB)."""
+
+    _fields_ = [
+        ("utime_sec", ctypes.c_long), ("utime_usec", ctypes.c_long),
+        ("stime_sec", ctypes.c_long), ("stime_usec", ctypes.c_long),
+        ("maxrss", ctypes.c_long), ("_rest", ctypes.c_long * 13),
+    ]
+
+
+_P_PIDFD = 3
+_WAIT_INFO = _siginfo_chld()
+_WAIT_USAGE = rusage()
+_WAIT_INFO_REF = ctypes.byref(_WAIT_INFO)
+_WAIT_USAGE_REF = ctypes.byref(_WAIT_USAGE)
+
+
+def waitid_pidfd(pidfd: int, options: int) -> tuple[int, int, float, float, int] | None:
+    """The raw waitid(P_PIDFD) syscall, which also fills in the child's ``rusage`` (glibc's wrapper drops it).
+
+    Returns ``(si_code, si_status, user seconds, system seconds, max RSS in
+    bytes)``, or None with WNOHANG when the child has not exited. The times
+    include the children it reaped (a container's pid 1 reaps them all).
+    """
+    _WAIT_INFO.si_pid = 0
+    ret = _syscall(_WAITID_NR, ctypes.c_long(_P_PIDFD), ctypes.c_long(pidfd), _WAIT_INFO_REF,
+                   ctypes.c_long(options), _WAIT_USAGE_REF)
+    if ret == -1:
+        raise _fail("waitid")
+    if _WAIT_INFO.si_pid == 0:
+        return None
+    u = _WAIT_USAGE
+    return (_WAIT_INFO.si_code, _WAIT_INFO.si_status, u.utime_sec + u.utime_usec / 1e6,
+            u.stime_sec + u.stime_usec / 1e6, u.maxrss * 1024)

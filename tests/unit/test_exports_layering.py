@@ -13,7 +13,7 @@ import anyns
 
 PACKAGE = pathlib.Path(anyns.__file__).parent
 #: modules the zygote and the cloned child may load: never trio, pyroute2 or attrs
-ZYGOTE_SIDE = ("_child.py", "_zygote.py", "_zygote_main.py", "_protocol.py", "_sys")
+ZYGOTE_SIDE = ("_child.py", "_zygote.py", "_zygote_main.py", "_protocol.py", "_cgroups.py", "_sys")
 #: modules that must stay synchronous: never trio or pyroute2
 SYNC_SIDE = ("_spec.py", "_plan.py", "_errors.py", *ZYGOTE_SIDE)
 ASYNC_ONLY = {"trio", "pyroute2", "outcome", "sniffio"}
@@ -90,10 +90,27 @@ def _runtime_imports(path: pathlib.Path) -> set[str]:
     return found
 
 
+def _runtime_nodes(tree: ast.AST) -> list[ast.AST]:
+    """Every node of ``tree`` outside ``if TYPE_CHECKING:`` blocks (what runs)."""
+    nodes: list[ast.AST] = []
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            for child in node.orelse:
+                visit(child)
+            return
+        nodes.append(node)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(tree)
+    return nodes
+
+
 def _internal_imports(path: pathlib.Path) -> set[pathlib.Path]:
-    """The anyns modules ``path`` imports (``from . import x``, ``from anyns.x import y``)."""
+    """The anyns modules ``path`` imports at run time (``from . import x``, ``from anyns.x import y``)."""
     found: set[pathlib.Path] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in _runtime_nodes(ast.parse(path.read_text(), str(path))):
         if not isinstance(node, ast.ImportFrom):
             continue
         module = (node.module or "").split(".") if node.module else []

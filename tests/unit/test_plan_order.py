@@ -11,7 +11,7 @@ from strategies import specs
 import anyns
 from anyns import Namespaces, _child, _plan, _protocol
 
-STEP_ORDER = ("namespaces", "propagation", "rootfs", "dev", "tmp", "proc", "mounts", "pivot_root",
+STEP_ORDER = ("cgroup", "namespaces", "propagation", "rootfs", "dev", "tmp", "proc", "mounts", "pivot_root",
               "hostname", "network", "process", "pdeathsig", "exec")
 NEWROOT = "/x"
 
@@ -23,6 +23,8 @@ layouts = st.builds(
     top_dirs=st.lists(st.sampled_from(["lib32", "lib64"]), unique=True).map(tuple),
     etc_files=st.lists(st.sampled_from(["passwd", "hosts", "group"]), unique=True).map(tuple),
     etc_dirs=st.lists(st.sampled_from(["ssl", "alternatives"]), unique=True).map(tuple),
+    cgroup_v2=st.booleans(),
+    cgroup_v1=st.lists(st.sampled_from(["memory", "pids", "cpu"]), unique=True).map(tuple),
 )
 
 
@@ -75,12 +77,30 @@ def test_dir_rootfs_steps_follow_the_documented_order() -> None:
 
 @given(specs(), layouts)
 def test_namespace_flags(spec: anyns.ContainerSpec, layout: _plan.HostLayout) -> None:
-    """clone3 gets only CLONE_NEWPID; every other namespace is unshared first thing."""
+    """clone3 gets only CLONE_NEWPID; every other namespace is unshared first thing (after entering cgroups)."""
     plan = compile_(spec, layout)
     assert plan.clone_flags == int(spec.namespaces & Namespaces.PID)
-    assert plan.ops[0][:2] == ("namespaces", "unshare")
-    assert plan.ops[0][3] == (int(spec.namespaces) & ~int(Namespaces.PID),)
-    assert [op for op in plan.ops if op[1] == "unshare"] == [plan.ops[0]]
+    ops = [op for op in plan.ops if op[0] != "cgroup"]
+    assert ops[0][:2] == ("namespaces", "unshare")
+    assert ops[0][3] == (int(spec.namespaces) & ~int(Namespaces.PID),)
+    assert [op for op in plan.ops if op[1] == "unshare"] == [ops[0]]
+
+
+@given(specs(), layouts)
+def test_cgroup_fds_and_moves(spec: anyns.ContainerSpec, layout: _plan.HostLayout) -> None:
+    """With limits: the v2 leaf is a clone3 argument, each v1 leaf is entered by the child before anything else."""
+    plan = compile_(spec, layout)
+    enters = [op for op in plan.ops if op[1] == "cgroup_enter"]
+    if spec.limits is None:
+        assert plan.cgroup == -1 and enters == [] and "cgroup" not in plan.extra_kinds
+        return
+    assert (plan.cgroup >= 0) == layout.cgroup_v2
+    if layout.cgroup_v2:
+        assert plan.extra_kinds[plan.cgroup] == "cgroup"
+    assert [op[2] for op in enters] == list(layout.cgroup_v1)
+    assert plan.ops[:len(enters)] == tuple(enters)
+    assert [plan.extra_kinds[op[3][0]] for op in enters] == ["cgroup1"] * len(enters)
+    assert plan.to_wire()["cgroup"] == plan.cgroup
 
 
 @given(specs(), layouts)

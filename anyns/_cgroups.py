@@ -1,0 +1,586 @@
+"""cgroups: one leaf per container, on cgroup v2, v1, or both (hybrid hosts).
+
+Host half (the supervisor, synchronous; each call is a few small writes to
+cgroupfs, which is in memory):
+
+* ``probe()`` reads where the hierarchies are mounted and where this process
+  sits in each (``/proc/self/mountinfo``, ``/proc/self/cgroup``);
+* ``Cgroups`` makes one parent per supervisor in each hierarchy it uses,
+  ``anyns-<pid>-<start time>`` beside the supervisor's own cgroup, and one
+  leaf per container in it (``Leaf``); it writes the limits, reads the
+  statistics, freezes, kills and removes; at start it removes what a
+  supervisor that died left behind (empty leaves and parents whose owner is
+  gone).
+
+Which hierarchy does what:
+
+* v2 (``/sys/fs/cgroup``, or ``/sys/fs/cgroup/unified`` on hybrid hosts),
+  whenever it is mounted: the container is born in its leaf (``clone3`` with
+  ``CLONE_INTO_CGROUP``), and the core files work with no controller at all:
+  ``cgroup.kill``, ``cgroup.freeze``, ``cpu.stat``. Controllers (memory,
+  pids, cpu) are used from v2 when the host gives them to v2;
+* v1, for each of memory, pids and cpu that v2 lacks (and cpuacct and freezer
+  where there is no v2 at all): the child moves itself into its leaf by
+  writing ``0`` to the leaf's ``cgroup.procs`` (``enter_in_child``), as its
+  first step, before it makes any namespace, so its cgroup namespace (if
+  asked for) is rooted there too.
+
+Child half: ``enter_in_child``, one write; nothing else here runs in the child.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from ._spec import Limits
+
+#: the controllers a leaf uses where the host has them
+CONTROLLERS = ("memory", "pids", "cpu")
+#: v1 controllers used only when there is no v2 hierarchy (CPU time, freezing)
+_V1_ONLY_FALLBACK = ("cpuacct", "freezer")
+_PREFIX = "anyns-"
+#: the CFS period anyns uses: cpu=0.5 is 50 ms of every 100 ms
+CPU_PERIOD_US = 100_000
+
+
+# --------------------------------------------------------------------------- child half
+
+
+def enter_in_child(procs_fd: int) -> None:
+    """Move the calling process into the v1 cgroup whose ``cgroup.procs`` is open as ``procs_fd``.
+
+    ``0`` means the writer itself (cgroup-v1.rst), so no pid translation is
+    needed inside the new pid namespace.
+    """
+    os.write(procs_fd, b"0")
+
+
+# --------------------------------------------------------------------------- host half
+
+
+class Hierarchy:
+    """One mounted cgroup hierarchy and this process's place in it.
+
+    Attributes:
+        mount: where it is mounted.
+        own: this process's cgroup directory in it (``mount`` + its path).
+        controllers: the controllers it carries (v1), or those v2 offers here.
+        v2: whether it is the unified hierarchy.
+    """
+
+    def __init__(self, mount: str, own: str, controllers: frozenset[str], v2: bool) -> None:
+        self.mount = mount
+        self.own = own
+        self.controllers = controllers
+        self.v2 = v2
+
+    def __repr__(self) -> str:
+        kind = "v2" if self.v2 else "v1"
+        return f"<cgroup {kind} {self.own} {sorted(self.controllers)}>"
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def _write(path: str, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+def _unescape(field: str) -> str:
+    """A mountinfo path field: spaces and such are octal escapes (``\\040``)."""
+    if "\\" not in field:
+        return field
+    return field.encode().decode("unicode_escape")
+
+
+def probe(mountinfo: str | None = None, self_cgroup: str | None = None) -> tuple[Hierarchy | None, list[Hierarchy]]:
+    """``(v2, [v1 …])``: the hierarchies anyns would use here, from this process's view.
+
+    v1 hierarchies are those carrying memory, pids or cpu that v2 does not
+    offer (plus cpuacct and freezer when there is no v2). The arguments
+    stand in for the two /proc files in tests.
+    """
+    mountinfo = _read("/proc/self/mountinfo") if mountinfo is None else mountinfo
+    self_cgroup = _read("/proc/self/cgroup") if self_cgroup is None else self_cgroup
+    own_paths: dict[str, str] = {}  # "" for v2, else each v1 controller -> path
+    for line in self_cgroup.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        hid, names, path = parts
+        if hid == "0" and not names:
+            own_paths[""] = path
+        else:
+            for name in names.split(","):
+                own_paths[name] = path
+    v2: Hierarchy | None = None
+    v1_mounts: list[tuple[str, str, frozenset[str]]] = []  # (mount point, its root, controllers)
+    for line in mountinfo.splitlines():
+        left, _, right = line.partition(" - ")
+        fields, tail = left.split(), right.split()
+        if len(fields) < 5 or len(tail) < 3:
+            continue
+        root, point, fstype, options = _unescape(fields[3]), _unescape(fields[4]), tail[0], tail[2]
+        if fstype == "cgroup2" and v2 is None and "" in own_paths:
+            v2_dir = _beneath(point, root, own_paths[""])
+            if v2_dir is not None:
+                try:
+                    offered = frozenset(_read(os.path.join(v2_dir, "cgroup.controllers")).split())
+                except OSError:
+                    offered = frozenset()
+                v2 = Hierarchy(point, v2_dir, offered & frozenset(CONTROLLERS), True)
+        elif fstype == "cgroup":
+            carried = frozenset(options.split(",")) & frozenset((*CONTROLLERS, *_V1_ONLY_FALLBACK))
+            if carried and not any(p == point for p, _, _ in v1_mounts):
+                v1_mounts.append((point, root, carried))
+    wanted = set(CONTROLLERS) - (v2.controllers if v2 is not None else frozenset())
+    if v2 is None:
+        wanted |= set(_V1_ONLY_FALLBACK)
+    v1: list[Hierarchy] = []
+    for point, root, carried in v1_mounts:
+        used = carried & wanted
+        if not used:
+            continue
+        path = own_paths.get(min(carried))
+        v1_dir = None if path is None else _beneath(point, root, path)
+        if v1_dir is not None:
+            v1.append(Hierarchy(point, v1_dir, frozenset(used), False))
+            wanted -= used
+    return v2, v1
+
+
+def _beneath(point: str, root: str, path: str) -> str | None:
+    """The directory of cgroup ``path`` under a mount of the hierarchy's ``root`` at ``point``."""
+    if root != "/":
+        if path != root and not path.startswith(root.rstrip("/") + "/"):
+            return None  # our cgroup is not visible through this mount
+        path = path[len(root.rstrip("/")):] or "/"
+    if path.startswith("/.."):  # outside our cgroup namespace: not reachable
+        return None
+    return os.path.normpath(point + "/" + path.lstrip("/"))
+
+
+def _start_time(pid: int) -> str | None:
+    """Field 22 of /proc/PID/stat (start time in clock ticks since boot): a pid plus it names one process."""
+    try:
+        stat = _read(f"/proc/{pid}/stat")
+    except OSError:
+        return None
+    return stat.rpartition(")")[2].split()[19]
+
+
+def supervisor_name(pid: int | None = None) -> str:
+    """``anyns-<pid>-<start time>``: the parent cgroup of the supervisor process ``pid``."""
+    pid = os.getpid() if pid is None else pid
+    return f"{_PREFIX}{pid}-{_start_time(pid)}"
+
+
+def _owner_alive(name: str) -> bool:
+    pid_text, _, start = name[len(_PREFIX):].partition("-")
+    try:
+        pid = int(pid_text)
+    except ValueError:
+        return True  # not ours to judge
+    return _start_time(pid) == start
+
+
+class Unavailable(Exception):
+    """A limit the host cannot enforce here; the supervisor raises it as UnsupportedError."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+class CgroupWriteError(Exception):
+    """A cgroupfs call failed: ``(syscall, path, OSError)``."""
+
+    def __init__(self, syscall: str, path: str, error: OSError) -> None:
+        super().__init__(f"{syscall} {path}: {error}")
+        self.syscall = syscall
+        self.path = path
+        self.error = error
+
+
+class Leaf:
+    """The cgroup of one container: a directory in each hierarchy used.
+
+    Attributes:
+        v2: its v2 directory, or None.
+        v1: ``(hierarchy, directory)`` for each v1 hierarchy.
+        limits: what it was made with.
+        users: the container and each process exec'd into it; removed at 0.
+    """
+
+    def __init__(self, v2: str | None, v1: list[tuple[Hierarchy, str]], limits: Limits,
+                 v2_controllers: frozenset[str] = frozenset()) -> None:
+        self.v2 = v2
+        self.v1 = v1
+        self.limits = limits
+        #: the controllers it has on v2 (the rest of CONTROLLERS come from v1, if at all)
+        self.v2_controllers = v2_controllers
+        self.users = 1
+
+    def dirs(self) -> list[str]:
+        return ([self.v2] if self.v2 else []) + [d for _h, d in self.v1]
+
+    def open_fds(self) -> list[int]:
+        """The fds a spawn into it carries: the v2 directory (for CLONE_INTO_CGROUP), then each v1 cgroup.procs."""
+        fds: list[int] = []
+        try:
+            if self.v2 is not None:
+                fds.append(os.open(self.v2, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+            for _h, d in self.v1:
+                fds.append(os.open(os.path.join(d, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC))
+        except OSError as e:
+            for fd in fds:
+                os.close(fd)
+            raise CgroupWriteError("open", self.v2 or "", e) from e
+        return fds
+
+    def _file(self, controller: str, name: str) -> str | None:
+        """The path of ``name`` for ``controller`` ("" for a v2 core file), or None where it has no home."""
+        if controller == "" or controller in self.v2_controllers:
+            return os.path.join(self.v2, name) if self.v2 is not None else None
+        for hierarchy, d in self.v1:
+            if controller in hierarchy.controllers:
+                return os.path.join(d, name)
+        return None
+
+
+def _read_keyed(path: str | None) -> dict[str, int]:
+    """A flat-keyed cgroup file (``key value`` lines) as ints; empty if it cannot be read."""
+    if path is None:
+        return {}
+    try:
+        text = _read(path)
+    except OSError:
+        return {}
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(" ")
+        try:
+            out[key] = int(value)
+        except ValueError:
+            continue
+    return out
+
+
+def _read_int(path: str | None) -> int | None:
+    if path is None:
+        return None
+    try:
+        text = _read(path).strip()
+    except OSError:
+        return None
+    if text == "max":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+class Cgroups:
+    """A supervisor's cgroups: its parents (made on first use) and the leaves in them."""
+
+    def __init__(self, v2: Hierarchy | None, v1: list[Hierarchy], parent: str | None = None) -> None:
+        """``parent``: a v2 directory to use instead of the supervisor's own cgroup (a delegated one)."""
+        self.v2 = v2
+        self.v1 = v1
+        if v2 is not None and parent is not None:
+            self.v2 = Hierarchy(v2.mount, parent, v2.controllers, True)
+        self.name = supervisor_name()
+        self._parents: dict[str, str] | None = None  # hierarchy own dir -> our parent dir
+        self._v2_enabled: frozenset[str] = frozenset()
+        self._v2_refused: str | None = None
+        self._count = 0
+
+    @property
+    def hierarchies(self) -> list[Hierarchy]:
+        return ([self.v2] if self.v2 is not None else []) + self.v1
+
+    # ---- leftovers
+
+    def collect_leftovers(self) -> int:
+        """Remove the empty leaves and parents of supervisors that are gone; return how many directories went.
+
+        Never kills: a leaf that still has processes (they die with their
+        pid 1, moments after their supervisor) is left for the next time.
+        """
+        removed = 0
+        for hierarchy in self.hierarchies:
+            try:
+                names = [n for n in os.listdir(hierarchy.own) if n.startswith(_PREFIX)]
+            except OSError:
+                continue
+            for name in names:
+                if name == self.name or _owner_alive(name):
+                    continue
+                parent = os.path.join(hierarchy.own, name)
+                try:
+                    leaves = [e.path for e in os.scandir(parent) if e.is_dir(follow_symlinks=False)]
+                except OSError:
+                    continue
+                for leaf in leaves:
+                    removed += _rmdir(leaf)
+                removed += _rmdir(parent)
+        return removed
+
+    # ---- leaves
+
+    def _ensure_parents(self) -> dict[str, str]:
+        if self._parents is not None:
+            return self._parents
+        parents: dict[str, str] = {}
+        try:
+            for hierarchy in self.hierarchies:
+                parent = os.path.join(hierarchy.own, self.name)
+                try:
+                    os.mkdir(parent, 0o755)
+                except FileExistsError:
+                    pass
+                except OSError as e:
+                    raise Unavailable(
+                        f"limits: cannot make a cgroup in {hierarchy.own}: {e.strerror}",
+                        "cgroups need root, or a delegated cgroup "
+                        "(systemd-run --scope -p Delegate=yes, then open_supervisor(cgroup_parent=...))",
+                    ) from e
+                parents[hierarchy.own] = parent
+                if hierarchy.v2 and hierarchy.controllers:
+                    self._v2_enabled = self._enable_v2(hierarchy, parent)
+        except BaseException:
+            for parent in parents.values():
+                _rmdir(parent)
+            raise
+        self._parents = parents
+        return parents
+
+    def _enable_v2(self, hierarchy: Hierarchy, parent: str) -> frozenset[str]:
+        """Enable the v2 controllers for our parent's children; those refused stay off (with the reason kept)."""
+        enabled = set()
+        for controller in sorted(hierarchy.controllers):
+            try:
+                own_control = _read(os.path.join(hierarchy.own, "cgroup.subtree_control")).split()
+                if controller not in own_control:
+                    _write(os.path.join(hierarchy.own, "cgroup.subtree_control"), f"+{controller}")
+                _write(os.path.join(parent, "cgroup.subtree_control"), f"+{controller}")
+            except OSError as e:
+                if e.errno == errno.EBUSY:
+                    self._v2_refused = (
+                        f"the supervisor's cgroup {hierarchy.own} has processes in it, so it cannot hand "
+                        "controllers to child cgroups (cgroup v2's no-internal-processes rule); run the "
+                        "supervisor in a delegated cgroup (systemd-run --scope -p Delegate=yes) and pass "
+                        "open_supervisor(cgroup_parent=<a cgroup below it>)"
+                    )
+                else:
+                    self._v2_refused = f"enabling {controller} in {hierarchy.own} failed: {e.strerror}"
+                continue
+            enabled.add(controller)
+        return frozenset(enabled)
+
+    def _home(self, controller: str) -> str | None:
+        """Where ``controller`` lives for our leaves: "v2", "v1", or None."""
+        if controller in self._v2_enabled:
+            return "v2"
+        if any(controller in h.controllers for h in self.v1):
+            return "v1"
+        return None
+
+    def create(self, limits: Limits) -> Leaf:
+        """A new leaf with ``limits`` written.
+
+        Raises:
+            Unavailable: a limit with no controller here, or no cgroup can be made.
+            CgroupWriteError: a limit was refused.
+        """
+        if not self.hierarchies:
+            raise Unavailable("limits: no cgroup hierarchy is mounted here (/sys/fs/cgroup)",
+                              "mount cgroup2 on /sys/fs/cgroup")
+        parents = self._ensure_parents()
+        for controller, value in (("memory", limits.memory), ("pids", limits.pids), ("cpu", limits.cpu)):
+            if value is not None and self._home(controller) is None:
+                raise Unavailable(f"limits.{controller}: this host has no {controller} cgroup controller "
+                                  "that anyns can use", self._v2_refused)
+        self._count += 1
+        name = f"c{self._count}"
+        made: list[str] = []
+        try:
+            v2_dir = None
+            if self.v2 is not None:
+                v2_dir = os.path.join(parents[self.v2.own], name)
+                _mkdir(v2_dir)
+                made.append(v2_dir)
+            v1_dirs = []
+            for hierarchy in self.v1:
+                d = os.path.join(parents[hierarchy.own], name)
+                _mkdir(d)
+                made.append(d)
+                v1_dirs.append((hierarchy, d))
+            leaf = Leaf(v2_dir, v1_dirs, limits, self._v2_enabled)
+            _write_limits(leaf, limits)
+        except BaseException:
+            for d in reversed(made):
+                _rmdir(d)
+            raise
+        return leaf
+
+    def remove(self, leaf: Leaf) -> bool:
+        """Kill whatever is left in ``leaf`` and remove its directories; False if some are still busy."""
+        if leaf.v2 is not None:
+            # OSError: gone already, or a kernel before 5.14 (the pid namespace died with its pid 1 anyway)
+            with contextlib.suppress(OSError):
+                _write(os.path.join(leaf.v2, "cgroup.kill"), "1")
+        done = True
+        for d in reversed(leaf.dirs()):
+            if os.path.isdir(d) and not _rmdir(d):
+                done = False
+                if leaf.v2 is None:
+                    _kill_procs(d)
+        return done
+
+    def close(self) -> None:
+        """Remove our parents (after every leaf is gone)."""
+        for parent in (self._parents or {}).values():
+            _rmdir(parent)
+        self._parents = None
+
+
+def _mkdir(path: str) -> None:
+    try:
+        os.mkdir(path, 0o755)
+    except OSError as e:
+        raise CgroupWriteError("mkdir", path, e) from e
+
+
+def _rmdir(path: str) -> int:
+    """1 if ``path`` was removed (or is gone), 0 if it is busy or not empty."""
+    try:
+        os.rmdir(path)
+    except FileNotFoundError:
+        return 1
+    except OSError:
+        return 0
+    return 1
+
+
+def _kill_procs(directory: str) -> None:
+    """SIGKILL every process in a v1 leaf (only ever a container's own, which escaped its pid 1's death)."""
+    try:
+        pids = [int(p) for p in _read(os.path.join(directory, "cgroup.procs")).split()]
+    except (OSError, ValueError):
+        return
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, 9)
+
+
+def _write_limits(leaf: Leaf, limits: Limits) -> None:
+    writes: list[tuple[str | None, str]] = []
+    if limits.memory is not None:
+        if "memory" in leaf.v2_controllers:
+            writes.append((leaf._file("memory", "memory.max"), str(limits.memory)))
+            swap = leaf._file("memory", "memory.swap.max")
+            if swap is not None and os.path.exists(swap):
+                writes.append((swap, "0"))  # the limit is the limit: no swapping past it
+        else:
+            writes.append((leaf._file("memory", "memory.limit_in_bytes"), str(limits.memory)))
+            memsw = leaf._file("memory", "memory.memsw.limit_in_bytes")
+            if memsw is not None and os.path.exists(memsw):
+                writes.append((memsw, str(limits.memory)))  # after the memory limit, which it may not undercut
+    if limits.pids is not None:
+        writes.append((leaf._file("pids", "pids.max"), str(limits.pids)))
+    if limits.cpu is not None:
+        quota = max(1000, round(limits.cpu * CPU_PERIOD_US))
+        if "cpu" in leaf.v2_controllers:
+            writes.append((leaf._file("cpu", "cpu.max"), f"{quota} {CPU_PERIOD_US}"))
+        else:
+            quota_file = leaf._file("cpu", "cpu.cfs_quota_us")
+            if quota_file is None or not os.path.exists(quota_file):
+                raise Unavailable("limits.cpu: the cpu controller here has no CFS bandwidth control "
+                                  "(cpu.cfs_quota_us)", "the kernel needs CONFIG_CFS_BANDWIDTH")
+            writes.append((leaf._file("cpu", "cpu.cfs_period_us"), str(CPU_PERIOD_US)))
+            writes.append((quota_file, str(quota)))
+    for path, value in writes:
+        assert path is not None  # create() checked every limit has a home
+        try:
+            _write(path, value)
+        except OSError as e:
+            raise CgroupWriteError("write", path, e) from e
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def statistics(leaf: Leaf) -> dict[str, float | int | None]:
+    """What the leaf's files say now: CPU seconds, memory and task counts, OOM kills.
+
+    Keys: ``cpu_user``, ``cpu_system`` (seconds, or None), ``memory_current``,
+    ``memory_peak`` (bytes, or None without a memory controller),
+    ``pids_current`` (or None), ``oom_kills`` (int).
+    """
+    out: dict[str, float | int | None] = {"cpu_user": None, "cpu_system": None}
+    if leaf.v2 is not None:
+        cpu = _read_keyed(os.path.join(leaf.v2, "cpu.stat"))
+        if "user_usec" in cpu:
+            out["cpu_user"] = cpu["user_usec"] / 1e6
+            out["cpu_system"] = cpu.get("system_usec", 0) / 1e6
+    if out["cpu_user"] is None:
+        ticks = _read_keyed(leaf._file("cpuacct", "cpuacct.stat"))
+        if "user" in ticks:
+            hz = os.sysconf("SC_CLK_TCK")
+            out["cpu_user"] = ticks["user"] / hz
+            out["cpu_system"] = ticks.get("system", 0) / hz
+    if "memory" in leaf.v2_controllers:
+        out["memory_current"] = _read_int(leaf._file("memory", "memory.current"))
+        out["memory_peak"] = _read_int(leaf._file("memory", "memory.peak"))
+        out["oom_kills"] = _read_keyed(leaf._file("memory", "memory.events")).get("oom_kill", 0)
+    else:
+        out["memory_current"] = _read_int(leaf._file("memory", "memory.usage_in_bytes"))
+        out["memory_peak"] = _read_int(leaf._file("memory", "memory.max_usage_in_bytes"))
+        out["oom_kills"] = _read_keyed(leaf._file("memory", "memory.oom_control")).get("oom_kill", 0)
+    out["pids_current"] = _read_int(leaf._file("pids", "pids.current"))
+    return out
+
+
+# --------------------------------------------------------------------------- freezing
+
+
+def freeze(leaf: Leaf, frozen: bool) -> None:
+    """Ask the kernel to freeze (or thaw) every process in the leaf; ``is_frozen`` says when it has."""
+    if leaf.v2 is not None:
+        _write(os.path.join(leaf.v2, "cgroup.freeze"), "1" if frozen else "0")
+        return
+    state = leaf._file("freezer", "freezer.state")
+    if state is None:
+        raise Unavailable("pause: no freezer here (neither cgroup v2 nor the v1 freezer controller)")
+    _write(state, "FROZEN" if frozen else "THAWED")
+
+
+def is_frozen(leaf: Leaf) -> bool:
+    """Whether the freeze has taken effect (v2 ``cgroup.events`` frozen 1, v1 ``FROZEN``)."""
+    if leaf.v2 is not None:
+        return _read_keyed(os.path.join(leaf.v2, "cgroup.events")).get("frozen") == 1
+    state = leaf._file("freezer", "freezer.state")
+    return state is not None and _read(state).strip() == "FROZEN"
+
+
+def describe(hierarchies: Iterable[Hierarchy]) -> str:
+    """One line for ``doctor``: ``v2 at …; v1 memory at …``."""
+    parts = []
+    for h in hierarchies:
+        names = ",".join(sorted(h.controllers)) or "core files only"
+        parts.append(f"{'v2' if h.v2 else 'v1'} {names} at {h.own}")
+    return "; ".join(parts) or "none"
