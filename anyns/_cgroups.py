@@ -153,8 +153,8 @@ def probe(mountinfo: str | None = None, self_cgroup: str | None = None) -> tuple
         used = carried & wanted
         if not used:
             continue
-        path = own_paths.get(min(carried))
-        v1_dir = None if path is None else _beneath(point, root, path)
+        own_path = own_paths.get(min(carried))
+        v1_dir = None if own_path is None else _beneath(point, root, own_path)
         if v1_dir is not None:
             v1.append(Hierarchy(point, v1_dir, frozenset(used), False))
             wanted -= used
