@@ -30,6 +30,7 @@ Child half: ``enter_in_child``, one write; nothing else here runs in the child.
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import errno
 import os
@@ -47,6 +48,16 @@ _V1_ONLY_FALLBACK = ("cpuacct", "freezer")
 _PREFIX = "anyns-"
 #: the CFS period anyns uses: cpu=0.5 is 50 ms of every 100 ms
 CPU_PERIOD_US = 100_000
+
+# Every supervisor of this process has the same parent name (anyns-<pid>-<start
+# time>), so its supervisors share the parent directories: the leaf numbers
+# are counted per process, and a parent is removed when the last supervisor
+# holding it closes. Supervisors may run in several threads (anyns.aio).
+_LOCK = _thread.allocate_lock()
+#: parent directory -> how many of this process's Cgroups hold it (under _LOCK)
+_PARENT_USERS: dict[str, int] = {}
+#: the number of the last leaf made by this process (under _LOCK)
+_leaf_count = 0
 
 
 # --------------------------------------------------------------------------- child half
@@ -306,7 +317,6 @@ class Cgroups:
         self._parents: dict[str, str] | None = None  # hierarchy own dir -> our parent dir
         self._v2_enabled: frozenset[str] = frozenset()
         self._v2_refused: str | None = None
-        self._count = 0
 
     @property
     def hierarchies(self) -> list[Hierarchy]:
@@ -344,6 +354,11 @@ class Cgroups:
     def _ensure_parents(self) -> dict[str, str]:
         if self._parents is not None:
             return self._parents
+        with _LOCK:
+            return self._make_parents()
+
+    def _make_parents(self) -> dict[str, str]:
+        """Make (or share) our parent in each hierarchy and hold it; under ``_LOCK``."""
         parents: dict[str, str] = {}
         try:
             for hierarchy in self.hierarchies:
@@ -363,8 +378,11 @@ class Cgroups:
                     self._v2_enabled = self._enable_v2(hierarchy, parent)
         except BaseException:
             for parent in parents.values():
-                _rmdir(parent)
+                if not _PARENT_USERS.get(parent):  # another supervisor of this process holds it
+                    _rmdir(parent)
             raise
+        for parent in parents.values():
+            _PARENT_USERS[parent] = _PARENT_USERS.get(parent, 0) + 1
         self._parents = parents
         return parents
 
@@ -414,8 +432,10 @@ class Cgroups:
             if value is not None and self._home(controller) is None:
                 raise Unavailable(f"limits.{controller}: this host has no {controller} cgroup controller "
                                   "that anyns can use", self._v2_refused)
-        self._count += 1
-        name = f"c{self._count}"
+        global _leaf_count
+        with _LOCK:
+            _leaf_count += 1
+            name = f"c{_leaf_count}"
         made: list[str] = []
         try:
             v2_dir = None
@@ -452,10 +472,15 @@ class Cgroups:
         return done
 
     def close(self) -> None:
-        """Remove our parents (after every leaf is gone)."""
-        for parent in (self._parents or {}).values():
-            _rmdir(parent)
-        self._parents = None
+        """Remove our parents (after every leaf is gone), unless another supervisor of this process holds them."""
+        with _LOCK:
+            for parent in (self._parents or {}).values():
+                users = _PARENT_USERS.pop(parent, 1) - 1
+                if users > 0:
+                    _PARENT_USERS[parent] = users
+                else:
+                    _rmdir(parent)
+            self._parents = None
 
 
 def _mkdir(path: str) -> None:

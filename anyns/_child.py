@@ -21,7 +21,7 @@ import os
 import select
 import struct
 
-from . import _cgroups, _protocol, _skeleton
+from . import _cgroups, _init, _protocol, _skeleton
 from ._protocol import TYPE_CHECKING
 from ._sys import _consts as C
 from ._sys import _libc
@@ -47,6 +47,19 @@ _EXIT_SETUP_FAILED = 127
 
 def _unshare(rt: Rt, flags: int) -> None:
     _libc.unshare(flags)
+
+
+def _enter_time_namespace(rt: Rt) -> None:
+    """Step into the time namespace unshare made: it only applies to children (and after execve).
+
+    The init never execs, and /proc/PID/ns/time of the container (its pid 1)
+    should be the container's.
+    """
+    fd = os.open(b"/proc/self/ns/time_for_children", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _libc.setns(fd, C.CLONE_NEWTIME)
+    finally:
+        os.close(fd)
 
 
 def _setns(rt: Rt, index: int, nstype: int) -> None:
@@ -299,6 +312,13 @@ def _pdeathsig(rt: Rt) -> None:
         os._exit(_EXIT_SETUP_FAILED)
 
 
+def _spawn_with_init(rt: Rt, status_index: int, candidates: tuple[bytes, ...], argv: tuple[bytes, ...],
+                     env: dict[bytes, bytes]) -> None:
+    """Instead of execve: start the program as pid 2 and stay as its init (``_init``); never returns."""
+    program = _init.spawn_program(candidates, argv, env)
+    _init.serve(program, rt[_EXTRA + status_index], rt[_ERRPIPE])
+
+
 def _execve(rt: Rt, candidates: tuple[bytes, ...], argv: tuple[bytes, ...],
             env: dict[bytes, bytes]) -> None:
     """execve each candidate like execvp(3): a later hit wins over ENOENT, EACCES is kept."""
@@ -318,6 +338,7 @@ def _execve(rt: Rt, candidates: tuple[bytes, ...], argv: tuple[bytes, ...],
 OPS: dict[str, Callable[..., None]] = {
     "cgroup_enter": _cgroup_enter,
     "unshare": _unshare,
+    "enter_time_namespace": _enter_time_namespace,
     "setns": _setns,
     "setdomainname": _setdomainname,
     "wait_go": _wait_go,
@@ -347,6 +368,7 @@ OPS: dict[str, Callable[..., None]] = {
     "close_fds": _close_fds,
     "signals": _signals,
     "pdeathsig": _pdeathsig,
+    "spawn_with_init": _spawn_with_init,
     "execve": _execve,
 }
 
@@ -364,11 +386,13 @@ _SYSCALL_OF = {
     "interface_up": "ioctl",
     "wait_go": "read",
     "cgroup_enter": "write",
+    "enter_time_namespace": "setns",
     "stdio": "dup2",
     "tty": "openpty",
     "close_fds": "close_range",
     "signals": "sigaction",
     "pdeathsig": "prctl",
+    "spawn_with_init": "execve",
 }
 
 
@@ -446,9 +470,9 @@ def link(ops: Sequence[Sequence[Any]], skeleton: list[int] | None = None) -> tup
             if skeleton is None:
                 raise ValueError("attach_skeleton without a skeleton")
             converted = (skeleton, *converted)
-        if call == "execve":
-            candidates, argv, env = converted
-            converted = (candidates, argv, dict(e.split(b"=", 1) for e in env))
+        if call in ("execve", "spawn_with_init"):
+            *lead, candidates, argv, env = converted
+            converted = (*lead, candidates, argv, dict(e.split(b"=", 1) for e in env))
         linked.append((fn, converted))
         meta.append((str(step), _SYSCALL_OF.get(call, call), path))
     return tuple(linked), tuple(meta)

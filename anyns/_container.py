@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Final, NoReturn, final
 import attrs
 import trio
 
-from . import _cgroups
+from . import _cgroups, _init
 from ._errors import AnynsError, SetupError, SpecError, UnsupportedError
 from ._namespaces import persist_from_host, release_from_host
 from ._spec import KIND_FLAGS
@@ -276,6 +276,8 @@ class Container(metaclass=NoPublicConstructor):
         self._usage: tuple[float, float, int] = (0.0, 0.0, 0)
         #: its cgroup's figures when it was reaped (read before the cgroup is removed)
         self._final: dict[str, float | int | None] | None = None
+        #: with an init: the pipe the init reports the program's status on
+        self._status_fd = -1
 
     def __repr__(self) -> str:
         state = "running" if self.returncode is None else f"returncode={self.returncode}"
@@ -513,6 +515,17 @@ class Container(metaclass=NoPublicConstructor):
             self.returncode = status
         else:  # CLD_KILLED or CLD_DUMPED
             self.returncode = -status
+        if self._status_fd >= 0:
+            # The init's exit mirrors the program's as far as an exit code can;
+            # its report is exact. No report: the init itself was killed.
+            try:
+                program = _init.program_status(os.read(self._status_fd, 32))
+            except BlockingIOError:
+                program = None
+            os.close(self._status_fd)
+            self._status_fd = -1
+            if program is not None:
+                self.returncode = program
         if self._leaf is not None:  # its figures, before the cgroup goes
             self._final = _cgroups.statistics(self._leaf)
         self._close_pidfd()

@@ -127,7 +127,7 @@ CHECKS: tuple[Callable[[], Finding], ...] = (
 
 
 async def _live() -> Finding:
-    spec = ContainerSpec(argv=["/bin/sh", "-c", "echo $$ $(hostname)"], hostname="doctor")
+    spec = ContainerSpec(argv=["/bin/sh", "-c", "echo $$ $PPID $(hostname)"], hostname="doctor")
     started = time.perf_counter()
     try:
         async with open_supervisor() as sup:
@@ -135,9 +135,10 @@ async def _live() -> Finding:
     except Exception as e:  # the report says what went wrong, whatever it was
         return Finding("container", "FAIL", f"{type(e).__name__}: {e}")
     elapsed = (time.perf_counter() - started) * 1000
-    if (done.stdout or b"").split() != [b"1", b"doctor"]:
+    if (done.stdout or b"").split() != [b"2", b"1", b"doctor"]:
         return Finding("container", "FAIL", f"unexpected output {done.stdout!r}")
-    return Finding("container", "ok", f"pid 1, own hostname, {elapsed:.0f} ms with the supervisor's start")
+    return Finding("container", "ok", f"own pid namespace (pid 2 under the init), own hostname, "
+                                      f"{elapsed:.0f} ms with the supervisor's start")
 
 
 def doctor() -> int:

@@ -47,7 +47,9 @@ The order (each line a step)::
     process      umask, cwd, stdio, close every other fd, signal dispositions and mask
     pdeathsig    PR_SET_PDEATHSIG last (credential changes clear it), then check
                  the supervisor is still alive
-    exec         execve, trying each PATH entry like execvp
+    exec         execve, trying each PATH entry like execvp; with ``init`` (and a
+                 pid namespace of its own) posix_spawn the program as pid 2
+                 instead and stay as its init (``_init``)
 """
 
 from __future__ import annotations
@@ -218,8 +220,12 @@ def compile_plan(spec: ContainerSpec, host: HostLayout) -> Plan:
     unshared = int(ns) & ~clone_flags & ~int(Namespaces.PID)
     if unshared:
         b.op("namespaces", "unshare", None, unshared)
+    if unshared & Namespaces.TIME:
+        b.op("namespaces", "enter_time_namespace", "time")
     if isinstance(spec.network, Bridge):
         extra_kinds += ("go",)  # a pipe: the child waits on it until the supervisor has wired eth0
+    if spec.init and Namespaces.PID in ns:
+        extra_kinds += ("status",)  # a pipe: the init writes the program's wait status on it (last extra fd)
 
     if "mnt" in joined:
         # Another container's file system view: its root is already ours.
@@ -315,10 +321,11 @@ def _process_steps(b: _Builder, spec: ContainerSpec, ns: Namespaces, extra_kinds
         b.op("network", "interface_up", "lo", "lo")
     if "go" in extra_kinds:
         b.op("network", "wait_go", "eth0", extra_kinds.index("go"))
-    _exec_steps(b, spec)
+    _exec_steps(b, spec, extra_kinds.index("status") if "status" in extra_kinds else None)
 
 
-def _exec_steps(b: _Builder, spec: ContainerSpec) -> None:
+def _exec_steps(b: _Builder, spec: ContainerSpec, status: int | None = None) -> None:
+    """From umask to execve; ``status``: the extra fd index of the init's status pipe, if it has an init."""
     b.op("process", "umask", None, _DEFAULT_UMASK)
     b.op("process", "chdir", spec.cwd, spec.cwd)
     if spec.tty:
@@ -333,8 +340,11 @@ def _exec_steps(b: _Builder, spec: ContainerSpec) -> None:
     for name, soft, hard in spec.rlimits:
         b.op("process", "setrlimit", name, RLIMITS[name], soft, hard)
     b.op("pdeathsig", "pdeathsig", None)
-    b.op("exec", "execve", spec.argv[0], _exec_candidates(spec), spec.argv,
-         tuple(f"{k}={v}" for k, v in spec.env.items()))
+    env = tuple(f"{k}={v}" for k, v in spec.env.items())
+    if status is not None:
+        b.op("exec", "spawn_with_init", spec.argv[0], status, _exec_candidates(spec), spec.argv, env)
+    else:
+        b.op("exec", "execve", spec.argv[0], _exec_candidates(spec), spec.argv, env)
 
 
 def compile_exec_plan(spec: ContainerSpec, container_namespaces: Namespaces, host: HostLayout | None = None

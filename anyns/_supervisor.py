@@ -489,7 +489,11 @@ class Supervisor(metaclass=NoPublicConstructor):
         else:
             err_r, err_w = os.pipe2(os.O_CLOEXEC)
         container: Container | None = None
+        status_r = status_w = -1
         try:
+            if "status" in plan.extra_kinds:  # the init's report of the program's status (the last extra fd)
+                status_r, status_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+                extra_fds = [*extra_fds, status_w]
             if plan.tty:  # the terminal is its stdio
                 stdio.child.extend((self._devnull, self._devnull, self._devnull))
             else:
@@ -506,7 +510,11 @@ class Supervisor(metaclass=NoPublicConstructor):
                     os.close(fd)
                 if owned:
                     owned.clear()
+                if status_w >= 0:
+                    os.close(status_w)
+                    status_w = -1
             container._leaf, leaf = leaf, None  # the container's to release now
+            container._status_fd, status_r = status_r, -1
             os.set_blocking(err_r, False)
             if go >= 0:
                 await self._wire_network(container, go, err_r)
@@ -529,8 +537,9 @@ class Supervisor(metaclass=NoPublicConstructor):
                 -1 if (started or plan.tty) else err_r,
             )
         finally:
-            if err_w >= 0:
-                os.close(err_w)
+            for fd in (err_w, status_w, status_r):
+                if fd >= 0:
+                    os.close(fd)
             if go >= 0:
                 os.close(go)
             trio.lowlevel.notify_closing(err_r)

@@ -38,7 +38,8 @@ async def main(count: int, concurrency: int) -> None:
             t0 = time.perf_counter()
             try:
                 done = await sup.run(spec, capture_stdout=True)
-                if (done.stdout or b"").split() != [f"load-{i}".encode(), b"1"]:
+                # pid 2: pid 1 of each sandbox is its init
+                if (done.stdout or b"").split() != [f"load-{i}".encode(), b"2"]:
                     failures.append(f"load-{i}: unexpected output {done.stdout!r}")
             except anyns.AnynsError as e:
                 failures.append(f"load-{i}: {e}")

@@ -57,6 +57,7 @@ MOUNT_ATTR_NOEXEC = 0x00000008
 
 # prctl(2)
 PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
 PR_SET_DUMPABLE = 4
 
 # close_range(2), Linux 5.11 for CLOEXEC

@@ -178,6 +178,13 @@ def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 
     return ret
 
 
+def set_comm(name: bytes) -> None:
+    """PR_SET_NAME: the name ``ps`` and /proc/PID/comm show (15 bytes at most)."""
+    buf = ctypes.create_string_buffer(name[:15])
+    if _prctl(C.PR_SET_NAME, ctypes.addressof(buf), 0, 0, 0) != 0:
+        raise _fail("prctl(PR_SET_NAME)")
+
+
 def close_range(first: int, last: int, flags: int) -> None:
     """close_range(2) (Python has only os.closerange, without the CLOEXEC mode)."""
     if _syscall(

@@ -47,7 +47,7 @@ def test_http_service_runs_each_request_in_a_container() -> None:
 
     bodies = asyncio.run(main())
 
-    assert bodies == [f"1 box-{n}\n".encode() for n in range(100)]
+    assert bodies == [f"2 box-{n}\n".encode() for n in range(100)]  # pid 2: pid 1 is the init
 
 
 def test_same_errors_and_cancellation() -> None:

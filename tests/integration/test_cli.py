@@ -81,12 +81,13 @@ def test_run_without_a_command_is_an_error() -> None:
 
 
 def test_demo_reports_isolation() -> None:
-    """demo: every container started, was pid 1, had its own hostname and namespaces."""
+    """demo: every container started, ran under its own init, had its own hostname and namespaces."""
     done = anyns("demo", "--count", "40", "--concurrency", "8")
     text = done.stdout.decode()
     assert done.returncode == 0, done.stderr
     assert "containers started and reaped                       40 of 40" in text
-    for line in ("saw themselves as pid 1", "saw their own hostname", "ids all differ from the host's"):
+    for line in ("ran as pid 2 under their own init (pid 1)", "saw their own hostname",
+                 "ids all differ from the host's"):
         assert f"{line}" in text and "40 of 40" in text.split(line, 1)[1].splitlines()[0]
 
 

@@ -65,12 +65,13 @@ async def test_exec_sees_hostname_processes_mounts_and_network(sup: anyns.Superv
         assert await run("cat", "/proc/sys/kernel/hostname") == ["execbox"]
         assert os.uname().nodename != "execbox"
 
-        # Its pid namespace: pid 1 (the server) and the exec'd process itself, no host pid.
+        # Its pid namespace: pid 1 (the init), 2 (the server) and the exec'd process itself, no host pid.
         shown = await run("/bin/sh", "-c", "echo $$; exec ls /proc")
         me = shown[0]
-        assert me not in ("0", "1")
-        assert {name for name in shown[1:] if name.isdigit()} == {"1", me}
-        assert (await run("cat", "/proc/1/cmdline"))[0].startswith(PYTHON)
+        assert me not in ("0", "1", "2")
+        assert {name for name in shown[1:] if name.isdigit()} == {"1", "2", me}
+        assert (await run("cat", "/proc/2/cmdline"))[0].startswith(PYTHON)
+        assert await run("cat", "/proc/1/comm") == ["anyns-init"]
 
         # Its mount namespace: the tmpfs only this container has, with pid 1's file in it.
         assert await run("cat", "/data/hello") == ["written by pid 1"]

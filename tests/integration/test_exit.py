@@ -40,9 +40,15 @@ async def test_check_raises_container_failed(sup: anyns.Supervisor, status: int)
 
 
 async def test_pid_1_ignores_kill_from_inside(sup: anyns.Supervisor) -> None:
-    """kill -9 $$ from a pid-1 shell does nothing (kernel rule the design relies on)."""
-    done = await sh(sup, "kill -9 $$; echo survived")
+    """init=False: kill -9 $$ from a pid-1 shell does nothing (kernel rule the design relies on)."""
+    done = await sh(sup, "kill -9 $$; echo survived", init=False)
     assert (done.returncode, lines(done.stdout)) == (0, ["survived"])
+
+
+async def test_with_init_the_program_dies_of_its_own_kill(sup: anyns.Supervisor) -> None:
+    """With the init (default) the program is pid 2: kill -9 $$ kills it, and returncode says -9."""
+    done = await sh(sup, "kill -9 $$; echo survived")
+    assert (done.returncode, done.stdout) == (-9, b"")
 
 
 async def test_inner_process_killed_by_signal(sup: anyns.Supervisor) -> None:

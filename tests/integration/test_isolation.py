@@ -32,11 +32,17 @@ PYTHON = "/usr/bin/python3"
 
 
 async def test_pid_1_and_hostname(sup: anyns.Supervisor) -> None:
-    """The program is pid 1 of a new pid namespace and sees the hostname the spec chose."""
-    done = await sh(sup, "echo $$; hostname; cat /proc/sys/kernel/hostname", hostname="box-42")
+    """init=False: the program is pid 1 of a new pid namespace and sees the hostname the spec chose."""
+    done = await sh(sup, "echo $$; hostname; cat /proc/sys/kernel/hostname", hostname="box-42", init=False)
     assert done.returncode == 0, done.stderr
     assert lines(done.stdout) == ["1", "box-42", "box-42"]
     assert os.uname().nodename != "box-42"
+
+
+async def test_with_init_the_program_is_pid_2_child_of_the_init(sup: anyns.Supervisor) -> None:
+    """By default pid 1 is anyns's init and the program is its child, pid 2."""
+    done = await sh(sup, "echo $$ $PPID; cat /proc/1/comm", check=True)
+    assert lines(done.stdout) == ["2 1", "anyns-init"]
 
 
 async def test_hostname_none_keeps_host_name_in_new_uts(sup: anyns.Supervisor) -> None:
@@ -83,14 +89,14 @@ async def test_only_own_processes_visible(sup: anyns.Supervisor) -> None:
     me = os.getpid()
     done = await sh(sup, f"test -e /proc/{me} && echo host-visible; exec ls /proc")
     assert done.returncode == 0, done.stderr
-    assert [name for name in lines(done.stdout) if name.isdigit()] == ["1"]
+    assert [name for name in lines(done.stdout) if name.isdigit()] == ["1", "2"]  # the init and ls
     assert "host-visible" not in lines(done.stdout)
 
 
 async def test_ns_pid_is_1_and_pid_is_host_pid(sup: anyns.Supervisor) -> None:
     """Container.ns_pid is 1 inside a pid namespace while Container.pid is its host pid."""
     async with trio.open_nursery() as nursery:
-        box = await nursery.start(partial(sup.run, anyns.ContainerSpec(argv=["sleep", "1000"]),
+        box = await nursery.start(partial(sup.run, anyns.ContainerSpec(argv=["sleep", "1000"], init=False),
                                           check=False))
         assert box.ns_pid == 1
         assert box.pid != 1

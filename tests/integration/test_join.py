@@ -125,14 +125,14 @@ async def test_join_pid(sup: anyns.Supervisor) -> None:
     """Join(pid=box): not pid 1, sees box's processes, and dies when box's pid 1 is killed."""
     async with trio.open_nursery() as nursery:
         box = await nursery.start(partial(sup.run, sleeper(), check=False))
-        script = "echo $$; cat /proc/1/cmdline; echo; ls /proc | grep '^[0-9]' | tr '\\n' ' '; echo; exec cat"
+        script = "echo $$; cat /proc/2/cmdline; echo; ls /proc | grep '^[0-9]' | tr '\\n' ' '; echo; exec cat"
         joined = await nursery.start(partial(sup.run, sh_spec(script, join=anyns.Join(pid=box)),
                                              stdin=anyns.PIPE, stdout=anyns.PIPE, check=False))
         dollar, pid1, listed = await read_lines(joined.stdout, 3)
         assert joined.ns_pid != 1
         assert int(dollar) == joined.ns_pid
-        assert pid1 == "sleep\x001000\x00"
-        assert {"1", dollar} <= set(listed.split())
+        assert pid1 == "sleep\x001000\x00"  # pid 2: box's program, under its init
+        assert {"1", "2", dollar} <= set(listed.split())
         assert joined.namespaces["pid"] == box.namespaces["pid"]
         assert joined.namespaces["mnt"] != box.namespaces["mnt"]
         assert joined.stdin is not None

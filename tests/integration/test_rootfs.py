@@ -40,7 +40,7 @@ async def test_dir_rootfs_shows_only_its_own_tree(sup: anyns.Supervisor,
               "ls /proc/1/ >/dev/null && echo proc-ok; ls /dev/null")
     done = await sup.run(_busybox_spec(busybox_root, script), capture_stdout=True,
                          capture_stderr=True)
-    assert lines(done.stdout) == ["bin", "dev", "etc", "marker", "proc", "root", "tmp", "inside the root", "1",
+    assert lines(done.stdout) == ["bin", "dev", "etc", "marker", "proc", "root", "tmp", "inside the root", "2",
                                   "group", "passwd", "hidden", "proc-ok", "/dev/null"]
 
 

@@ -65,8 +65,8 @@ def host_mq_open(name: str) -> int:
 
 
 async def test_pid_1_sees_only_its_descendants(sup: anyns.Supervisor) -> None:
-    """Inside, the program is pid 1 and /proc lists only it and its descendants."""
-    done = await sh(sup, "echo $$; sleep 1000 & echo $!; exec ls /proc")
+    """init=False: inside, the program is pid 1 and /proc lists only it and its descendants."""
+    done = await sh(sup, "echo $$; sleep 1000 & echo $!; exec ls /proc", init=False)
     assert done.returncode == 0, done.stderr
     me, child, *listing = lines(done.stdout)
     assert me == "1"
@@ -77,7 +77,7 @@ async def test_pid_1_sees_only_its_descendants(sup: anyns.Supervisor) -> None:
 async def test_pid_outside_is_host_pid_and_ns_pid_is_1(sup: anyns.Supervisor) -> None:
     """Container.pid is a host pid (our child); ns_pid is 1, the last NSpid field."""
     async with trio.open_nursery() as nursery:
-        box = await nursery.start(partial(sup.run, sh_spec("echo $$; exec cat"), stdin=anyns.PIPE,
+        box = await nursery.start(partial(sup.run, sh_spec("echo $$; exec cat", init=False), stdin=anyns.PIPE,
                                           stdout=anyns.PIPE, check=False))
         assert await read_lines(box.stdout, 1) == ["1"]
         assert alive(box.pid)

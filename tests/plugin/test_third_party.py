@@ -17,10 +17,10 @@ async def test_sandbox_runs_a_spec(sandbox) -> None:  # type: ignore[no-untyped-
 
 
 async def test_sandbox_runs_an_argv(sandbox) -> None:  # type: ignore[no-untyped-def]
-    """sandbox([...]) uses the default spec: pid 1 in its own namespaces."""
+    """sandbox([...]) uses the default spec: pid 2 (under the init) in its own namespaces."""
     done = await sandbox(["sh", "-c", "echo $$"])
 
-    assert done.stdout == b"1\n"
+    assert done.stdout == b"2\n"
 
 
 async def test_sandbox_options_pass_through(sandbox) -> None:  # type: ignore[no-untyped-def]

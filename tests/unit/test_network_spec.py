@@ -29,7 +29,9 @@ class FakeContainer:
 
 
 def spec(**fields: Any) -> anyns.ContainerSpec:
+    """Without the init: its status pipe is one more extra fd, which test_init_plan covers."""
     fields.setdefault("argv", ["/bin/true"])
+    fields.setdefault("init", False)
     return anyns.ContainerSpec(**fields)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import attrs
 from hypothesis import given
 from hypothesis import strategies as st
 from strategies import specs
@@ -62,9 +63,9 @@ def test_steps_follow_the_documented_order(spec: anyns.ContainerSpec,
     assert "pivot_root" in [call for step, call, _, _ in ops if step == "pivot_root"]
     after = [call for _, call, _, _ in ops[pivot:]]
     assert not [c for c in after if ("mount" in c or "bind" in c) and c != "umount2"], after
-    assert ops[-1][:2] == ("exec", "execve")
+    assert ops[-1][0] == "exec" and ops[-1][1] in ("execve", "spawn_with_init")
     assert ops[-2][:2] == ("pdeathsig", "pdeathsig")
-    assert [op[1] for op in ops].count("execve") == 1
+    assert [op[0] for op in ops].count("exec") == 1
     assert [op[0] for op in ops].count("pdeathsig") == 1
 
 
@@ -120,8 +121,11 @@ def test_fields_become_their_ops(spec: anyns.ContainerSpec, layout: _plan.HostLa
     assert set(paths) == {m.target for m in spec.mounts}
     firsts = [paths.index(target) for target in dict.fromkeys(m.target for m in spec.mounts)]
     assert firsts == sorted(firsts)
-    step, call, path, (candidates, argv, env) = ops[-1]
-    assert (step, call, path, argv) == ("exec", "execve", spec.argv[0], spec.argv)
+    step, call, path, args = ops[-1]
+    candidates, argv, env = args[-3:]
+    with_init = spec.init and Namespaces.PID in spec.namespaces
+    assert call == ("spawn_with_init" if with_init else "execve")
+    assert (step, path, argv) == ("exec", spec.argv[0], spec.argv)
     assert sorted(env) == sorted(f"{k}={v}" for k, v in spec.env.items())
     if "/" in spec.argv[0]:
         assert candidates == (spec.argv[0],)
@@ -171,4 +175,21 @@ def test_shared_bind_source_is_cloned_before_the_tree_turns_slave() -> None:
 def test_exec_candidates_follow_path() -> None:
     """A bare argv[0] is tried in each PATH entry in order, like execvp."""
     ops = compile_(spec(argv=["tool"], env={"PATH": "/a:/b/:/c"})).ops
-    assert ops[-1][3][0] == ("/a/tool", "/b/tool", "/c/tool")
+    assert ops[-1][3][-3] == ("/a/tool", "/b/tool", "/c/tool")
+
+
+@given(specs(), layouts)
+def test_init_spawns_the_program_and_reports_on_the_last_extra_fd(spec: anyns.ContainerSpec,
+                                                                  layout: _plan.HostLayout) -> None:
+    """With init (and a pid namespace of its own) the exec step spawns the program; the status pipe is the last fd."""
+    with_init = attrs.evolve(spec, init=True)
+    without = attrs.evolve(spec, init=False)
+    plan, bare = compile_(with_init, layout), compile_(without, layout)
+    assert "status" not in bare.extra_kinds and bare.ops[-1][1] == "execve"
+    if Namespaces.PID not in spec.namespaces:
+        assert plan == bare  # no pid namespace of its own: nothing to be init of
+        return
+    assert plan.extra_kinds == (*bare.extra_kinds, "status")
+    assert plan.ops[:-1] == bare.ops[:-1]
+    assert plan.ops[-1] == ("exec", "spawn_with_init", spec.argv[0],
+                           (len(plan.extra_kinds) - 1, *bare.ops[-1][3]))
