@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import trio
 
 from ._container import Container, namespaces_of
-from ._errors import AnynsError, ExecError, SetupError
+from ._errors import AnynsError, ExecError, SetupError, format_size
 from ._spec import (
     DEFAULT_PATH,
     RLIM_INFINITY,
@@ -35,6 +35,7 @@ from ._spec import (
     HostNetwork,
     HostRootfs,
     JoinNetwork,
+    Limits,
     Loopback,
     Namespaces,
     OverlayRootfs,
@@ -69,6 +70,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--tmpfs", metavar="DIR", action="append", default=[], help="mount a tmpfs")
     run.add_argument("--rlimit", metavar="NAME=SOFT[:HARD]", action="append", default=[],
                      help="a resource limit as prlimit names it, e.g. nofile=1024:4096 or core=unlimited")
+    run.add_argument("--memory", metavar="SIZE", help="memory limit, e.g. 256M (a cgroup of its own; OOM past it)")
+    run.add_argument("--pids", metavar="N", type=int, help="at most N tasks (processes and threads) at once")
+    run.add_argument("--cpus", metavar="CPUS", type=float, help="CPU time limit in CPUs, e.g. 0.5")
+    run.add_argument("--no-init", dest="init", action="store_false",
+                     help="run the program itself as pid 1 (default: a small init is pid 1 and the program pid 2)")
     run.add_argument("--share-net", action="store_true", help="use the host's network namespace")
     run.add_argument("--net", metavar="MODE", default=None,
                      help="loopback (default), host, bridge[:SUBNET[:NAME]] or a netns file to join")
@@ -120,6 +126,9 @@ def spec_from_args(args: argparse.Namespace) -> ContainerSpec:
     for value in args.tmpfs:
         mounts.append(Tmpfs(value))
     rlimits = dict(_rlimit_from(value) for value in args.rlimit)
+    limits = None
+    if args.memory is not None or args.pids is not None or args.cpus is not None:
+        limits = Limits(memory=args.memory, pids=args.pids, cpu=args.cpus)
     namespaces = Namespaces.DEFAULT
     network = _network_from(args.net)
     if args.share_net:
@@ -140,7 +149,7 @@ def spec_from_args(args: argparse.Namespace) -> ContainerSpec:
             tty_size = (size.lines, size.columns)
     return ContainerSpec(argv=cmd, rootfs=rootfs, hostname=args.hostname, domainname=args.domainname,
                          namespaces=namespaces, network=network, mounts=mounts, env=env, cwd=args.cwd,
-                         tty=args.tty, tty_size=tty_size, rlimits=rlimits)
+                         tty=args.tty, tty_size=tty_size, rlimits=rlimits, limits=limits, init=args.init)
 
 
 def _rlimit_from(value: str) -> tuple[str, tuple[int, int]]:
@@ -174,17 +183,23 @@ def _network_from(mode: str | None) -> Loopback | HostNetwork | Bridge | JoinNet
 async def _run(spec: ContainerSpec, status_fd: int | None = None) -> int:
     async with open_supervisor() as sup:
         if spec.tty:
-            returncode = await _run_attached(sup, spec, status_fd)
+            returncode, oom_killed = await _run_attached(sup, spec, status_fd), False
         elif status_fd is not None:
             async with trio.open_nursery() as nursery:
                 box = await nursery.start(functools.partial(sup.run, stdin=None, check=False), spec)
                 _status(status_fd, box)
                 returncode = await box.wait()
+                oom_killed = box.oom_killed
         else:
-            returncode = (await sup.run(spec, stdin=None, check=False)).returncode
+            done = await sup.run(spec, stdin=None, check=False)
+            returncode, oom_killed = done.returncode, done.oom_killed
+    if oom_killed and returncode < 0 and spec.limits is not None and spec.limits.memory is not None:
+        print(f"anyns: the container was killed by the OOM killer (memory limit {format_size(spec.limits.memory)})",
+              file=sys.stderr)
     if status_fd is not None:
         _write_status(status_fd, {"exit-code": returncode if returncode >= 0 else 128 - returncode,
-                                  **({"signal": -returncode} if returncode < 0 else {})})
+                                  **({"signal": -returncode} if returncode < 0 else {}),
+                                  **({"oom-killed": True} if oom_killed else {})})
     return returncode if returncode >= 0 else 128 - returncode
 
 

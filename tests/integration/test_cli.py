@@ -30,6 +30,40 @@ def test_run_signal_death_is_128_plus_n() -> None:
     assert done.returncode == 128 + 11
 
 
+def test_run_limits_put_the_program_in_its_own_cgroups() -> None:
+    """run --memory/--pids/--cpus: the program is in leaves of anyns's cgroups (v2, and v1 where a controller is)."""
+    done = anyns("run", "--memory", "64M", "--pids", "20", "--cpus", "0.5", "--", "cat", "/proc/self/cgroup")
+    assert done.returncode == 0, done.stderr
+    paths = {}
+    for line in done.stdout.decode().splitlines():
+        _id, controllers, path = line.split(":", 2)
+        for name in controllers.split(",") or [""]:
+            paths[name] = path
+    for name in ("", "memory", "pids", "cpu"):
+        if name in paths:
+            assert "/anyns-" in paths[name], (name, paths)
+
+
+def test_run_memory_limit_oom_is_reported() -> None:
+    """run --memory: past the limit the OOM killer ends it; the CLI exits 137 and says why on stderr."""
+    done = anyns("run", "--memory", "16M", "--", "python3", "-c", "x = bytearray(200 << 20)")
+    assert done.returncode == 128 + 9
+    assert b"OOM killer (memory limit 16M)" in done.stderr
+
+
+def test_run_no_init_makes_the_program_pid_1() -> None:
+    """run runs the program as pid 2 under the init; --no-init as pid 1."""
+    assert anyns("run", "--", "sh", "-c", "echo $$").stdout == b"2\n"
+    assert anyns("run", "--no-init", "--", "sh", "-c", "echo $$").stdout == b"1\n"
+
+
+def test_run_bad_memory_size_is_a_one_line_error() -> None:
+    """run --memory 10X: a spec error, one line, exit status 125 (like bwrap/docker for their own errors)."""
+    done = anyns("run", "--memory", "10X", "--", "true")
+    assert done.returncode == 125
+    assert done.stderr.decode().count("\n") == 1 and "limits.memory" in done.stderr.decode()
+
+
 @pytest.mark.parametrize(
     ("argv", "status", "start"),
     [
