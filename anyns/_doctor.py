@@ -82,12 +82,30 @@ def _userns() -> Finding:
 
 
 def _cgroups() -> Finding:
-    if os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
-        controllers = read_setting("/sys/fs/cgroup/cgroup.controllers") or ""
-        return Finding("cgroups", "ok", f"unified v2 ({controllers or 'no controllers'})")
-    if os.path.exists("/sys/fs/cgroup/unified/cgroup.controllers"):
-        return Finding("cgroups", "ok", "hybrid: v1 controllers, v2 at /sys/fs/cgroup/unified")
-    return Finding("cgroups", "warn", "no cgroup v2 hierarchy found")
+    """Where each limit would be enforced (``ContainerSpec(limits=...)``), as the supervisor would set it up."""
+    from ._cgroups import CONTROLLERS, describe, probe
+
+    try:
+        v2, v1 = probe()
+    except OSError as e:
+        return Finding("cgroups", "warn", f"cannot read /proc/self/cgroup: {e.strerror}; limits will not work")
+    layout = "unified v2" if v2 is not None and not v1 else "hybrid v1 + v2" if v2 is not None else "v1 only"
+    homes = []
+    missing = []
+    for name in CONTROLLERS:
+        if v2 is not None and name in v2.controllers:
+            homes.append(f"{name} (v2)")
+        elif any(name in h.controllers for h in v1):
+            homes.append(f"{name} (v1)")
+        else:
+            missing.append(name)
+    core = ("CLONE_INTO_CGROUP, cgroup.kill, freeze on v2" if v2 is not None
+            else "no v2: placement by the child, freezer v1")
+    text = f"{layout}; limits: {', '.join(homes) or 'none'}; {core}; {describe(([v2] if v2 else []) + v1)}"
+    if missing:
+        return Finding("cgroups", "warn", f"{text}; no controller for {', '.join(missing)} "
+                                          "(those limits raise UnsupportedError)")
+    return Finding("cgroups", "ok", text)
 
 
 def _masked_proc() -> Finding:

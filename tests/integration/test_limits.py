@@ -35,6 +35,7 @@ def init_tasks(spec: anyns.ContainerSpec) -> int:
     """1 when anyns's init runs as pid 1 beside the program (``ContainerSpec.init``), a task of the leaf too."""
     return int(bool(getattr(spec, "init", False)) and anyns.Namespaces.PID in spec.namespaces)
 
+
 # --------------------------------------------------------------------------- host-side helpers
 
 
@@ -391,6 +392,7 @@ async def test_container_is_born_in_its_leaf(sup: anyns.Supervisor) -> None:
         assert len(names) == 1 and names.pop().startswith(parent_name + "/c")
         assert str(box.pid).encode() in read(os.path.join(leaf[""], "cgroup.procs")).split()
 
+        assert os.path.dirname(os.path.dirname(leaf[""])) == cgroup_dirs(os.getpid())[""]  # beside us
         assert sup._zygote is not None
         zygote = cgroup_dirs(sup._zygote.process.pid)
         assert zygote[""] == cgroup_dirs(os.getpid())[""] != leaf[""]
@@ -398,22 +400,35 @@ async def test_container_is_born_in_its_leaf(sup: anyns.Supervisor) -> None:
         box.kill()
 
 
+def _cgroup_paths(text: bytes) -> dict[str, str]:
+    """A /proc/PID/cgroup text as controller ("" for v2) -> path."""
+    paths = {}
+    for line in text.decode().splitlines():
+        hid, names, path = line.split(":", 2)
+        for name in [""] if hid == "0" else names.split(","):
+            paths[name] = path
+    return paths
+
+
 @pytest.mark.usefixtures("need_v2")
 async def test_cgroup_namespace_is_rooted_at_the_leaf(sup: anyns.Supervisor) -> None:
-    """With Namespaces.CGROUP the program sees its leaf as "/" in v2 and in the v1 hierarchies it entered,
-    and so does a process exec'd into it."""
-    spec = sleeper(limits=Limits(pids=16), namespaces=anyns.Namespaces.DEFAULT | anyns.Namespaces.CGROUP)
+    """With Namespaces.CGROUP the program sees its leaf as "/" in v2 and in the v1 hierarchies it entered
+    (it entered them before unsharing), and so does a process exec'd into it."""
+    spec = sh_spec("cat /proc/self/cgroup; echo ready; exec sleep 1000", limits=Limits(pids=16),
+                   namespaces=anyns.Namespaces.DEFAULT | anyns.Namespaces.CGROUP)
     async with trio.open_nursery() as nursery:
-        box = await _started(sup, nursery, spec)
+        box = await _started(sup, nursery, spec, stdout=anyns.PIPE)
+        assert box.stdout is not None
+        inside = b""
+        with trio.fail_after(10):
+            while not inside.endswith(b"ready\n"):
+                inside += await box.stdout.receive_some()
+        await box.stdout.aclose()
         leaf = leaf_dirs(box.pid)
+        assert "" in leaf
         done = await box.exec(["cat", "/proc/self/cgroup"], capture_stdout=True)
-        seen = {}
-        for line in done.stdout.decode().splitlines():
-            hid, names, path = line.split(":", 2)
-            for name in [""] if hid == "0" else names.split(","):
-                seen[name] = path
-        for name in leaf:
-            assert seen[name] == "/", done.stdout
+        for view in (_cgroup_paths(inside.removesuffix(b"ready\n")), _cgroup_paths(done.stdout)):
+            assert {name: view[name] for name in leaf} == dict.fromkeys(leaf, "/"), view
         assert os.readlink(f"/proc/{box.pid}/ns/cgroup") != os.readlink("/proc/self/ns/cgroup")
         box.kill()
 
@@ -443,8 +458,8 @@ async def test_pause_freezes_and_resume_thaws(sup: anyns.Supervisor, tmp_path: p
             assert read(os.path.join(leaf["freezer"], "freezer.state")).strip() == b"FROZEN"
         # v2 parks every task in an interruptible sleep (S), the v1 freezer in D; a busy loop is never
         # left running (R).
-        assert {pid: proc_state(pid) for pid in pids} == {pid: proc_state(pid) for pid in pids if
-                                                          proc_state(pid) in "DSt"}
+        states = {pid: proc_state(pid) for pid in pids}
+        assert all(state in "DSt" for state in states.values()), states
         size, ticks, cpu = counter.stat().st_size, cpu_ticks(shell), box.statistics()
         await trio.sleep(0.25)  # the observation window
         assert counter.stat().st_size == size
