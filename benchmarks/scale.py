@@ -107,6 +107,16 @@ def rss_kib(pid: int | str = "self") -> int | None:
     return common.proc_int(f"/proc/{pid}/status", "VmRSS:")
 
 
+def private_kib(pid: int) -> int | None:
+    """Private_Clean + Private_Dirty of ``pid`` in KiB (/proc/PID/smaps_rollup): what it alone costs."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            fields = dict(line.split(":", 1) for line in f.read().splitlines()[1:])
+    except (OSError, ValueError):
+        return None
+    return sum(int(fields[k].split()[0]) for k in ("Private_Clean", "Private_Dirty") if k in fields)
+
+
 def open_fds() -> int:
     """This process's open file descriptors (not counting the one listing them)."""
     return len(os.listdir("/proc/self/fd")) - 1
@@ -289,6 +299,8 @@ class Trial:
     zygote_pid: int | None = None
     zygote_rss_before_kib: int | None = None
     zygote_rss_running_kib: int | None = None
+    #: mean private memory of a container's pid 1 (the init, ContainerSpec.init=True), over up to 50 of them
+    init_private_kib: float | None = None
     host_kib_per_container: float | None = None
     gc_objects_running: int | None = None
     kill_reap_seconds: float | None = None
@@ -320,6 +332,8 @@ class Report(common.BaseReport):
             "notes": {
                 "lag": f"lateness of a trio.sleep({TICK}) loop, per phase",
                 "rss_per_container_kib": "(supervisor VmRSS with N running - before) / N",
+                "init_private_kib": "Private_Clean + Private_Dirty of each container's pid 1, the init "
+                "(smaps_rollup), mean over up to 50; goal <= 1 MiB",
                 "host_kib_per_container": "(MemAvailable before - with N running) / N: kernel, "
                 "container processes, zygote and supervisor together; rough",
                 "gc_modes": {
@@ -401,6 +415,8 @@ async def run_trial(sup: Any, spec: Any, trial: Trial, idle: float) -> list[Any]
                     if trial.zygote_pid:
                         trial.zygote_rss_running_kib = rss_kib(trial.zygote_pid)
                     trial.gc_objects_running = len(gc.get_objects()) + gc.get_freeze_count()
+                    sample = [k for k in (private_kib(box.pid) for box in boxes[:50]) if k is not None]
+                    trial.init_private_kib = sum(sample) / len(sample) if sample else None
                     if boxes:
                         if trial.rss_before_kib is not None and trial.rss_running_kib is not None:
                             trial.rss_per_container_kib = (trial.rss_running_kib - trial.rss_before_kib) / len(boxes)
@@ -558,6 +574,7 @@ def print_summary(report: Report) -> None:
             f" fds {fmt(t.fds_before, 'd')} -> {fmt(t.fds_running, 'd')} -> {fmt(t.fds_after, 'd')};"
             f" zygote RSS {fmt(t.zygote_rss_before_kib, 'd')} -> {fmt(t.zygote_rss_running_kib, 'd')} KiB;"
             f" host {fmt(t.host_kib_per_container, '.0f')} KiB/container;"
+            f" init (pid 1) private {fmt(t.init_private_kib, '.0f')} KiB each;"
             f" {fmt(t.gc_objects_running, 'd')} gc-tracked objects running"
             + ("" if t.unfreeze_collect_ms is None else f"; unfreeze+collect afterwards {t.unfreeze_collect_ms:.0f} ms")
         )
