@@ -8,7 +8,7 @@ Example::
         spec = anyns.ContainerSpec(argv=["/bin/sh", "-c", "hostname; echo $$"], hostname="box1")
         async with anyns.open_supervisor() as sup:
             done = await sup.run(spec, capture_stdout=True)
-            print(done.stdout)          # b'box1\\n1\\n'
+            print(done.stdout)          # b'box1\\n2\\n' (pid 1 is the init)
 
     trio.run(main)
 """
