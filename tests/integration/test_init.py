@@ -8,7 +8,7 @@ from functools import partial
 
 import pytest
 import trio
-from _util import PYTHON, read_lines, sh, sh_spec
+from _util import PYTHON, alive, read, read_lines, sh, sh_spec
 
 import anyns
 
@@ -39,7 +39,7 @@ async def _zombie_count_settles(pid_ns: str, want: int) -> int:
     """Poll (bounded) until the zombie count is ``want``; return the last count."""
     count = -1
     with trio.move_on_after(10):
-        while (count := _zombies_in(pid_ns)) != want:
+        while (count := _zombies_in(pid_ns)) != want:  # noqa: ASYNC110 - /proc has no event to wait on
             await trio.sleep(0.01)
     return count
 
@@ -119,8 +119,7 @@ async def test_the_init_is_pid_1_and_holds_only_its_status_pipe(sup: anyns.Super
         box = await nursery.start(partial(sup.run, sh_spec("echo $$ $PPID; exec sleep 1000"),
                                           stdout=anyns.PIPE, check=False))
         assert await read_lines(box.stdout, 1) == ["2 1"]
-        with open(f"/proc/{box.pid}/comm") as f:
-            assert f.read() == "anyns-init\n"
+        assert read(f"/proc/{box.pid}/comm") == b"anyns-init\n"
         assert box.ns_pid == 1
         assert os.listdir(f"/proc/{box.pid}/fd") == ["3"]  # the status pipe
         assert os.readlink(f"/proc/{box.pid}/fd/3").startswith("pipe:")
@@ -137,8 +136,8 @@ async def test_the_init_costs_little_private_memory(sup: anyns.Supervisor) -> No
     """
     async with trio.open_nursery() as nursery:
         box = await nursery.start(partial(sup.run, anyns.ContainerSpec(argv=["sleep", "1000"]), check=False))
-        with open(f"/proc/{box.pid}/smaps_rollup") as f:
-            fields = dict(line.split(":", 1) for line in f.read().splitlines()[1:])
+        rollup = read(f"/proc/{box.pid}/smaps_rollup").decode()
+        fields = dict(line.split(":", 1) for line in rollup.splitlines()[1:])
         private = sum(int(fields[k].split()[0]) for k in ("Private_Clean", "Private_Dirty"))
         assert 0 < private < 4096, f"{private} KiB"
         box.kill()
@@ -163,7 +162,7 @@ async def test_stop_kills_a_program_ignoring_sigterm_after_the_grace(sup: anyns.
         start = trio.current_time()
         assert await box.stop(grace=0.3) == -9
         assert trio.current_time() - start >= 0.3
-    assert not os.path.exists(f"/proc/{box.pid}")
+    assert not alive(box.pid)
     assert box.stdout is not None
     await box.stdout.aclose()
 

@@ -777,6 +777,29 @@ async def test_leftovers_of_a_killed_supervisor_go_at_the_next_start() -> None:
         _remove(left)
 
 
+@pytest.mark.usefixtures("need_v2")
+async def test_cgroup_parent_holds_the_v2_leaves() -> None:
+    """open_supervisor(cgroup_parent=D): the v2 leaves are made under D (the v1 ones beside the supervisor's own
+    cgroups); D is left as it was when the supervisor closes."""
+    own = cgroup_dirs(os.getpid())[""]
+    delegated = os.path.join(own, f"limits-test-anyns-{os.getpid()}")  # "anyns": the leak check watches it
+    os.mkdir(delegated)
+    try:
+        async with anyns.open_supervisor(cgroup_parent=delegated) as sup, trio.open_nursery() as nursery:
+            box = await _started(sup, nursery, sleeper(limits=Limits(pids=8)))
+            leaf = leaf_dirs(box.pid)
+            assert os.path.dirname(os.path.dirname(leaf[""])) == delegated
+            for name, d in leaf.items():
+                if name:
+                    assert os.path.dirname(os.path.dirname(d)) == cgroup_dirs(os.getpid())[name]
+            assert int(read(controller_file(leaf, "pids", "pids.max", "pids.max"))) == 8
+            box.kill()
+        assert none_left(leaf.values())
+        assert [e.name for e in os.scandir(delegated) if e.is_dir()] == []
+    finally:
+        os.rmdir(delegated)
+
+
 async def test_cgroup_parent_must_be_a_v2_directory() -> None:
     """open_supervisor(cgroup_parent=...) refuses a directory outside the cgroup2 hierarchy."""
     with pytest.raises(anyns.UnsupportedError, match="cgroup_parent"):
