@@ -16,7 +16,7 @@ import struct
 import subprocess
 import termios
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any, Final, NoReturn, final
 
@@ -465,21 +465,25 @@ class Container(metaclass=NoPublicConstructor):
             _cgroups.statistics(self._leaf) if self._leaf is not None else None)
         return bool(figures and figures.get("oom_kills"))
 
-    async def pause(self) -> None:
-        """Freeze every process of the container (the cgroup freezer); returns once they are frozen.
+    def pause(self) -> Freezing:
+        """Freeze every process of the container (the cgroup freezer).
 
-        Signals, including SIGKILL, still end a frozen container.
+        The freeze is asked for at once; ``await box.pause()`` also waits
+        until the kernel has frozen them all (a process in an
+        uninterruptible sleep can delay that). Signals, SIGKILL included,
+        still end a frozen container.
 
         Raises:
             UnsupportedError: it has no cgroup (``limits=anyns.Limits()`` gives it one), or no freezer here.
+            AnynsError: it has exited.
         """
-        await self._freeze(True)
+        return self._freeze(True)
 
-    async def resume(self) -> None:
-        """Thaw a container frozen by ``pause()``."""
-        await self._freeze(False)
+    def resume(self) -> Freezing:
+        """Thaw a container frozen by ``pause()``; may be awaited like it."""
+        return self._freeze(False)
 
-    async def _freeze(self, frozen: bool) -> None:
+    def _freeze(self, frozen: bool) -> Freezing:
         verb = "pause" if frozen else "resume"
         if self._leaf is None:
             raise UnsupportedError(f"{verb}: the container has no cgroup to freeze; "
@@ -490,10 +494,9 @@ class Container(metaclass=NoPublicConstructor):
             _cgroups.freeze(self._leaf, frozen)
         except _cgroups.Unavailable as e:
             raise UnsupportedError(str(e)) from None
-        # Freezing is asynchronous (cgroup.events says when it is done); a
-        # process in an uninterruptible sleep can delay it.
-        while frozen and not _cgroups.is_frozen(self._leaf) and self.returncode is None:  # noqa: ASYNC110
-            await trio.sleep(0.001)  # cgroup.events gives no event trio can wait on portably
+        except OSError as e:
+            raise AnynsError(f"{verb}: writing the freezer of container pid {self.pid} failed: {e}") from e
+        return Freezing(self, frozen)
 
     async def _wait_and_reap(self) -> int:
         """Wait on the pidfd, then reap; only the task that owns the container calls this."""
@@ -535,6 +538,31 @@ class Container(metaclass=NoPublicConstructor):
             trio.lowlevel.notify_closing(self._pidfd)
             os.close(self._pidfd)
             self._pidfd = -1
+
+
+@final
+class Freezing:
+    """What ``Container.pause()`` / ``resume()`` return: already asked for; await it to wait until done."""
+
+    __slots__ = ("_container", "_frozen")
+
+    def __init__(self, container: Container, frozen: bool) -> None:
+        self._container = container
+        self._frozen = frozen
+
+    def __repr__(self) -> str:
+        return f"<anyns {'pause' if self._frozen else 'resume'} of pid {self._container.pid}>"
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return self._wait().__await__()
+
+    async def _wait(self) -> None:
+        box = self._container
+        await trio.lowlevel.checkpoint()
+        # cgroup.events gives no event trio can wait on portably: poll it.
+        while (box._leaf is not None and box.returncode is None  # noqa: ASYNC110
+               and _cgroups.is_frozen(box._leaf) != self._frozen):
+            await trio.sleep(0.001)
 
 
 def _int_or_none(value: float | int | None) -> int | None:
