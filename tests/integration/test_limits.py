@@ -511,9 +511,6 @@ async def test_statistics_and_pause_need_limits(sup: anyns.Supervisor) -> None:
         box.kill()
 
 
-@pytest.mark.xfail(raises=AttributeError, strict=True,
-                   reason="bug: Container._freeze evaluates _cgroups.is_frozen(self._leaf) after the reaper has "
-                          "released the leaf (container._leaf = None): AttributeError 'NoneType' has no 'v2'")
 async def test_pause_racing_the_container_death(sup: anyns.Supervisor) -> None:
     """pause() of a container that is dying (just SIGKILLed) returns or raises an AnynsError; it never crashes,
     and the container is reaped."""
