@@ -278,6 +278,10 @@ class Container(metaclass=NoPublicConstructor):
         self._final: dict[str, float | int | None] | None = None
         #: with an init: the pipe the init reports the program's status on
         self._status_fd = -1
+        #: an exec'd process shares its container's cgroup: OOM kills before it
+        #: started are not its own, and the cgroup's figures are the container's
+        self._oom_base = 0
+        self._shares_cgroup = False
 
     def __repr__(self) -> str:
         state = "running" if self.returncode is None else f"returncode={self.returncode}"
@@ -434,7 +438,7 @@ class Container(metaclass=NoPublicConstructor):
         """
         if self.returncode is not None:
             return self._stats()
-        if self._leaf is None:
+        if self._leaf is None or self._shares_cgroup:
             raise UnsupportedError("statistics: the container has no cgroup; "
                                    "give its spec limits=anyns.Limits() (limits are optional)")
         now = _cgroups.statistics(self._leaf)
@@ -450,7 +454,7 @@ class Container(metaclass=NoPublicConstructor):
         user, system, max_rss = self._usage
         peak: int | None = max_rss or None
         final = self._final
-        if final is not None:
+        if final is not None and not self._shares_cgroup:
             if final["cpu_user"] is not None:
                 user, system = float(final["cpu_user"]), float(final["cpu_system"] or 0.0)
             if final["memory_peak"] is not None:
@@ -460,10 +464,17 @@ class Container(metaclass=NoPublicConstructor):
 
     @property
     def oom_killed(self) -> bool:
-        """Whether the OOM killer has killed a process of it (needs ``limits`` with a memory controller)."""
+        """Whether the OOM killer has killed a process of it (needs ``limits`` with a memory controller).
+
+        For a process exec'd into a container: a kill in the container's
+        cgroup while it ran that ended it (its returncode is -9).
+        """
         figures = self._final if self._final is not None else (
             _cgroups.statistics(self._leaf) if self._leaf is not None else None)
-        return bool(figures and figures.get("oom_kills"))
+        kills = int((figures or {}).get("oom_kills") or 0) - self._oom_base
+        if self._shares_cgroup:
+            return kills > 0 and self.returncode == -9
+        return kills > 0
 
     def pause(self) -> Freezing:
         """Freeze every process of the container (the cgroup freezer).
@@ -485,11 +496,11 @@ class Container(metaclass=NoPublicConstructor):
 
     def _freeze(self, frozen: bool) -> Freezing:
         verb = "pause" if frozen else "resume"
+        if self.returncode is not None:
+            raise AnynsError(f"{verb}: container pid {self.pid} has exited")
         if self._leaf is None:
             raise UnsupportedError(f"{verb}: the container has no cgroup to freeze; "
                                    "give its spec limits=anyns.Limits()")
-        if self.returncode is not None:
-            raise AnynsError(f"{verb}: container pid {self.pid} has exited")
         try:
             _cgroups.freeze(self._leaf, frozen)
         except _cgroups.Unavailable as e:

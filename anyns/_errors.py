@@ -187,6 +187,9 @@ def diagnose(step: str, syscall: str, errno: int, path: str | None) -> str | Non
             return "the program is not executable, or lies on a noexec mount"
         if errno == _errno.ENOEXEC:
             return "the file is not a binary this kernel can run, or its #! line is wrong"
+        if errno == _errno.EAGAIN:
+            return ("no task could be made for the program: a pids limit (Limits.pids; the init takes one "
+                    "task), RLIMIT_NPROC, or /proc/sys/kernel/pid_max")
     if syscall == "clone3" and errno == _errno.ENOMEM:
         return "the pid namespace to join has no init process any more (its container exited), or memory is short"
     if syscall == "clone3":

@@ -640,6 +640,9 @@ class ContainerSpec:
             raise _fail("limits", f"expected an anyns.Limits, got {self.limits!r}")
         if not isinstance(self.init, bool):
             raise _fail("init", f"expected True or False, got {self.init!r}")
+        if self.init and self.limits is not None and self.limits.pids == 1 and Namespaces.PID in self.namespaces:
+            raise _fail("limits.pids", "1 task leaves no room for the program beside the init: "
+                                       "allow 2 or more, or init=False")
         for i, arg in enumerate(self.argv):
             _check_text(f"argv[{i}]", arg)
         if not self.argv[0]:

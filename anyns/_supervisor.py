@@ -116,7 +116,8 @@ def _open_cgroups(parent: str | None) -> _cgroups.Cgroups | None:
     except OSError:
         return None
     if parent is not None and (
-        v2 is None or not os.path.isdir(parent) or not os.path.realpath(parent).startswith(v2.mount + "/")
+        v2 is None or not os.path.isdir(parent)
+        or not (os.path.realpath(parent) + "/").startswith(v2.mount.rstrip("/") + "/")
     ):
         where = v2.mount if v2 is not None else "a cgroup v2 hierarchy"
         raise UnsupportedError(f"open_supervisor: cgroup_parent {parent!r} is not a directory in {where}")
@@ -514,6 +515,9 @@ class Supervisor(metaclass=NoPublicConstructor):
                     os.close(status_w)
                     status_w = -1
             container._leaf, leaf = leaf, None  # the container's to release now
+            if container._leaf is not None and container._leaf.users > 1:  # exec'd into a running container
+                container._shares_cgroup = True
+                container._oom_base = int(_cgroups.statistics(container._leaf).get("oom_kills") or 0)
             container._status_fd, status_r = status_r, -1
             os.set_blocking(err_r, False)
             if go >= 0:

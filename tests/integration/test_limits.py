@@ -637,10 +637,6 @@ async def test_exec_joins_the_container_cgroup(sup: anyns.Supervisor) -> None:
     assert anyns_dirs() - before <= {os.path.dirname(d) for d in leaf.values()}  # only the parents, until close
 
 
-@pytest.mark.xfail(raises=AssertionError, strict=True,
-                   reason="bug: an exec result's oom_killed (and ContainerFailed's message) reads the container "
-                          "cgroup's cumulative oom_kill count, so any earlier OOM kill in the container is "
-                          "reported for every later exec that ends by a signal")
 async def test_exec_result_reports_only_its_own_oom_kill(sup: anyns.Supervisor) -> None:
     """An exec'd hog is OOM-killed (oom_killed); a later exec that SIGKILLs itself was not, and check=True
     does not blame the OOM killer for it."""

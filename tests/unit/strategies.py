@@ -55,5 +55,5 @@ def specs(draw: st.DrawFn) -> anyns.ContainerSpec:
         env=draw(env),
         cwd=draw(st.just("/") | abs_path),
         limits=draw(st.none() | st.builds(anyns.Limits, memory=st.none() | st.integers(1 << 20, 1 << 40),
-                                          pids=st.none() | st.integers(1, 4096))),
+                                          pids=st.none() | st.integers(2, 4096))),
     )

@@ -127,3 +127,11 @@ def test_non_oom_failure_message() -> None:
     """Without oom_killed (or with an exit status) the message is the plain one."""
     assert "OOM" not in str(anyns.ContainerFailed(-9, ["x"]))
     assert "OOM" not in str(anyns.ContainerFailed(137, ["x"], oom_killed=True, memory_limit=MiB))
+
+
+def test_one_task_with_the_init_is_refused() -> None:
+    """pids=1 leaves no task for the program beside the init: SpecError, unless init=False or no pid namespace."""
+    with pytest.raises(anyns.SpecError, match="init"):
+        anyns.ContainerSpec(argv=["true"], limits=anyns.Limits(pids=1))
+    assert anyns.ContainerSpec(argv=["true"], limits=anyns.Limits(pids=1), init=False).limits == anyns.Limits(pids=1)
+    assert anyns.ContainerSpec(argv=["true"], limits=anyns.Limits(pids=2)).limits == anyns.Limits(pids=2)
