@@ -35,6 +35,7 @@ from ._errors import (
     ZygoteError,
 )
 from ._spec import (
+    DEFAULT_ID_MAP,
     RLIM_INFINITY,
     Bind,
     Bridge,
@@ -43,6 +44,7 @@ from ._spec import (
     Environment,
     HostNetwork,
     HostRootfs,
+    IdMap,
     Join,
     JoinNetwork,
     Limits,
@@ -50,11 +52,13 @@ from ._spec import (
     Namespaces,
     OverlayRootfs,
     Tmpfs,
+    User,
 )
 from ._supervisor import DEVNULL, PIPE, STDOUT, Supervisor, open_supervisor
 from ._version import __version__
 
 __all__ = [
+    "DEFAULT_ID_MAP",
     "DEVNULL",
     "PIPE",
     "RLIM_INFINITY",
@@ -72,6 +76,7 @@ __all__ = [
     "ExecError",
     "HostNetwork",
     "HostRootfs",
+    "IdMap",
     "Join",
     "JoinNetwork",
     "Limits",
@@ -86,6 +91,7 @@ __all__ = [
     "Supervisor",
     "Tmpfs",
     "UnsupportedError",
+    "User",
     "ZygoteError",
     "__version__",
     "namespaces_of",

@@ -21,7 +21,7 @@ import os
 import select
 import struct
 
-from . import _cgroups, _init, _protocol, _skeleton
+from . import _cgroups, _init, _protocol, _skeleton, _userns
 from ._protocol import TYPE_CHECKING
 from ._sys import _consts as C
 from ._sys import _libc
@@ -76,6 +76,20 @@ def _wait_go(rt: Rt, index: int) -> None:
 def _cgroup_enter(rt: Rt, index: int) -> None:
     """Move into the container's v1 leaf (extra fd ``index`` is its cgroup.procs)."""
     _cgroups.enter_in_child(rt[_EXTRA + index])
+
+
+def _become_root(rt: Rt) -> None:
+    _userns.become_root_in_child()
+
+
+def _set_user(rt: Rt, uid: int, gid: int, groups: tuple[int, ...]) -> None:
+    _userns.set_user_in_child(uid, gid, groups)
+
+
+def _bind_device(rt: Rt, source: bytes, target: bytes) -> None:
+    """A device node in a user namespace: an empty file with the host's node bound on it."""
+    os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666))
+    _libc.mount(source, target, None, C.MS_BIND, None)
 
 
 def _setdomainname(rt: Rt, name: bytes) -> None:
@@ -338,6 +352,9 @@ def _execve(rt: Rt, candidates: tuple[bytes, ...], argv: tuple[bytes, ...],
 OPS: dict[str, Callable[..., None]] = {
     "cgroup_enter": _cgroup_enter,
     "unshare": _unshare,
+    "become_root": _become_root,
+    "set_user": _set_user,
+    "bind_device": _bind_device,
     "enter_time_namespace": _enter_time_namespace,
     "setns": _setns,
     "setdomainname": _setdomainname,
@@ -387,6 +404,9 @@ _SYSCALL_OF = {
     "wait_go": "read",
     "cgroup_enter": "write",
     "enter_time_namespace": "setns",
+    "become_root": "setresuid",
+    "set_user": "setresuid",
+    "bind_device": "mount",
     "stdio": "dup2",
     "tty": "openpty",
     "close_fds": "close_range",

@@ -21,6 +21,10 @@ The order (each line a step)::
                  v2 one it was born in: clone3 CLONE_INTO_CGROUP), first, so
                  that all of its setup is accounted and a cgroup namespace is
                  rooted at the leaf
+    userns       with a user namespace (clone3 made it, with the pid one):
+                 wait until the supervisor has written the uid/gid maps, then
+                 become root inside; every namespace unshared after this is
+                 owned by it
     namespaces   setns into joined namespaces (a joined pid namespace is
                  entered by the zygote before the clone), then
                  unshare every namespace but PID (which only clone3 can give
@@ -35,7 +39,8 @@ The order (each line a step)::
     rootfs       the new root: a copy of the zygote's prebuilt HostRootfs skeleton
                  (``_skeleton``: tmpfs, read-only host binds, mount points), a
                  bind of a directory, or an overlay with its own upper layer
-    dev          /dev: tmpfs, device nodes, a devpts instance, /dev/shm
+    dev          /dev: tmpfs, device nodes (bound from the host's in a user
+                 namespace, where mknod is refused), a devpts instance, /dev/shm
     tmp          /tmp: tmpfs
     proc         /proc for the new pid namespace (before the pivot: in a user
                  namespace proc can only be mounted while the host's is visible)
@@ -44,7 +49,8 @@ The order (each line a step)::
     pivot_root   pivot_root(".", ".") and detach the old root (runc, LXC)
     hostname     sethostname, setdomainname
     network      lo up; with a Bridge, wait until the supervisor has wired eth0
-    process      umask, cwd, stdio, close every other fd, signal dispositions and mask
+    process      umask, cwd, stdio, close every other fd, signal dispositions and
+                 mask, rlimits, then the program's uid/gid/groups (``user``)
     pdeathsig    PR_SET_PDEATHSIG last (credential changes clear it), then check
                  the supervisor is still alive
     exec         execve, trying each PATH entry like execvp; with ``init`` (and a
@@ -73,6 +79,7 @@ from ._spec import (
     Tmpfs,
     effective_namespaces,
     joined_namespaces,
+    user_namespace_map,
 )
 from ._sys._consts import (
     MNT_DETACH,
@@ -91,7 +98,7 @@ from ._sys._consts import (
     MS_UNBINDABLE,
 )
 
-Arg = str | int | None | tuple[str, ...]
+Arg = str | int | None | tuple[str, ...] | tuple[int, ...]
 Op = tuple[str, str, str | None, tuple[Arg, ...]]
 
 #: (name, major, minor) of the device nodes in the container's /dev (what OCI requires).
@@ -210,20 +217,29 @@ def compile_plan(spec: ContainerSpec, host: HostLayout) -> Plan:
         flag = int(KIND_FLAGS[kind])
         if kind == "pid":
             enter.append((index, flag))  # only the zygote can: it changes where children are born
-        else:
-            b.op("namespaces", "setns", kind, index, flag)
 
     # With a bridge the supervisor needs the network namespace the moment the
-    # clone is answered (to put the veth peer in it), so clone3 makes it.
-    born_with = Namespaces.PID | (Namespaces.NET if isinstance(spec.network, Bridge) else Namespaces(0))
+    # clone is answered (to put the veth peer in it), so clone3 makes it. A
+    # user namespace, too: its maps are written from outside before the child
+    # goes on, and the pid namespace it owns must be born with it.
+    id_map = user_namespace_map(spec)
+    born_with = Namespaces.PID | Namespaces.USER | (Namespaces.NET if isinstance(spec.network, Bridge)
+                                                     else Namespaces(0))
     clone_flags = int(ns & born_with)
+    if isinstance(spec.network, Bridge) or id_map is not None:
+        # a pipe: the child waits on it until the supervisor has written its maps and wired eth0
+        extra_kinds += ("go",)
+    if id_map is not None:
+        b.op("userns", "wait_go", None, extra_kinds.index("go"))
+        b.op("userns", "become_root", None)
+    for index, kind in enumerate(joined):
+        if kind != "pid":
+            b.op("namespaces", "setns", kind, index, int(KIND_FLAGS[kind]))
     unshared = int(ns) & ~clone_flags & ~int(Namespaces.PID)
     if unshared:
         b.op("namespaces", "unshare", None, unshared)
     if unshared & Namespaces.TIME:
         b.op("namespaces", "enter_time_namespace", "time")
-    if isinstance(spec.network, Bridge):
-        extra_kinds += ("go",)  # a pipe: the child waits on it until the supervisor has wired eth0
     if spec.init and Namespaces.PID in ns:
         extra_kinds += ("status",)  # a pipe: the init writes the program's wait status on it (last extra fd)
 
@@ -259,11 +275,16 @@ def compile_plan(spec: ContainerSpec, host: HostLayout) -> Plan:
         b.op("dev", "ensure_dir", "/dev", b.at("/dev"))
     b.mount("dev", "tmpfs", "/dev", "tmpfs", MS_NOSUID | MS_STRICTATIME, "mode=0755,size=64k")
     for name, major, minor in DEVICES:
-        b.op("dev", "mknod", f"/dev/{name}", b.at(f"/dev/{name}"), 0o666, major, minor)
+        if id_map is None:
+            b.op("dev", "mknod", f"/dev/{name}", b.at(f"/dev/{name}"), 0o666, major, minor)
+        else:  # mknod needs CAP_MKNOD in the host's user namespace: bind the host's node
+            b.op("dev", "bind_device", f"/dev/{name}", f"/dev/{name}", b.at(f"/dev/{name}"))
     for name in ("pts", "shm"):
         b.op("dev", "mkdir", f"/dev/{name}", b.at(f"/dev/{name}"))
+    # gid 5 (tty) owns the terminals, if the user namespace (if any) maps it
+    tty_gid = ",gid=5" if id_map is None or id_map.maps_gid(5) else ""
     b.mount("dev", "devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC,
-            "newinstance,ptmxmode=0666,mode=0620,gid=5")
+            "newinstance,ptmxmode=0666,mode=0620" + tty_gid)
     b.mount("dev", "shm", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
     # No /dev/mqueue mount: mq_open(3) works without it, and a mount costs
     # twice (made here, torn down at exit) on every container.
@@ -319,7 +340,7 @@ def _process_steps(b: _Builder, spec: ContainerSpec, ns: Namespaces, extra_kinds
         b.op("hostname", "setdomainname", None, spec.domainname)
     if Namespaces.NET in ns:
         b.op("network", "interface_up", "lo", "lo")
-    if "go" in extra_kinds:
+    if "go" in extra_kinds and user_namespace_map(spec) is None:  # with one, it waited first thing
         b.op("network", "wait_go", "eth0", extra_kinds.index("go"))
     _exec_steps(b, spec, extra_kinds.index("status") if "status" in extra_kinds else None)
 
@@ -339,6 +360,8 @@ def _exec_steps(b: _Builder, spec: ContainerSpec, status: int | None = None) -> 
     # Last before exec: a low nofile, as or nproc must not trip the child's own setup.
     for name, soft, hard in spec.rlimits:
         b.op("process", "setrlimit", name, RLIMITS[name], soft, hard)
+    if spec.user is not None:  # after everything that needs root; it clears PDEATHSIG, which comes next
+        b.op("process", "set_user", None, spec.user.uid, spec.user.gid, spec.user.groups)
     b.op("pdeathsig", "pdeathsig", None)
     env = tuple(f"{k}={v}" for k, v in spec.env.items())
     if status is not None:
@@ -347,8 +370,8 @@ def _exec_steps(b: _Builder, spec: ContainerSpec, status: int | None = None) -> 
         b.op("exec", "execve", spec.argv[0], _exec_candidates(spec), spec.argv, env)
 
 
-def compile_exec_plan(spec: ContainerSpec, container_namespaces: Namespaces, host: HostLayout | None = None
-                      ) -> Plan:
+def compile_exec_plan(spec: ContainerSpec, container_namespaces: Namespaces, host: HostLayout | None = None,
+                      userns: bool = False) -> Plan:
     """A process run inside a running container (``Container.exec``); pure.
 
     The zygote enters all of ``container_namespaces`` through the container's
@@ -357,7 +380,9 @@ def compile_exec_plan(spec: ContainerSpec, container_namespaces: Namespaces, hos
     with ``spec.env`` in ``spec.cwd``. With ``limits`` it joins the
     container's cgroup: born in its v2 leaf, it enters the v1 ones itself,
     and a cgroup namespace is entered by the child after that (entered
-    first, it would hide the leaf the clone goes into).
+    first, it would hide the leaf the clone goes into). With ``userns`` the
+    child enters the container's user namespace itself (the zygote could
+    not come back from it) and becomes root there, or ``spec.user``.
     """
     b = _Builder("/")
     flags = int(container_namespaces)
@@ -368,6 +393,10 @@ def compile_exec_plan(spec: ContainerSpec, container_namespaces: Namespaces, hos
         if flags & Namespaces.CGROUP:
             flags &= ~int(Namespaces.CGROUP)
             b.op("namespaces", "setns", "cgroup", 0, int(Namespaces.CGROUP))
+    if userns:
+        flags &= ~int(Namespaces.USER)
+        b.op("userns", "setns", "user", 0, int(Namespaces.USER))
+        b.op("userns", "become_root", None)
     _exec_steps(b, spec)
     return Plan(clone_flags=0, ops=tuple(b.ops), extra_kinds=extra_kinds,
                 enter=((0, flags),), tty=spec.tty, cgroup=cgroup)

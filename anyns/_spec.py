@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import functools
 import ipaddress
+import itertools
 import math
 import operator
 import os
@@ -30,6 +31,7 @@ __all__ = [
     "Environment",
     "HostNetwork",
     "HostRootfs",
+    "IdMap",
     "Join",
     "JoinNetwork",
     "Limits",
@@ -40,6 +42,7 @@ __all__ = [
     "Network",
     "Rootfs",
     "Tmpfs",
+    "User",
 ]
 
 DEFAULT_PATH: Final = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -514,6 +517,98 @@ def _to_memory(value: Any) -> int | None:
     return None if value is None else parse_size("limits.memory", value)
 
 
+_MAX_ID: Final = (1 << 32) - 2  # (uid_t)-1 means "no change" to setresuid
+#: lines a uid_map or gid_map may have (user_namespaces(7), since Linux 4.15)
+_MAX_MAP_LINES: Final = 340
+
+
+def _to_ranges(value: Any) -> tuple[tuple[int, int, int], ...]:
+    """``(inside, outside, count)`` or a sequence of them -> a tuple of ranges (checked in IdMap)."""
+    items = tuple(value) if not isinstance(value, (str, bytes)) else None
+    if items is None:
+        raise _fail("user_ns", f"expected (inside, outside, count) ranges, got {value!r}")
+    if len(items) == 3 and all(isinstance(v, int) for v in items):
+        items = (items,)
+    ranges = []
+    for item in items:
+        fields = tuple(item) if not isinstance(item, (str, bytes, int)) else ()
+        if len(fields) != 3:
+            raise _fail("user_ns", f"expected (inside, outside, count) ranges, got {item!r}")
+        ranges.append((fields[0], fields[1], fields[2]))
+    return tuple(ranges)
+
+
+def _check_ranges(where: str, ranges: tuple[tuple[int, int, int], ...]) -> None:
+    if not ranges:
+        raise _fail(where, "needs at least one (inside, outside, count) range")
+    if len(ranges) > _MAX_MAP_LINES:
+        raise _fail(where, f"at most {_MAX_MAP_LINES} ranges, got {len(ranges)}")
+    for inside, outside, count in ranges:
+        for name, n in (("inside", inside), ("outside", outside), ("count", count)):
+            if isinstance(n, bool) or not isinstance(n, int):
+                raise _fail(where, f"{name} must be an int, got {n!r}")
+        if count < 1 or inside < 0 or outside < 0 or inside + count - 1 > _MAX_ID or outside + count - 1 > _MAX_ID:
+            raise _fail(where, f"range ({inside}, {outside}, {count}) is out of bounds (ids 0 to {_MAX_ID})")
+    for side in (0, 1):
+        spans = sorted((r[side], r[side] + r[2]) for r in ranges)
+        for (_a, end), (start, _b) in itertools.pairwise(spans):
+            if start < end:
+                raise _fail(where, f"ranges overlap {'inside' if side == 0 else 'outside'}: {ranges}")
+
+
+@attrs.frozen
+class IdMap:
+    """A user namespace's uid and gid maps, as ``(inside, outside, count)`` ranges (uid_map(5) lines).
+
+    ``IdMap(uid=(0, 100000, 65536), gid=(0, 100000, 65536))`` makes root
+    inside uid 100000 outside, and ids 0-65535 inside 100000-165535 outside.
+    A single range may be given without the outer list.
+    """
+
+    uid: tuple[tuple[int, int, int], ...] = attrs.field(converter=_to_ranges)
+    gid: tuple[tuple[int, int, int], ...] = attrs.field(converter=_to_ranges)
+
+    def __attrs_post_init__(self) -> None:
+        _check_ranges("user_ns.uid", self.uid)
+        _check_ranges("user_ns.gid", self.gid)
+
+    def maps_gid(self, inside: int) -> bool:
+        """Whether gid ``inside`` has an outside id in this map."""
+        return any(start <= inside < start + count for start, _outside, count in self.gid)
+
+    def maps_uid(self, inside: int) -> bool:
+        """Whether uid ``inside`` has an outside id in this map."""
+        return any(start <= inside < start + count for start, _outside, count in self.uid)
+
+
+#: what a root supervisor maps a user namespace to when the spec names no map:
+#: root and the first 65536 ids inside to an unprivileged range outside
+#: (the first range /etc/subuid hands out on Debian)
+DEFAULT_ID_MAP: Final = IdMap(uid=(0, 100000, 65536), gid=(0, 100000, 65536))
+
+
+def _check_id(where: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_ID:
+        raise _fail(where, f"expected an id from 0 to {_MAX_ID}, got {value!r}")
+
+
+@attrs.frozen
+class User:
+    """The identity the program runs as: ``User(uid, gid, groups=())``, ids as seen inside the container."""
+
+    uid: int
+    gid: int
+    groups: tuple[int, ...] = attrs.field(default=(), converter=tuple, kw_only=True)
+
+    def __attrs_post_init__(self) -> None:
+        _check_id("user.uid", self.uid)
+        _check_id("user.gid", self.gid)
+        for group in self.groups:
+            _check_id("user.groups", group)
+        if len(self.groups) > 65536:
+            raise _fail("user.groups", "at most 65536 supplementary groups")
+
+
 #: the smallest CPU quota the kernel takes: 1 ms per 100 ms period
 _MIN_CPU: Final = 0.01
 
@@ -598,6 +693,12 @@ class ContainerSpec:
         limits: ``anyns.Limits(memory="256M", pids=64, cpu=0.5)``: a cgroup of
             its own with those limits (None, the default: no cgroup, the
             fastest start).
+        user_ns: the uid/gid maps of a user namespace of its own
+            (``anyns.IdMap``); giving one implies ``Namespaces.USER``.
+            ``Namespaces.USER`` without a map uses ``anyns.DEFAULT_ID_MAP``
+            (root inside is uid 100000 outside).
+        user: ``anyns.User(uid, gid, groups=())``, the identity the program
+            runs as, ids as seen inside (default: root, uid 0).
         init: run a small init as pid 1 (default) that starts the program,
             forwards SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2 and
             SIGWINCH to it, reaps orphaned processes, and exits with the
@@ -629,6 +730,8 @@ class ContainerSpec:
     stop_grace: float = 0
     limits: Limits | None = None
     init: bool = True
+    user_ns: IdMap | None = None
+    user: User | None = None
 
     def __attrs_post_init__(self) -> None:
         if (isinstance(self.stop_grace, bool) or not isinstance(self.stop_grace, (int, float))
@@ -653,8 +756,24 @@ class ContainerSpec:
             raise _fail("root_propagation", f"expected one of {ROOT_PROPAGATIONS}, got {self.root_propagation!r}")
         if Namespaces.MOUNT not in self.namespaces and (self.join is None or self.join.mnt is None):
             raise _fail("namespaces", "Namespaces.MOUNT is required: the container gets its own root")
-        if Namespaces.USER in self.namespaces:
-            raise _fail("namespaces", "Namespaces.USER is not supported yet")
+        if self.user_ns is not None and not isinstance(self.user_ns, IdMap):
+            raise _fail("user_ns", f"expected an anyns.IdMap, got {self.user_ns!r}")
+        if self.user is not None and not isinstance(self.user, User):
+            raise _fail("user", f"expected an anyns.User, got {self.user!r}")
+        id_map = user_namespace_map(self)
+        if id_map is not None:
+            if isinstance(self.rootfs, OverlayRootfs):
+                raise _fail("rootfs", "OverlayRootfs in a user namespace is not supported yet")
+            if self.user is not None:
+                if not id_map.maps_uid(self.user.uid):
+                    raise _fail("user.uid", f"{self.user.uid} is not mapped by the user namespace's uid map")
+                for gid in (self.user.gid, *self.user.groups):
+                    if not id_map.maps_gid(gid):
+                        raise _fail("user.gid", f"{gid} is not mapped by the user namespace's gid map")
+            if joined_namespaces(self):
+                raise _fail("join", "joining other namespaces from a user namespace is not supported yet")
+            if not id_map.maps_uid(0) or not id_map.maps_gid(0):
+                raise _fail("user_ns", "root (id 0) inside must be mapped: the setup runs as root inside")
         if self.join is not None and not isinstance(self.join, Join):
             raise _fail("join", f"expected an anyns.Join, got {self.join!r}")
         if self.network is not None and not isinstance(self.network, (Loopback, HostNetwork, Bridge, JoinNetwork)):
@@ -684,9 +803,18 @@ class ContainerSpec:
             raise _fail("tty_size", f"expected (rows, columns) of positive ints, got {self.tty_size!r}")
 
 
+def user_namespace_map(spec: ContainerSpec) -> IdMap | None:
+    """The map of the container's own user namespace, or None when it has none."""
+    if spec.user_ns is not None:
+        return spec.user_ns
+    return DEFAULT_ID_MAP if Namespaces.USER in spec.namespaces else None
+
+
 def effective_namespaces(spec: ContainerSpec) -> Namespaces:
-    """The namespaces the container gets of its own, once ``network`` and ``join`` have had their say."""
+    """The namespaces the container gets of its own, once ``network``, ``join`` and ``user_ns`` have had their say."""
     ns = spec.namespaces
+    if spec.user_ns is not None:
+        ns |= Namespaces.USER
     if isinstance(spec.network, HostNetwork):
         ns &= ~Namespaces.NET
     elif isinstance(spec.network, (Loopback, Bridge)):

@@ -32,6 +32,7 @@ from ._errors import (
     SpecError,
     UnsupportedError,
     ZygoteError,
+    diagnose,
 )
 from ._network import Networking
 from ._plan import HostLayout, Plan, compile_exec_plan, compile_plan
@@ -44,7 +45,9 @@ from ._spec import (
     JoinNetwork,
     Namespaces,
     Rootfs,
+    effective_namespaces,
     joined_namespaces,
+    user_namespace_map,
 )
 from ._stdio import (
     DEVNULL,
@@ -60,6 +63,7 @@ from ._stdio import (
     read_to_eof,
     send_and_close,
 )
+from ._userns import map_text, write_maps_from_parent
 from ._zygote_client import MAX_PLANS, RequestNotSent, ZygoteConnection, setup_error
 
 __all__ = ["DEVNULL", "PIPE", "STDOUT", "Supervisor", "open_supervisor"]
@@ -433,11 +437,13 @@ class Supervisor(metaclass=NoPublicConstructor):
         if container.spec.join is not None:
             for kind in container.spec.join.kinds():
                 flags |= KIND_FLAGS[kind]
+        # The zygote cannot enter a user namespace and come back: the child does.
+        userns = Namespaces.USER in effective_namespaces(container.spec)
         flags &= ~Namespaces.USER
         leaf = container._leaf
         host = _probe_host(self._newroot, HostRootfs(etc=()), self._cgroups) if leaf is not None else None
-        plan_id, plan = self._plan(("exec", spec, int(flags), leaf is not None),
-                                   lambda: compile_exec_plan(spec, flags, host))
+        plan_id, plan = self._plan(("exec", spec, int(flags), leaf is not None, userns),
+                                   lambda: compile_exec_plan(spec, flags, host, userns))
         # Our own duplicate of the pidfd: the task that owns the container may
         # reap it and close its fd while this request waits, and that fd number
         # could then name something else (a new zygote's pidfd: the host).
@@ -521,7 +527,7 @@ class Supervisor(metaclass=NoPublicConstructor):
             container._status_fd, status_r = status_r, -1
             os.set_blocking(err_r, False)
             if go >= 0:
-                await self._wire_network(container, go, err_r)
+                await self._release_child(container, go, err_r)
             if started or plan.tty:
                 # nursery.start returns only once the program runs: wait for
                 # EOF on the error channel (it is close-on-exec) or a failure record.
@@ -555,17 +561,27 @@ class Supervisor(metaclass=NoPublicConstructor):
             if leaf is not None:  # no container was made
                 await self._release_cgroup(leaf)
 
-    async def _wire_network(self, container: Container, go: int, err_r: int) -> None:
-        """Give a Bridge container its eth0, then let it go on to exec.
+    async def _release_child(self, container: Container, go: int, err_r: int) -> None:
+        """Write a user-namespaced container's uid/gid maps, give a Bridge container its eth0; then let it go on.
 
         If the child failed before it got here, its own error wins over the
-        netlink one that follows from it.
+        one that follows from it.
         """
-        bridge = container.spec.network
-        assert isinstance(bridge, Bridge)
         try:
-            host_end, address = await self._networking.attach(bridge, container.pid)
-        except NetworkError:
+            id_map = user_namespace_map(container.spec)
+            if id_map is not None:
+                try:
+                    write_maps_from_parent(container.pid, map_text(id_map.uid), map_text(id_map.gid))
+                except OSError as e:
+                    error = SetupError("userns", "write", e.filename, e.errno or 0, e.strerror or str(e),
+                                       diagnose("userns", "write", e.errno or 0, e.filename))
+                    raise error from e
+            bridge = container.spec.network
+            if isinstance(bridge, Bridge):
+                host_end, address = await self._networking.attach(bridge, container.pid)
+                container._network = (bridge, host_end, address)
+                container.addresses = (address,)
+        except (NetworkError, SetupError):
             with trio.CancelScope(shield=True):
                 container.kill()
                 await container._wait_and_reap()
@@ -574,8 +590,6 @@ class Supervisor(metaclass=NoPublicConstructor):
                 error = setup_error(*_protocol.decode_failure(failure))
                 raise error from error.__cause__
             raise
-        container._network = (bridge, host_end, address)
-        container.addresses = (address,)
         os.write(go, b"1")
 
     async def _supervise(

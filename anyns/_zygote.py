@@ -195,7 +195,9 @@ class Zygote:
         holder = None
         skeleton = body.get("skeleton")
         if skeleton is not None:
-            holder = self._skeleton(skeleton)
+            # In a user namespace a clone of the zygote's tree is refused
+            # (open_tree: EINVAL): the child builds the root itself.
+            holder = None if int(body["flags"]) & C.CLONE_NEWUSER else self._skeleton(skeleton)
             if holder is None:  # no detached trees here: the child builds the root itself
                 at = next(i for i, op in enumerate(ops) if op[1] == "attach_skeleton")
                 ops = [*ops[:at], *_skeleton.expand_for_child(skeleton, self.newroot), *ops[at + 1:]]

@@ -12,7 +12,7 @@ from strategies import specs
 import anyns
 from anyns import Namespaces, _child, _plan, _protocol
 
-STEP_ORDER = ("cgroup", "namespaces", "propagation", "rootfs", "dev", "tmp", "proc", "mounts", "pivot_root",
+STEP_ORDER = ("cgroup", "userns", "namespaces", "propagation", "rootfs", "dev", "tmp", "proc", "mounts", "pivot_root",
               "hostname", "network", "process", "pdeathsig", "exec")
 NEWROOT = "/x"
 

@@ -1,0 +1,65 @@
+"""User namespaces: the uid/gid maps (host half) and the identity inside (child half).
+
+The order (research/spawn-path.md §4.1): clone3 makes the child in a new user
+namespace (and its pid namespace, owned by it); the child blocks on its go
+pipe at once. The supervisor, in the parent namespace, writes
+``/proc/PID/uid_map`` and ``gid_map``, then the go byte. Only then does the
+child become root inside (``become_root_in_child``) and unshare the other
+namespaces, which the new user namespace then owns, so it may mount, set
+the hostname and bring ``lo`` up in them.
+
+A root supervisor may map any ranges, so ``setgroups`` is never denied
+(``apt`` and ``su`` keep working inside); an unprivileged writer would have
+to deny it (not supported yet).
+"""
+
+from __future__ import annotations
+
+import os
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+
+# --------------------------------------------------------------------------- host half
+
+
+def map_text(ranges: Iterable[tuple[int, int, int]]) -> bytes:
+    """The text of a uid_map or gid_map: one ``inside outside count`` line per range."""
+    return "".join(f"{inside} {outside} {count}\n" for inside, outside, count in ranges).encode()
+
+
+def write_maps_from_parent(pid: int, uid_map: bytes, gid_map: bytes) -> None:
+    """Write the maps of the user namespace process ``pid`` was born in.
+
+    Raises:
+        OSError: with ``filename`` set to the map that was refused.
+    """
+    for name, text in (("uid_map", uid_map), ("gid_map", gid_map)):
+        path = f"/proc/{pid}/{name}"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.write(fd, text)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, path) from None
+
+
+# --------------------------------------------------------------------------- child half
+
+
+def become_root_in_child() -> None:
+    """Become root of the new user namespace (its maps are written): no supplementary groups, ids 0."""
+    os.setgroups([])
+    os.setresgid(0, 0, 0)
+    os.setresuid(0, 0, 0)
+
+
+def set_user_in_child(uid: int, gid: int, groups: tuple[int, ...]) -> None:
+    """Run as ``uid``/``gid`` with ``groups`` from here on (groups first: it needs CAP_SETGID)."""
+    os.setgroups(list(groups))
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
