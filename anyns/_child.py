@@ -78,6 +78,14 @@ def _cgroup_enter(rt: Rt, index: int) -> None:
     _cgroups.enter_in_child(rt[_EXTRA + index])
 
 
+def _hold_path(rt: Rt, path: bytes, fd: int) -> None:
+    """Open host ``path`` (O_PATH) at fd number ``fd`` while still host root; later steps use /proc/self/fd/FD."""
+    opened = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    if opened != fd:
+        os.dup2(opened, fd, inheritable=False)
+        os.close(opened)
+
+
 def _become_root(rt: Rt) -> None:
     _userns.become_root_in_child()
 
@@ -353,6 +361,7 @@ OPS: dict[str, Callable[..., None]] = {
     "cgroup_enter": _cgroup_enter,
     "unshare": _unshare,
     "become_root": _become_root,
+    "hold_path": _hold_path,
     "set_user": _set_user,
     "bind_device": _bind_device,
     "enter_time_namespace": _enter_time_namespace,
@@ -405,6 +414,7 @@ _SYSCALL_OF = {
     "cgroup_enter": "write",
     "enter_time_namespace": "setns",
     "become_root": "setresuid",
+    "hold_path": "open",
     "set_user": "setresuid",
     "bind_device": "mount",
     "stdio": "dup2",

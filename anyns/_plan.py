@@ -114,6 +114,9 @@ _ROOT_DIRS: Final = ("usr", "etc", "proc", "dev", "tmp", "run", "root", "home", 
 _PROPAGATION_FLAGS: Final = {"private": MS_PRIVATE, "slave": MS_SLAVE, "unbindable": MS_UNBINDABLE}
 _RO_ATTRS: Final = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV
 _DEFAULT_UMASK: Final = 0o022
+#: the first fd a user-namespaced child holds host paths at (see ``hold_path``);
+#: close-on-exec, high enough to stay clear of what the child has open
+_HELD_FDS: Final = 1000
 #: what ``mount_beneath`` creates when the mount point is missing (see ``_child``)
 _CREATE_DIR: Final = 1
 _CREATE_LIKE_SOURCE: Final = 3
@@ -189,6 +192,12 @@ class _Builder:
     def __init__(self, root: str) -> None:
         self.root = root
         self.ops: list[Op] = []
+        #: host path -> the /proc/self/fd path it is held open at (user namespaces)
+        self.held: dict[str, str] = {}
+
+    def host(self, path: str) -> str:
+        """How the child reaches host path ``path``: itself, or the fd it opened before leaving host root."""
+        return self.held.get(path, path)
 
     def at(self, path: str) -> str:
         """The host-visible path of container path ``path`` before the pivot."""
@@ -231,7 +240,6 @@ def compile_plan(spec: ContainerSpec, host: HostLayout) -> Plan:
         extra_kinds += ("go",)
     if id_map is not None:
         b.op("userns", "wait_go", None, extra_kinds.index("go"))
-        b.op("userns", "become_root", None)
     for index, kind in enumerate(joined):
         if kind != "pid":
             b.op("namespaces", "setns", kind, index, int(KIND_FLAGS[kind]))
@@ -240,6 +248,8 @@ def compile_plan(spec: ContainerSpec, host: HostLayout) -> Plan:
         b.op("namespaces", "unshare", None, unshared)
     if unshared & Namespaces.TIME:
         b.op("namespaces", "enter_time_namespace", "time")
+    if id_map is not None:
+        _become_root(b, spec)
     if spec.init and Namespaces.PID in ns:
         extra_kinds += ("status",)  # a pipe: the init writes the program's wait status on it (last extra fd)
 
@@ -256,13 +266,13 @@ def compile_plan(spec: ContainerSpec, host: HostLayout) -> Plan:
     shared = [m for m in spec.mounts if isinstance(m, Bind) and m.propagation in ("shared", "slave")]
     for mount in shared:
         # Labelled "mounts": a failure here is about that bind's source, as for every other bind.
-        b.op("mounts", "open_tree", mount.source, mount.source, int(mount.recursive))
+        b.op("mounts", "open_tree", mount.source, b.host(mount.source), int(mount.recursive))
     flag = MS_SLAVE if spec.root_propagation == "slave" else MS_PRIVATE
     b.op("propagation", "mount", "/", None, "/", None, MS_REC | flag, None)
 
     skeleton = None
     if isinstance(spec.rootfs, HostRootfs):
-        skeleton = _host_skeleton(spec, host)  # has every mount point below
+        skeleton = _host_skeleton(spec, host, b)  # has every mount point below
         b.op("rootfs", "attach_skeleton", "/", host.newroot)
     elif isinstance(spec.rootfs, OverlayRootfs):
         _overlay_rootfs(b, spec.rootfs)
@@ -330,6 +340,27 @@ def _cgroup_steps(b: _Builder, spec: ContainerSpec, host: HostLayout, extra_kind
         b.op("cgroup", "cgroup_enter", name, len(extra_kinds))
         extra_kinds += ("cgroup1",)
     return extra_kinds, cgroup
+
+
+def _become_root(b: _Builder, spec: ContainerSpec) -> None:
+    """In a user namespace: hold the host paths the setup needs, then become root inside.
+
+    Root inside is an unprivileged uid on the host, so host paths it could
+    not reach (a bind source under a 0700 directory) are opened first, while
+    the child still has host root's uid, and used through /proc/self/fd. They
+    are opened after unshare(CLONE_NEWNS): a mount of the host's namespace
+    could not be bound into ours.
+    """
+    sources = [("mounts", m.source) for m in spec.mounts if isinstance(m, Bind)]
+    if isinstance(spec.rootfs, DirRootfs):
+        sources.insert(0, ("rootfs", spec.rootfs.path))
+    for step, source in dict.fromkeys(sources):
+        if source in b.held:
+            continue
+        fd = _HELD_FDS + len(b.held)
+        b.op(step, "hold_path", source, source, fd)
+        b.held[source] = f"/proc/self/fd/{fd}"
+    b.op("userns", "become_root", None)
 
 
 def _process_steps(b: _Builder, spec: ContainerSpec, ns: Namespaces, extra_kinds: tuple[str, ...]) -> None:
@@ -402,7 +433,7 @@ def compile_exec_plan(spec: ContainerSpec, container_namespaces: Namespaces, hos
                 enter=((0, flags),), tty=spec.tty, cgroup=cgroup)
 
 
-def _host_skeleton(spec: ContainerSpec, host: HostLayout) -> tuple[tuple[Arg, ...], ...]:
+def _host_skeleton(spec: ContainerSpec, host: HostLayout, b: _Builder) -> tuple[tuple[Arg, ...], ...]:
     """The HostRootfs root as ``_skeleton`` operations (paths relative to the root)."""
     rootfs = spec.rootfs
     assert isinstance(rootfs, HostRootfs)
@@ -416,7 +447,7 @@ def _host_skeleton(spec: ContainerSpec, host: HostLayout) -> tuple[tuple[Arg, ..
     # one never writes through a bind into the host) and before the root turns
     # read-only.
     for mount in spec.mounts:
-        source = mount.source if isinstance(mount, Bind) else None
+        source = b.host(mount.source) if isinstance(mount, Bind) else None
         ops.append(("mountpoint", source, mount.target.lstrip("/")))
     ops += [("bind", f"/{name}", name, 1) for name in ("usr", *host.top_dirs)]
     ops += [("bind", f"/etc/{name}", f"etc/{name}", 1) for name in host.etc_dirs if name in wanted]
@@ -453,7 +484,7 @@ def _overlay_rootfs(b: _Builder, rootfs: OverlayRootfs) -> None:
 
 def _dir_rootfs(b: _Builder, rootfs: DirRootfs) -> None:
     # The host path is what goes wrong here, so errors name it.
-    b.op("rootfs", "mount", rootfs.path, rootfs.path, b.root, None, MS_BIND | MS_REC, None)
+    b.op("rootfs", "mount", rootfs.path, b.host(rootfs.path), b.root, None, MS_BIND | MS_REC, None)
     if rootfs.readonly:
         b.op("rootfs", "mount_setattr", rootfs.path, b.root, _RO_ATTRS)
 
@@ -467,10 +498,10 @@ def _user_mount(b: _Builder, mount: Bind | Tmpfs, tree: int) -> None:
              data, _CREATE_DIR)
         return
     if tree >= 0:
-        b.op("mounts", "attach_tree", mount.target, tree, mount.source, b.root, rel)
+        b.op("mounts", "attach_tree", mount.target, tree, b.host(mount.source), b.root, rel)
     else:
         flags = MS_BIND | (MS_REC if mount.recursive else 0)
-        b.op("mounts", "mount_beneath", mount.target, mount.source, b.root, rel, None, flags, None,
+        b.op("mounts", "mount_beneath", mount.target, b.host(mount.source), b.root, rel, None, flags, None,
              _CREATE_LIKE_SOURCE)
     attr = (
         (MOUNT_ATTR_RDONLY if mount.readonly else 0)
