@@ -34,8 +34,16 @@ from ._errors import (
     UnsupportedError,
     ZygoteError,
 )
+from ._security_defaults import (
+    ALL_CAPABILITIES,
+    DEFAULT_CAPABILITIES,
+    DEFAULT_DENIED,
+    DEFAULT_MASKED_PATHS,
+    DEFAULT_READONLY_PATHS,
+)
 from ._spec import (
     DEFAULT_ID_MAP,
+    DEFAULT_SECCOMP,
     RLIM_INFINITY,
     Bind,
     Bridge,
@@ -51,6 +59,7 @@ from ._spec import (
     Loopback,
     Namespaces,
     OverlayRootfs,
+    Seccomp,
     Tmpfs,
     User,
 )
@@ -58,7 +67,13 @@ from ._supervisor import DEVNULL, PIPE, STDOUT, Supervisor, open_supervisor
 from ._version import __version__
 
 __all__ = [
+    "ALL_CAPABILITIES",
+    "DEFAULT_CAPABILITIES",
+    "DEFAULT_DENIED",
     "DEFAULT_ID_MAP",
+    "DEFAULT_MASKED_PATHS",
+    "DEFAULT_READONLY_PATHS",
+    "DEFAULT_SECCOMP",
     "DEVNULL",
     "PIPE",
     "RLIM_INFINITY",
@@ -86,6 +101,7 @@ __all__ = [
     "NetworkError",
     "OverlayRootfs",
     "PersistedNamespace",
+    "Seccomp",
     "SetupError",
     "SpecError",
     "Supervisor",

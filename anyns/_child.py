@@ -21,7 +21,7 @@ import os
 import select
 import struct
 
-from . import _cgroups, _init, _protocol, _skeleton, _userns
+from . import _cgroups, _init, _protocol, _security, _skeleton, _userns
 from ._protocol import TYPE_CHECKING
 from ._sys import _consts as C
 from ._sys import _libc
@@ -76,6 +76,59 @@ def _wait_go(rt: Rt, index: int) -> None:
 def _cgroup_enter(rt: Rt, index: int) -> None:
     """Move into the container's v1 leaf (extra fd ``index`` is its cgroup.procs)."""
     _cgroups.enter_in_child(rt[_EXTRA + index])
+
+
+def _mask_paths(rt: Rt, masked: tuple[bytes, ...], readonly: tuple[bytes, ...], devnull: bytes) -> None:
+    """Cover ``masked`` (/dev/null on a file, an empty read-only tmpfs on a directory); make ``readonly`` so.
+
+    Paths this kernel or root does not have are skipped.
+    """
+    for path in masked:
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            continue
+        try:
+            if (mode & 0o170000) == 0o040000:
+                _libc.mount(b"tmpfs", path, b"tmpfs", C.MS_RDONLY | C.MS_NOSUID | C.MS_NODEV | C.MS_NOEXEC,
+                            b"size=4k,mode=0555")
+            else:
+                _libc.mount(devnull, path, None, C.MS_BIND, None)
+        except OSError as e:
+            e.anyns_path = path  # type: ignore[attr-defined]
+            raise
+    for path in readonly:
+        try:
+            os.lstat(path)
+        except FileNotFoundError:
+            continue
+        try:
+            _libc.mount(path, path, None, C.MS_BIND | C.MS_REC, None)
+            _libc.mount_setattr(C.AT_FDCWD, path, C.AT_RECURSIVE, C.MOUNT_ATTR_RDONLY | C.MOUNT_ATTR_NOSUID
+                                | C.MOUNT_ATTR_NODEV | C.MOUNT_ATTR_NOEXEC, 0, 0)
+        except OSError as e:
+            e.anyns_path = path  # type: ignore[attr-defined]
+            raise
+
+
+def _setsid(rt: Rt) -> None:
+    os.setsid()
+
+
+def _drop_bounding(rt: Rt, dropped: tuple[int, ...]) -> None:
+    _security.drop_bounding_in_child(dropped)
+
+
+def _install_seccomp(rt: Rt, prepared: tuple[object, ...]) -> None:
+    _security.install_seccomp_in_child(prepared)
+
+
+def _capset(rt: Rt, prepared: tuple[object, ...]) -> None:
+    _security.set_capabilities_in_child(prepared)
+
+
+def _no_new_privs(rt: Rt) -> None:
+    _security.no_new_privs_in_child()
 
 
 def _hold_path(rt: Rt, path: bytes, fd: int) -> None:
@@ -361,6 +414,12 @@ OPS: dict[str, Callable[..., None]] = {
     "cgroup_enter": _cgroup_enter,
     "unshare": _unshare,
     "become_root": _become_root,
+    "mask_paths": _mask_paths,
+    "setsid": _setsid,
+    "drop_bounding": _drop_bounding,
+    "seccomp_bpf": _install_seccomp,
+    "capset": _capset,
+    "no_new_privs": _no_new_privs,
     "hold_path": _hold_path,
     "set_user": _set_user,
     "bind_device": _bind_device,
@@ -414,6 +473,10 @@ _SYSCALL_OF = {
     "cgroup_enter": "write",
     "enter_time_namespace": "setns",
     "become_root": "setresuid",
+    "mask_paths": "mount",
+    "drop_bounding": "prctl",
+    "seccomp_bpf": "prctl",
+    "no_new_privs": "prctl",
     "hold_path": "open",
     "set_user": "setresuid",
     "bind_device": "mount",
@@ -500,6 +563,10 @@ def link(ops: Sequence[Sequence[Any]], skeleton: list[int] | None = None) -> tup
             if skeleton is None:
                 raise ValueError("attach_skeleton without a skeleton")
             converted = (skeleton, *converted)
+        if call == "seccomp_bpf":
+            converted = (_security.prepare_seccomp(bytes.fromhex(args[0])),)
+        elif call == "capset":
+            converted = (_security.prepare_capset(int(args[0])),)
         if call in ("execve", "spawn_with_init"):
             *lead, candidates, argv, env = converted
             converted = (*lead, candidates, argv, dict(e.split(b"=", 1) for e in env))

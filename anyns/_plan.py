@@ -43,14 +43,18 @@ The order (each line a step)::
                  namespace, where mknod is refused), a devpts instance, /dev/shm
     tmp          /tmp: tmpfs
     proc         /proc for the new pid namespace (before the pivot: in a user
-                 namespace proc can only be mounted while the host's is visible)
+                 namespace proc can only be mounted while the host's is visible);
+                 then the masked and read-only paths
     mounts       the spec's mounts, in order, each resolved beneath the new
                  root without following symlinks
     pivot_root   pivot_root(".", ".") and detach the old root (runc, LXC)
     hostname     sethostname, setdomainname
     network      lo up; with a Bridge, wait until the supervisor has wired eth0
     process      umask, cwd, stdio, close every other fd, signal dispositions and
-                 mask, rlimits, then the program's uid/gid/groups (``user``)
+                 mask, rlimits
+    security     a new session; cut the bounding set; the seccomp filter; the
+                 program's uid/gid/groups (``user``); keep only the allowed
+                 capabilities; no_new_privs (``_security``)
     pdeathsig    PR_SET_PDEATHSIG last (credential changes clear it), then check
                  the supervisor is still alive
     exec         execve, trying each PATH entry like execvp; with ``init`` (and a
@@ -65,6 +69,7 @@ from typing import Final
 
 import attrs
 
+from ._security_defaults import CAPABILITIES
 from ._spec import (
     DEFAULT_PATH,
     KIND_FLAGS,
@@ -308,6 +313,10 @@ def compile_plan(spec: ContainerSpec, host: HostLayout) -> Plan:
     if ensure:
         b.op("proc", "ensure_dir", "/proc", b.at("/proc"))
     b.mount("proc", "proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    if spec.masked_paths or spec.readonly_paths:
+        # runc's masked and read-only paths, on the new /proc (and /sys, where there is one)
+        b.op("proc", "mask_paths", None, tuple(b.at(p) for p in spec.masked_paths),
+             tuple(b.at(p) for p in spec.readonly_paths), b.at("/dev/null"))
 
     for each in spec.mounts:
         _user_mount(b, each, shared.index(each) if each in shared else -1)
@@ -391,14 +400,38 @@ def _exec_steps(b: _Builder, spec: ContainerSpec, status: int | None = None) -> 
     # Last before exec: a low nofile, as or nproc must not trip the child's own setup.
     for name, soft, hard in spec.rlimits:
         b.op("process", "setrlimit", name, RLIMITS[name], soft, hard)
-    if spec.user is not None:  # after everything that needs root; it clears PDEATHSIG, which comes next
-        b.op("process", "set_user", None, spec.user.uid, spec.user.gid, spec.user.groups)
+    _security_steps(b, spec)
     b.op("pdeathsig", "pdeathsig", None)
     env = tuple(f"{k}={v}" for k, v in spec.env.items())
     if status is not None:
         b.op("exec", "spawn_with_init", spec.argv[0], status, _exec_candidates(spec), spec.argv, env)
     else:
         b.op("exec", "execve", spec.argv[0], _exec_candidates(spec), spec.argv, env)
+
+
+def _security_steps(b: _Builder, spec: ContainerSpec) -> None:
+    """The hardening (``_security``), in the one order that works.
+
+    The bounding set is cut and the filter installed while the child still
+    has every capability (without no_new_privs a filter needs CAP_SYS_ADMIN);
+    then the uid changes (which empties the capabilities of a non-root
+    user), then root keeps only its capabilities, then no_new_privs.
+    """
+    if spec.new_session and not spec.tty:  # a terminal's own setsid came with it
+        b.op("security", "setsid", None)
+    dropped = tuple(sorted(n for name, n in CAPABILITIES.items() if name not in spec.capabilities))
+    if dropped:
+        b.op("security", "drop_bounding", None, dropped)
+    if spec.seccomp is not None:
+        b.op("security", "seccomp", None, tuple(sorted(spec.seccomp.deny)), spec.seccomp.errno,
+             int("CAP_SYS_ADMIN" in spec.capabilities))
+    if spec.user is not None:  # after everything that needs root; it clears PDEATHSIG, which comes next
+        b.op("security", "set_user", None, spec.user.uid, spec.user.gid, spec.user.groups)
+    if dropped and (spec.user is None or spec.user.uid == 0):
+        kept = sum(1 << n for name, n in CAPABILITIES.items() if name in spec.capabilities)
+        b.op("security", "capset", None, kept)
+    if spec.no_new_privileges:
+        b.op("security", "no_new_privs", None)
 
 
 def compile_exec_plan(spec: ContainerSpec, container_namespaces: Namespaces, host: HostLayout | None = None,

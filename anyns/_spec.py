@@ -21,6 +21,13 @@ from typing import Any, Final
 import attrs
 
 from ._errors import SpecError
+from ._security_defaults import (
+    CAPABILITIES,
+    DEFAULT_CAPABILITIES,
+    DEFAULT_DENIED,
+    DEFAULT_MASKED_PATHS,
+    DEFAULT_READONLY_PATHS,
+)
 
 __all__ = [
     "DEFAULT_PATH",
@@ -33,6 +40,7 @@ __all__ = [
     "HostRootfs",
     "IdMap",
     "Join",
+    "Seccomp",
     "JoinNetwork",
     "Limits",
     "Loopback",
@@ -609,6 +617,73 @@ class User:
             raise _fail("user.groups", "at most 65536 supplementary groups")
 
 
+def _to_capabilities(value: Any) -> frozenset[str]:
+    """Capability names, as ``CAP_SYS_ADMIN``, ``sys_admin`` or ``SYS_ADMIN`` -> a frozenset of ``CAP_*``."""
+    if isinstance(value, str):
+        raise _fail("capabilities", f"expected a set of capability names, got the string {value!r}")
+    try:
+        names = list(value)
+    except TypeError:
+        raise _fail("capabilities", f"expected a set of capability names, got {value!r}") from None
+    out = set()
+    for name in names:
+        if not isinstance(name, str):
+            raise _fail("capabilities", f"expected capability names, got {name!r}")
+        full = name.upper() if name.upper().startswith("CAP_") else "CAP_" + name.upper()
+        if full not in CAPABILITIES:
+            raise _fail("capabilities", f"unknown capability {name!r}")
+        out.add(full)
+    return frozenset(out)
+
+
+def _to_syscall_names(value: Any) -> frozenset[str]:
+    if isinstance(value, str):
+        raise _fail("seccomp.deny", f"expected a set of syscall names, got the string {value!r}")
+    names = frozenset(value)
+    for name in names:
+        if not isinstance(name, str) or not name or not (name.replace("_", "").isalnum() and name.isascii()):
+            raise _fail("seccomp.deny", f"expected syscall names, got {name!r}")
+    return names
+
+
+@attrs.frozen
+class Seccomp:
+    """A seccomp filter: every syscall is allowed except those in ``deny``, which fail with ``errno``.
+
+    The default, ``anyns.DEFAULT_SECCOMP``, is modelled on Docker's default
+    profile: ``anyns.DEFAULT_DENIED`` (kexec, kernel modules, keyrings, bpf,
+    perf_event_open, userfaultfd, swap, reboot …), always the TIOCSTI and
+    TIOCLINUX ioctls, and, unless the container keeps CAP_SYS_ADMIN, the mount
+    and namespace calls (mount, umount2, pivot_root, unshare, setns, the new
+    mount API, clone with namespace flags; clone3 answers ENOSYS so libc falls
+    back to clone). Add to it with ``Seccomp(deny=anyns.DEFAULT_DENIED | {"ptrace"})``.
+    """
+
+    deny: frozenset[str] = attrs.field(default=DEFAULT_DENIED, converter=_to_syscall_names)
+    errno: int = 1  # EPERM
+
+    def __attrs_post_init__(self) -> None:
+        if isinstance(self.errno, bool) or not isinstance(self.errno, int) or not 0 < self.errno < 4096:
+            raise _fail("seccomp.errno", f"expected an errno from 1 to 4095, got {self.errno!r}")
+
+
+DEFAULT_SECCOMP: Final = Seccomp()
+
+
+def _container_paths(where: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        raise _fail(where, f"expected a sequence of paths, got the string {value!r}")
+    return tuple(_container_path(where, _path(v)) for v in value)
+
+
+def _to_masked_paths(value: Any) -> tuple[str, ...]:
+    return _container_paths("masked_paths", value)
+
+
+def _to_readonly_paths(value: Any) -> tuple[str, ...]:
+    return _container_paths("readonly_paths", value)
+
+
 #: the smallest CPU quota the kernel takes: 1 ms per 100 ms period
 _MIN_CPU: Final = 0.01
 
@@ -699,6 +774,24 @@ class ContainerSpec:
             (root inside is uid 100000 outside).
         user: ``anyns.User(uid, gid, groups=())``, the identity the program
             runs as, ids as seen inside (default: root, uid 0).
+        capabilities: the capabilities the program keeps, by name
+            (``anyns.DEFAULT_CAPABILITIES``: Docker's set, without
+            CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_SYS_PTRACE, CAP_SYS_MODULE …);
+            the bounding set is cut to them. ``anyns.ALL_CAPABILITIES`` keeps
+            every one (needed to mount inside the container).
+        no_new_privileges: ``PR_SET_NO_NEW_PRIVS`` (default True): setuid
+            binaries and file capabilities grant nothing.
+        seccomp: an ``anyns.Seccomp`` filter (default ``anyns.DEFAULT_SECCOMP``);
+            None turns filtering off.
+        masked_paths: paths hidden inside (``anyns.DEFAULT_MASKED_PATHS``:
+            /proc/kcore, /proc/keys, /proc/timer_list, /proc/sched_debug,
+            /sys/firmware …): /dev/null on a file, an empty read-only tmpfs on
+            a directory; missing ones are skipped.
+        readonly_paths: paths made read-only inside (``anyns.DEFAULT_READONLY_PATHS``:
+            /proc/sys, /proc/sysrq-trigger, /proc/irq, /proc/bus, /proc/fs).
+        new_session: the program leads a new session with no controlling
+            terminal (``setsid``), so it cannot push input into the
+            caller's terminal (default True; ``tty=True`` gives it its own).
         init: run a small init as pid 1 (default) that starts the program,
             forwards SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2 and
             SIGWINCH to it, reaps orphaned processes, and exits with the
@@ -732,6 +825,12 @@ class ContainerSpec:
     init: bool = True
     user_ns: IdMap | None = None
     user: User | None = None
+    capabilities: frozenset[str] = attrs.field(default=DEFAULT_CAPABILITIES, converter=_to_capabilities)
+    no_new_privileges: bool = True
+    seccomp: Seccomp | None = DEFAULT_SECCOMP
+    masked_paths: tuple[str, ...] = attrs.field(default=DEFAULT_MASKED_PATHS, converter=_to_masked_paths)
+    readonly_paths: tuple[str, ...] = attrs.field(default=DEFAULT_READONLY_PATHS, converter=_to_readonly_paths)
+    new_session: bool = True
 
     def __attrs_post_init__(self) -> None:
         if (isinstance(self.stop_grace, bool) or not isinstance(self.stop_grace, (int, float))
@@ -741,6 +840,11 @@ class ContainerSpec:
             raise _fail("argv", "must name a program")
         if self.limits is not None and not isinstance(self.limits, Limits):
             raise _fail("limits", f"expected an anyns.Limits, got {self.limits!r}")
+        for flag in ("no_new_privileges", "new_session"):
+            if not isinstance(getattr(self, flag), bool):
+                raise _fail(flag, f"expected True or False, got {getattr(self, flag)!r}")
+        if self.seccomp is not None and not isinstance(self.seccomp, Seccomp):
+            raise _fail("seccomp", f"expected an anyns.Seccomp or None, got {self.seccomp!r}")
         if not isinstance(self.init, bool):
             raise _fail("init", f"expected True or False, got {self.init!r}")
         if self.init and self.limits is not None and self.limits.pids == 1 and Namespaces.PID in self.namespaces:

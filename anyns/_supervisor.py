@@ -11,6 +11,7 @@ before it returns, inside a shielded scope.
 from __future__ import annotations
 
 import errno
+import functools
 import itertools
 import os
 import signal
@@ -36,6 +37,7 @@ from ._errors import (
 )
 from ._network import Networking
 from ._plan import HostLayout, Plan, compile_exec_plan, compile_plan
+from ._security import seccomp_bpf
 from ._spec import (
     KIND_FLAGS,
     Bridge,
@@ -245,7 +247,7 @@ class Supervisor(metaclass=NoPublicConstructor):
         if cached is not None:
             self._plans[key] = cached  # most recently used last: eviction takes the oldest use
         else:
-            cached = (next(self._plan_ids), compile_())
+            cached = (next(self._plan_ids), _with_seccomp_bpf(compile_()))
             if len(self._plans) >= MAX_PLANS:  # unbounded distinct specs: forget the oldest
                 old_id, _old = self._plans.pop(next(iter(self._plans)))
                 if self._zygote is not None and self._zygote.error is None:
@@ -771,6 +773,29 @@ def _single_exceptions() -> Iterator[None]:
             raise exc  # the group only wrapped it: keep exc's own __cause__
         finally:
             exc.__context__ = context
+
+
+@functools.lru_cache(maxsize=64)
+def _seccomp_hex(deny: tuple[str, ...], err: int, keep_admin: bool) -> str:
+    """The filter as BPF (hex, for the plan's JSON), compiled once per policy by libseccomp."""
+    try:
+        return seccomp_bpf(deny, err, keep_admin).hex()
+    except OSError as e:
+        raise UnsupportedError(
+            f"seccomp: the filter could not be built: {e} (hint: install libseccomp2, "
+            "or pass seccomp=None to run without a filter)") from e
+
+
+def _with_seccomp_bpf(plan: Plan) -> Plan:
+    """``plan`` with its seccomp policy op compiled to BPF: the child only installs it."""
+    ops = list(plan.ops)
+    for i, (step, call, path, args) in enumerate(ops):
+        if call == "seccomp":
+            deny, err, keep_admin = args
+            assert isinstance(deny, tuple) and isinstance(err, int) and isinstance(keep_admin, int)
+            ops[i] = (step, "seccomp_bpf", path, (_seccomp_hex(tuple(str(d) for d in deny), err, bool(keep_admin)),))
+            return attrs.evolve(plan, ops=tuple(ops))
+    return plan
 
 
 def _cgroup_error(e: _cgroups.CgroupWriteError) -> SetupError:

@@ -45,7 +45,9 @@ def mounted(path: str) -> bool:
 
 
 async def tour(sup: anyns.Supervisor, source: str, propagation: str) -> None:
-    spec = anyns.ContainerSpec(argv=["sh", "-c", SCRIPT], mounts=[anyns.Bind(source, "/s", propagation=propagation)])
+    # The container mounts something itself: that needs CAP_SYS_ADMIN, which containers drop by default.
+    spec = anyns.ContainerSpec(argv=["sh", "-c", SCRIPT], mounts=[anyns.Bind(source, "/s", propagation=propagation)],
+                               capabilities=anyns.ALL_CAPABILITIES)
     print(f"\n== propagation={propagation!r}: {EXPLAIN[propagation]}")
     async with trio.open_nursery() as nursery:
         box = await nursery.start(functools.partial(sup.run, stdin=anyns.PIPE, stdout=anyns.PIPE, check=False), spec)

@@ -178,6 +178,14 @@ def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 
     return ret
 
 
+def syscall(name: str, number: int, *args: int) -> int:
+    """A raw syscall with pointer-sized integer arguments; OSError naming ``name`` on -1."""
+    ret: int = _syscall(ctypes.c_long(number), *(ctypes.c_long(a) for a in args))
+    if ret == -1:
+        raise _fail(name)
+    return ret
+
+
 def set_comm(name: bytes) -> None:
     """PR_SET_NAME: the name ``ps`` and /proc/PID/comm show (15 bytes at most)."""
     buf = ctypes.create_string_buffer(name[:15])

@@ -110,6 +110,8 @@ async def staged(sup: anyns.Supervisor, script: str, **fields: Any) -> AsyncIter
     The markers the test waits for go to stderr (a PIPE); the report goes to
     stdout, captured by the supervisor, so it is whole once ``run`` returns.
     """
+    # The scripts mount inside the container: that takes CAP_SYS_ADMIN (and seccomp follows it).
+    fields.setdefault("capabilities", anyns.ALL_CAPABILITIES)
     spec = anyns.ContainerSpec(argv=["/bin/sh", "-c", script], **fields)
     done: dict[str, anyns.CompletedContainer] = {}
     exited = trio.Event()
