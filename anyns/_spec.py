@@ -15,8 +15,8 @@ import math
 import operator
 import os
 import posixpath
-from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, Final
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, Final, TypeVar
 
 import attrs
 
@@ -76,6 +76,19 @@ class Namespaces(enum.IntFlag):
 
 def _fail(where: str, message: str) -> SpecError:
     return SpecError(f"{where}: {message}")
+
+
+_T = TypeVar("_T")
+
+
+def _shaped(where: str, convert: Callable[[Any], _T], value: Any) -> _T:
+    """``convert(value)``; a TypeError or ValueError (a value of the wrong shape) becomes a SpecError."""
+    try:
+        return convert(value)
+    except SpecError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise _fail(where, f"{e} (got {value!r})") from None
 
 
 def _check_text(where: str, value: str) -> None:
@@ -145,8 +158,12 @@ class Environment(Mapping[str, str]):
         return f"Environment({self._items!r})"
 
 
-def _to_env(value: Mapping[str, str] | Iterable[tuple[str, str]]) -> Environment:
+def _env_of(value: Mapping[str, str] | Iterable[tuple[str, str]]) -> Environment:
     return value if isinstance(value, Environment) else Environment(value)
+
+
+def _to_env(value: Any) -> Any:
+    return _shaped("env", _env_of, value)
 
 
 #: /etc entries a HostRootfs shows by default (those present on the host): what
@@ -155,6 +172,16 @@ HOST_ETC: Final = (
     "passwd", "group", "hosts", "resolv.conf", "nsswitch.conf", "localtime", "ld.so.cache",
     "alternatives", "ssl",
 )
+
+
+def _etc_of(value: Iterable[str]) -> tuple[str, ...]:
+    if isinstance(value, str):
+        raise _fail("etc", f"expected a sequence of /etc entry names, got the string {value!r}")
+    return tuple(value)
+
+
+def _to_etc(value: Any) -> Any:
+    return _shaped("etc", _etc_of, value)
 
 
 @attrs.frozen
@@ -168,7 +195,7 @@ class HostRootfs:
     so the container may create files and directories in it.
     """
 
-    etc: tuple[str, ...] = attrs.field(default=HOST_ETC, converter=tuple)
+    etc: tuple[str, ...] = attrs.field(default=HOST_ETC, converter=_to_etc)
 
     @etc.validator
     def _check_etc(self, _: object, value: tuple[str, ...]) -> None:
@@ -195,10 +222,14 @@ class DirRootfs:
         _check_abs_path("DirRootfs.path", value)
 
 
-def _to_paths(value: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> tuple[str, ...]:
+def _paths_of(value: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> tuple[str, ...]:
     if isinstance(value, (str, os.PathLike)):
         return (_path(value),)
     return tuple(_path(v) for v in value)
+
+
+def _to_paths(value: Any) -> Any:
+    return _shaped("lower", _paths_of, value)
 
 
 def _check_overlay_path(where: str, value: str) -> None:
@@ -446,17 +477,25 @@ class Join:
         return {k: v for k, v in attrs.asdict(self, recurse=False).items() if v is not None}
 
 
-def _to_argv(value: Iterable[str | os.PathLike[str]]) -> tuple[str, ...]:
+def _argv_of(value: Iterable[str | os.PathLike[str]]) -> tuple[str, ...]:
     if isinstance(value, (str, bytes)):
         raise _fail("argv", "expected a sequence of strings, got a single string")
     return tuple(_path(a) for a in value)
 
 
-def _to_size(value: Iterable[int]) -> tuple[int, int]:
+def _to_argv(value: Any) -> Any:
+    return _shaped("argv", _argv_of, value)
+
+
+def _size_of(value: Iterable[int]) -> tuple[int, int]:
     size = tuple(value)
     if len(size) != 2:
         raise _fail("tty_size", f"expected (rows, columns), got {value!r}")
     return size[0], size[1]
+
+
+def _to_size(value: Any) -> Any:
+    return _shaped("tty_size", _size_of, value)
 
 
 #: setrlimit(2) resources by the names ``ulimit``/prlimit use, lower-case
@@ -467,7 +506,7 @@ RLIMITS: Final = {
 RLIM_INFINITY: Final = (1 << 64) - 1
 
 
-def _to_rlimits(value: Any) -> tuple[tuple[str, int, int], ...]:
+def _rlimits_of(value: Any) -> tuple[tuple[str, int, int], ...]:
     """``{"nofile": (soft, hard)}`` (or an int for both) -> sorted ``((name, soft, hard), ...)``."""
     items = value.items() if isinstance(value, Mapping) else value
     out: list[tuple[str, int, int]] = []
@@ -492,6 +531,10 @@ def _to_rlimits(value: Any) -> tuple[tuple[str, int, int], ...]:
             raise _fail(f"rlimits[{name!r}]", f"the soft limit {soft} is above the hard limit {hard}")
         out.append((name, soft, hard))
     return tuple(sorted(out))
+
+
+def _to_rlimits(value: Any) -> Any:
+    return _shaped("rlimits", _rlimits_of, value)
 
 
 _SIZE_UNITS: Final = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -721,8 +764,12 @@ class Limits:
             raise _fail("limits.cpu", f"expected CPUs from {_MIN_CPU} (e.g. 0.5 for half a CPU), got {self.cpu!r}")
 
 
-def _to_mounts(value: Iterable[Mount]) -> tuple[Mount, ...]:
+def _mounts_of(value: Iterable[Mount]) -> tuple[Mount, ...]:
     return tuple(value)
+
+
+def _to_mounts(value: Any) -> Any:
+    return _shaped("mounts", _mounts_of, value)
 
 
 _ALL_NAMESPACES: Final = functools.reduce(operator.or_, Namespaces, 0)

@@ -583,7 +583,10 @@ class Supervisor(metaclass=NoPublicConstructor):
                 host_end, address = await self._networking.attach(bridge, container.pid)
                 container._network = (bridge, host_end, address)
                 container.addresses = (address,)
-        except (NetworkError, SetupError):
+            os.write(go, b"1")
+        except (NetworkError, SetupError, OSError):
+            # Most often the child failed first (a missing bind source): its
+            # netns or its go pipe are gone, and its own record says why.
             with trio.CancelScope(shield=True):
                 container.kill()
                 await container._wait_and_reap()
@@ -592,7 +595,6 @@ class Supervisor(metaclass=NoPublicConstructor):
                 error = setup_error(*_protocol.decode_failure(failure))
                 raise error from error.__cause__
             raise
-        os.write(go, b"1")
 
     async def _supervise(
         self,
@@ -718,6 +720,9 @@ class Supervisor(metaclass=NoPublicConstructor):
                     leaf, container._leaf = container._leaf, None
                     await self._release_cgroup(leaf)
         finally:
+            if container._tty_fd >= 0:  # a terminal nobody took (its program failed to start)
+                os.close(container._tty_fd)
+                container._tty_fd = -1
             self._running.discard(container)
             container._finished.set()
 
