@@ -25,8 +25,10 @@ import trio
 
 from ._container import Container, namespaces_of
 from ._errors import AnynsError, ExecError, SetupError, format_size
+from ._security_defaults import ALL_CAPABILITIES, DEFAULT_CAPABILITIES
 from ._spec import (
     DEFAULT_PATH,
+    DEFAULT_SECCOMP,
     RLIM_INFINITY,
     Bind,
     Bridge,
@@ -34,12 +36,14 @@ from ._spec import (
     DirRootfs,
     HostNetwork,
     HostRootfs,
+    IdMap,
     JoinNetwork,
     Limits,
     Loopback,
     Namespaces,
     OverlayRootfs,
     Tmpfs,
+    User,
 )
 from ._supervisor import Supervisor, open_supervisor
 
@@ -75,6 +79,17 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--cpus", metavar="CPUS", type=float, help="CPU time limit in CPUs, e.g. 0.5")
     run.add_argument("--no-init", dest="init", action="store_false",
                      help="run the program itself as pid 1 (default: a small init is pid 1 and the program pid 2)")
+    run.add_argument("--userns", action="store_true",
+                     help="a user namespace of its own (root inside = uid 100000 outside; see --map)")
+    run.add_argument("--map", metavar="INSIDE:OUTSIDE:COUNT", action="append", default=[],
+                     help="a uid and gid range of the user namespace (repeatable; implies --userns)")
+    run.add_argument("--user", metavar="UID[:GID]", help="run the program as this uid (and gid) inside")
+    run.add_argument("--cap-add", metavar="CAP", action="append", default=[],
+                     help="keep a capability beyond the default set (ALL: every one)")
+    run.add_argument("--cap-drop", metavar="CAP", action="append", default=[],
+                     help="drop a capability of the default set (ALL: every one)")
+    run.add_argument("--seccomp", choices=("default", "none"), default="default",
+                     help="the seccomp filter: anyns's default profile, or none")
     run.add_argument("--share-net", action="store_true", help="use the host's network namespace")
     run.add_argument("--net", metavar="MODE", default=None,
                      help="loopback (default), host, bridge[:SUBNET[:NAME]] or a netns file to join")
@@ -126,10 +141,33 @@ def spec_from_args(args: argparse.Namespace) -> ContainerSpec:
     for value in args.tmpfs:
         mounts.append(Tmpfs(value))
     rlimits = dict(_rlimit_from(value) for value in args.rlimit)
+    user_ns = None
+    if args.map:
+        ranges = []
+        for value in args.map:
+            try:
+                inside, outside, count = (int(part) for part in value.split(":"))
+            except ValueError:
+                raise AnynsError(f"--map {value!r}: expected INSIDE:OUTSIDE:COUNT, e.g. 0:100000:65536") from None
+            ranges.append((inside, outside, count))
+        user_ns = IdMap(uid=ranges, gid=ranges)
+    user = None
+    if args.user is not None:
+        uid_text, _, gid_text = args.user.partition(":")
+        try:
+            uid = int(uid_text)
+            user = User(uid, int(gid_text) if gid_text else uid)
+        except ValueError:
+            raise AnynsError(f"--user {args.user!r}: expected UID[:GID] as numbers") from None
+    capabilities = set(DEFAULT_CAPABILITIES)
+    for value in args.cap_drop:
+        capabilities -= set(ALL_CAPABILITIES) if value.upper() == "ALL" else {_cap_name(value)}
+    for value in args.cap_add:
+        capabilities |= set(ALL_CAPABILITIES) if value.upper() == "ALL" else {_cap_name(value)}
     limits = None
     if args.memory is not None or args.pids is not None or args.cpus is not None:
         limits = Limits(memory=args.memory, pids=args.pids, cpu=args.cpus)
-    namespaces = Namespaces.DEFAULT
+    namespaces = Namespaces.DEFAULT | (Namespaces.USER if args.userns else Namespaces(0))
     network = _network_from(args.net)
     if args.share_net:
         network = HostNetwork()
@@ -149,7 +187,15 @@ def spec_from_args(args: argparse.Namespace) -> ContainerSpec:
             tty_size = (size.lines, size.columns)
     return ContainerSpec(argv=cmd, rootfs=rootfs, hostname=args.hostname, domainname=args.domainname,
                          namespaces=namespaces, network=network, mounts=mounts, env=env, cwd=args.cwd,
-                         tty=args.tty, tty_size=tty_size, rlimits=rlimits, limits=limits, init=args.init)
+                         tty=args.tty, tty_size=tty_size, rlimits=rlimits, limits=limits, init=args.init,
+                         user_ns=user_ns, user=user, capabilities=capabilities,
+                         seccomp=DEFAULT_SECCOMP if args.seccomp == "default" else None)
+
+
+def _cap_name(value: str) -> str:
+    """``net_admin``, ``NET_ADMIN`` or ``CAP_NET_ADMIN`` -> ``CAP_NET_ADMIN``."""
+    name = value.upper()
+    return name if name.startswith("CAP_") else "CAP_" + name
 
 
 def _rlimit_from(value: str) -> tuple[str, tuple[int, int]]:

@@ -57,6 +57,25 @@ def test_run_no_init_makes_the_program_pid_1() -> None:
     assert anyns("run", "--no-init", "--", "sh", "-c", "echo $$").stdout == b"1\n"
 
 
+def test_run_userns_user_and_map() -> None:
+    """run --userns --user 1000:1001 and --map: the identity and the map inside."""
+    done = anyns("run", "--userns", "--user", "1000:1001", "--", "sh", "-c", "id -u; id -g; cat /proc/self/uid_map")
+    out = done.stdout.decode().split("\n")
+    assert (done.returncode, out[0], out[1], out[2].split()) == (0, "1000", "1001", ["0", "100000", "65536"])
+    mapped = anyns("run", "--map", "0:200000:1000", "--", "cat", "/proc/self/gid_map")
+    assert mapped.stdout.split() == [b"0", b"200000", b"1000"]
+
+
+def test_run_capabilities_and_seccomp_flags() -> None:
+    """--cap-drop ALL --cap-add net_admin leaves exactly CAP_NET_ADMIN; --seccomp none turns the filter off."""
+    caps = anyns("run", "--cap-drop", "ALL", "--cap-add", "net_admin", "--", "grep", "CapEff", "/proc/self/status")
+    assert caps.stdout.split()[-1] == b"0000000000001000"
+    assert anyns("run", "--", "grep", "Seccomp:", "/proc/self/status").stdout.split()[-1] == b"2"
+    assert anyns("run", "--seccomp", "none", "--", "grep", "Seccomp:", "/proc/self/status").stdout.split()[-1] == b"0"
+    bad = anyns("run", "--cap-add", "fly", "--", "true")
+    assert bad.returncode == 125 and b"CAP_FLY" in bad.stderr
+
+
 def test_run_bad_memory_size_is_a_one_line_error() -> None:
     """run --memory 10X: a spec error, one line, exit status 125 (like bwrap/docker for their own errors)."""
     done = anyns("run", "--memory", "10X", "--", "true")
