@@ -1,10 +1,12 @@
-"""A job runner: a queue of jobs, a few workers, a timeout per job, results as a table.
+"""A job runner: a queue of jobs, a few workers, limits and a timeout per job, results as a table.
 
     python examples/job_runner.py
 
-Each job runs in a fresh container; a job that overruns its time is
-cancelled, which kills and reaps its container before the worker moves on.
-(Memory and process limits arrive with anyns.Limits; see CHANGELOG.md.)
+Each job runs in a fresh container with a budget (anyns.Limits: memory,
+tasks, CPU); a job that overruns its time is cancelled, which kills and
+reaps its container before the worker moves on; one that overruns its
+memory is ended by the OOM killer and reported as such. The table shows
+each job's CPU time and peak memory (CompletedContainer.stats).
 """
 
 from __future__ import annotations
@@ -20,8 +22,12 @@ def sh(script: str) -> list[str]:
     return ["sh", "-c", script]
 
 
+MEMORY_MIB = 64
+LIMITS = anyns.Limits(memory=f"{MEMORY_MIB}M", pids=32, cpu=1.0)
+
 JOBS = [
     ("hello", sh("echo hello from $(hostname)"), 2.0),
+    ("hog", ["python3", "-c", "x = bytearray(512 << 20)"], 10.0),
     ("count", sh("seq 1 5 | tr '\\n' ' '"), 2.0),
     ("fails", sh("echo about to fail >&2; exit 3"), 2.0),
     ("too-slow", ["sleep", "30"], 0.5),
@@ -31,28 +37,36 @@ JOBS = [
 WORKERS = 3
 
 
+Result = tuple[str, str, str, float, str]
+
+
 async def worker(sup: anyns.Supervisor, queue: trio.MemoryReceiveChannel[tuple[str, list[str], float]],
-                 results: list[tuple[str, str, str, float]]) -> None:
+                 results: list[Result]) -> None:
     async for name, argv, timeout in queue:
-        spec = anyns.ContainerSpec(argv=argv, hostname=f"job-{name}",
+        spec = anyns.ContainerSpec(argv=argv, hostname=f"job-{name}", limits=LIMITS,
                                    env={"PATH": "/usr/bin:/bin", "JOB": name})
         started = time.perf_counter()
-        status, output = "ok", ""
+        status, output, usage = "ok", "", ""
         with trio.move_on_after(timeout) as scope:
             try:
                 done = await sup.run(spec, capture_stdout=True, capture_stderr=True, check=False)
                 output = (done.stdout or b"").decode().strip() or (done.stderr or b"").decode().strip()
-                if done.returncode != 0:
+                if done.oom_killed:
+                    status, output = "OOM", f"killed by the OOM killer (memory limit {MEMORY_MIB}M)"
+                elif done.returncode != 0:
                     status = f"exit {done.returncode}"
+                stats = done.stats
+                peak = f"{stats.memory_peak >> 20} MiB" if stats.memory_peak else "-"
+                usage = f"{(stats.cpu_user + stats.cpu_system) * 1000:.0f} ms CPU, {peak}"
             except anyns.SetupError as e:
                 status, output = "setup error", str(e).split(" (hint")[0]
         if scope.cancelled_caught:
             status, output = "timed out", f"killed after {timeout} s"
-        results.append((name, status, output, time.perf_counter() - started))
+        results.append((name, status, output, time.perf_counter() - started, usage))
 
 
 async def main() -> None:
-    results: list[tuple[str, str, str, float]] = []
+    results: list[Result] = []
     send, receive = trio.open_memory_channel(len(JOBS))  # type: ignore[var-annotated]
     for job in JOBS:
         send.send_nowait(job)
@@ -60,11 +74,11 @@ async def main() -> None:
     async with anyns.open_supervisor() as sup, trio.open_nursery() as nursery:
         for _ in range(WORKERS):
             nursery.start_soon(worker, sup, receive.clone(), results)
-    print(f"{'job':<10} {'status':<12} {'seconds':>7}  output")
-    for name, status, output, seconds in sorted(results):
-        print(f"{name:<10} {status:<12} {seconds:7.2f}  {output[:60]}")
-    statuses = dict((name, status) for name, status, _, _ in results)
-    expected = {"hello": "ok", "count": "ok", "fails": "exit 3", "too-slow": "timed out",
+    print(f"{'job':<10} {'status':<12} {'seconds':>7}  {'used':<22} output")
+    for name, status, output, seconds, usage in sorted(results):
+        print(f"{name:<10} {status:<12} {seconds:7.2f}  {usage:<22} {output[:50]}")
+    statuses = dict((name, status) for name, status, _, _, _ in results)
+    expected = {"hello": "ok", "hog": "OOM", "count": "ok", "fails": "exit 3", "too-slow": "timed out",
                 "missing": "setup error", "env": "ok"}
     if statuses != expected:
         raise SystemExit(f"unexpected results: {statuses}")
