@@ -86,20 +86,27 @@ DEFAULT_TIMEOUT = 600.0  # seconds per (tool, concurrency) batch
 PAYLOAD = common.PAYLOAD
 TOOLS = ("anyns", "bwrap", "unshare", "plain")
 #: --network choices, and the anyns tool (row) each one measures
-NETWORKS = {"loopback": "anyns", "bridge": "anyns+bridge"}
+NETWORKS = {"loopback": "anyns", "bridge": "anyns+bridge", "userns": "anyns+userns", "lean": "anyns-lean"}
 DEFAULT_NETWORKS = ("loopback",)
 ANYNS_TOOLS = tuple(NETWORKS.values())
 BRIDGE_SUBNET = "10.77.0.0/16"  # inside the benchmark's own hub namespace only
 LABELS = {
     "anyns": "anyns",
     "anyns+bridge": "anyns+bridge",
+    "anyns+userns": "anyns+userns",
+    "anyns-lean": "anyns-lean",
     "bwrap": "trio+bwrap",
     "unshare": "trio+unshare",
     "plain": "trio /bin/true",
 }
 NOTES = {
     "anyns": "one supervisor; ContainerSpec(argv=['/bin/true']) with defaults "
-    "(HostRootfs, Namespaces.DEFAULT = MOUNT|PID|UTS|IPC|NET)",
+    "(HostRootfs, Namespaces.DEFAULT = MOUNT|PID|UTS|IPC|NET; the init as pid 1; hardened: Docker's "
+    "capabilities, no_new_privs, seccomp filter, masked and read-only /proc paths, setsid)",
+    "anyns+userns": "the anyns run plus Namespaces.USER (root inside = uid 100000 outside; the supervisor "
+    "writes the maps before the child goes on)",
+    "anyns-lean": "the anyns run with the work bwrap does: the init, but no seccomp filter, no masked or "
+    "read-only paths, no capability cut, no no_new_privs, no setsid",
     "bwrap": "mount+pid+uts+ipc+net; pivot_root to a tmpfs with read-only /usr, "
     "/proc, /dev, /tmp tmpfs; bwrap runs its own pid-1 reaper",
     "unshare": "mount+pid+uts+ipc+net and a fresh /proc, but NO pivot_root: the "
@@ -113,6 +120,9 @@ NOTES = {
 RATIOS = (("anyns", "bwrap"), ("anyns", "unshare"), ("anyns", "plain"))
 #: printed too when anyns+bridge was measured
 BRIDGE_RATIOS = (("anyns+bridge", "anyns"), ("anyns+bridge", "bwrap"))
+#: printed when those variants were measured
+VARIANT_RATIOS = {"anyns+userns": (("anyns+userns", "anyns"), ("anyns+userns", "bwrap")),
+                  "anyns-lean": (("anyns-lean", "bwrap"), ("anyns-lean", "anyns"))}
 GATE_RATIO = ("anyns", "bwrap")
 TARGETS = {"anyns/bwrap first bar": 1.5, "anyns/bwrap goal": 2.5}  # DESIGN.md
 
@@ -169,7 +179,9 @@ class Report(common.ToolReport):
 
     def ratio_pairs(self) -> tuple[tuple[str, str], ...]:
         """RATIOS, plus the bridge's when anyns+bridge is among the tools."""
-        return RATIOS + (BRIDGE_RATIOS if "anyns+bridge" in self.config.get("tools", []) else ())
+        tools = self.config.get("tools", [])
+        extra = tuple(r for tool, ratios in VARIANT_RATIOS.items() if tool in tools for r in ratios)
+        return RATIOS + (BRIDGE_RATIOS if "anyns+bridge" in tools else ()) + extra
 
     def ratios(self) -> list[dict[str, Any]]:
         return self.ratio_rows(self.ratio_pairs(), {"": "per_second"})
@@ -291,6 +303,17 @@ async def async_main(report: Report, args: argparse.Namespace) -> None:
                             return await sup.run(bridge_spec)
 
                         anyns_runners["anyns+bridge"] = run_bridged
+                variants = {
+                    "anyns+userns": {"namespaces": anyns.Namespaces.DEFAULT | anyns.Namespaces.USER},
+                    "anyns-lean": {"seccomp": None, "masked_paths": (), "readonly_paths": (),
+                                   "capabilities": anyns.ALL_CAPABILITIES, "no_new_privileges": False,
+                                   "new_session": False},
+                }
+                for tool, fields in variants.items():
+                    if tool in args.tools:
+                        variant_spec = anyns.ContainerSpec(argv=[PAYLOAD], **fields)
+                        report.commands[tool + "_spec"] = repr(variant_spec)
+                        anyns_runners[tool] = functools.partial(sup.run, variant_spec)
         runners = {**anyns_runners, **runners}
 
         await common.measure_levels(
@@ -359,9 +382,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--network",
         type=lambda text: common.choice_list(text, list(NETWORKS), "network"),
         default=list(DEFAULT_NETWORKS),
-        metavar="loopback,bridge",
-        help="the anyns variants to measure: loopback (the defaults, row 'anyns') and/or bridge "
-        "(network=anyns.Bridge in a namespace the benchmark makes, row 'anyns+bridge'); default loopback",
+        metavar="loopback,bridge,userns,lean",
+        help="the anyns variants to measure: loopback (the defaults, row 'anyns'), bridge "
+        "(network=anyns.Bridge in a namespace the benchmark makes, row 'anyns+bridge'), userns "
+        "(Namespaces.USER, row 'anyns+userns'), lean (bwrap's work: no hardening, row 'anyns-lean'); "
+        "default loopback",
     )
     common.add_hidden_options(parser, DEFAULT_TIMEOUT, TOOLS)  # e.g. --tools bwrap,unshare,plain
     args = parser.parse_args(argv)
