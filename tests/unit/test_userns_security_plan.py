@@ -1,0 +1,132 @@
+"""Plans with a user namespace and the hardening steps: their order and shape (pure; no kernel)."""
+
+from __future__ import annotations
+
+import attrs
+import pytest
+from hypothesis import given
+from strategies import specs
+
+import anyns
+from anyns import IdMap, Namespaces, User, _plan
+from anyns._security_defaults import CAPABILITIES
+
+LAYOUT = _plan.HostLayout(newroot="/x")
+USERNS = Namespaces.DEFAULT | Namespaces.USER
+
+
+def compile_(**fields: object) -> _plan.Plan:
+    fields.setdefault("argv", ["/bin/true"])
+    return _plan.compile_plan(anyns.ContainerSpec(**fields), LAYOUT)  # type: ignore[arg-type]
+
+
+def calls(plan: _plan.Plan) -> list[str]:
+    return [op[1] for op in plan.ops]
+
+
+def test_user_namespace_is_born_with_the_pid_namespace_and_waits_for_its_maps() -> None:
+    """clone3 makes USER and PID; the child waits on 'go', unshares the rest, then becomes root inside."""
+    plan = compile_(namespaces=USERNS)
+    assert plan.clone_flags == int(Namespaces.USER | Namespaces.PID)
+    assert "go" in plan.extra_kinds
+    order = calls(plan)
+    assert order[:2] == ["wait_go", "unshare"]
+    assert plan.ops[0][3] == (plan.extra_kinds.index("go"),)
+    assert plan.ops[1][3] == (int(USERNS) & ~int(Namespaces.USER | Namespaces.PID),)
+    assert order.index("become_root") < order.index("mount")  # every mount is made as root inside
+    assert "mknod" not in order and order.count("bind_device") == len(_plan.DEVICES)
+
+
+def test_user_namespace_map_implies_user_and_devpts_gid_only_when_mapped() -> None:
+    """user_ns=IdMap(...) implies USER; devpts gets gid=5 only if gid 5 is mapped inside."""
+    plan = compile_(user_ns=IdMap(uid=(0, 1000, 1), gid=(0, 1000, 1)))
+    assert plan.clone_flags & Namespaces.USER
+    devpts = next(op for op in plan.ops if op[1] == "mount" and op[3][2] == "devpts")
+    assert "gid=5" not in str(devpts[3][4])
+    mapped = compile_(namespaces=USERNS)
+    devpts = next(op for op in mapped.ops if op[1] == "mount" and op[3][2] == "devpts")
+    assert "gid=5" in str(devpts[3][4])
+    plain = compile_()
+    assert "become_root" not in calls(plain) and "hold_path" not in calls(plain)
+
+
+def test_host_paths_are_held_before_becoming_root_and_used_through_proc_self_fd() -> None:
+    """Bind sources and a DirRootfs are opened (hold_path) after unshare and before become_root."""
+    plan = compile_(namespaces=USERNS, rootfs=anyns.DirRootfs("/srv/root"),
+                    mounts=[anyns.Bind("/data", "/d"), anyns.Bind("/data", "/e"), anyns.Bind("/f", "/g")])
+    order = calls(plan)
+    holds = [op for op in plan.ops if op[1] == "hold_path"]
+    assert [op[2] for op in holds] == ["/srv/root", "/data", "/f"]  # each source once
+    assert order.index("unshare") < order.index("hold_path") and max(
+        i for i, c in enumerate(order) if c == "hold_path") < order.index("become_root")
+    fds = {op[2]: op[3][1] for op in holds}
+    root_mount = next(op for op in plan.ops if op[0] == "rootfs" and op[1] == "mount")
+    assert root_mount[3][0] == f"/proc/self/fd/{fds['/srv/root']}"
+    bind_sources = [op[3][0] for op in plan.ops if op[1] == "mount_beneath" and op[3][0] != "tmpfs"]
+    assert bind_sources == [f"/proc/self/fd/{fds['/data']}"] * 2 + [f"/proc/self/fd/{fds['/f']}"]
+
+
+def test_exec_plan_enters_the_user_namespace_in_the_child() -> None:
+    """An exec into a user-namespaced container: the zygote enters the others, the child setns USER first."""
+    spec = anyns.ContainerSpec(argv=["id"], namespaces=USERNS)
+    plan = _plan.compile_exec_plan(spec, USERNS, None, userns=True)
+    assert plan.enter == ((0, int(USERNS) & ~int(Namespaces.USER)),)
+    assert calls(plan)[:2] == ["setns", "become_root"]
+    assert plan.ops[0][3] == (0, int(Namespaces.USER))
+
+
+SECURITY = ["setsid", "drop_bounding", "seccomp", "set_user", "capset", "no_new_privs"]
+
+
+def test_security_steps_come_in_the_one_order_that_works() -> None:
+    """setsid, bounding set, filter (while all capabilities are there), uid, capset, no_new_privs; then pdeathsig."""
+    plan = compile_(user=User(0, 0))
+    order = calls(plan)
+    assert [c for c in order if c in SECURITY] == SECURITY
+    assert order[-2:] == ["pdeathsig", "spawn_with_init"]
+    assert order.index("no_new_privs") < order.index("pdeathsig")
+    dropped = next(op for op in plan.ops if op[1] == "drop_bounding")[3][0]
+    assert set(dropped) == {n for name, n in CAPABILITIES.items() if name not in anyns.DEFAULT_CAPABILITIES}
+    kept = next(op for op in plan.ops if op[1] == "capset")[3][0]
+    assert kept == sum(1 << CAPABILITIES[n] for n in anyns.DEFAULT_CAPABILITIES)
+
+
+@pytest.mark.parametrize(
+    ("fields", "absent"),
+    [
+        ({"capabilities": anyns.ALL_CAPABILITIES}, {"drop_bounding", "capset"}),
+        ({"seccomp": None}, {"seccomp"}),
+        ({"no_new_privileges": False}, {"no_new_privs"}),
+        ({"new_session": False}, {"setsid"}),
+        ({"tty": True}, {"setsid"}),  # the terminal's own setsid
+        ({"user": User(1000, 1000)}, {"capset"}),  # a non-root uid has no capabilities left to set
+        ({"masked_paths": (), "readonly_paths": ()}, {"mask_paths"}),
+    ],
+)
+def test_each_measure_can_be_turned_off(fields: dict[str, object], absent: set[str]) -> None:
+    """Each hardening field removes exactly its own steps."""
+    plan_calls = set(calls(compile_(**fields)))
+    assert not absent & plan_calls
+    assert absent <= set(calls(compile_()))  # and the defaults have them
+
+
+def test_seccomp_op_carries_the_policy_for_the_supervisor_to_compile() -> None:
+    """The plan holds the policy (names, errno, CAP_SYS_ADMIN kept); the supervisor turns it into BPF."""
+    plan = compile_(seccomp=anyns.Seccomp(deny={"ptrace", "bpf"}, errno=38))
+    op = next(op for op in plan.ops if op[1] == "seccomp")
+    assert op[3] == (("bpf", "ptrace"), 38, 0)
+    admin = compile_(capabilities={"CAP_SYS_ADMIN"})
+    assert next(op for op in admin.ops if op[1] == "seccomp")[3][2] == 1
+
+
+@given(specs())
+def test_every_plan_ends_with_hardening_then_pdeathsig_then_exec(spec: anyns.ContainerSpec) -> None:
+    """Whatever the spec, the security steps (those present) keep their order right before pdeathsig and exec."""
+    order = calls(_plan.compile_plan(spec, LAYOUT))
+    present = [c for c in order if c in SECURITY]
+    assert present == [c for c in SECURITY if c in present]
+    if present:
+        assert order.index(present[-1]) < order.index("pdeathsig")
+    assert order[-1] in ("execve", "spawn_with_init")
+    hardened = attrs.evolve(spec, seccomp=anyns.DEFAULT_SECCOMP)
+    assert "seccomp" in calls(_plan.compile_plan(hardened, LAYOUT))
