@@ -81,6 +81,18 @@ def _userns() -> Finding:
     return Finding("user namespaces", "ok", f"allowed (max {limit})")
 
 
+def _seccomp() -> Finding:
+    """Whether the default seccomp filter can be built here (libseccomp), and how big it is."""
+    from ._security import seccomp_bpf
+    from ._security_defaults import DEFAULT_DENIED
+
+    try:
+        size = len(seccomp_bpf(DEFAULT_DENIED, 1, False)) // 8
+    except OSError as e:
+        return Finding("seccomp", "FAIL", f"{e}: install libseccomp2, or run containers with seccomp=None")
+    return Finding("seccomp", "ok", f"libseccomp builds the default filter ({size} BPF instructions)")
+
+
 def _cgroups() -> Finding:
     """Where each limit would be enforced (``ContainerSpec(limits=...)``), as the supervisor would set it up."""
     from ._cgroups import CONTROLLERS, describe, probe
@@ -140,7 +152,7 @@ def _tools() -> Finding:
 
 
 CHECKS: tuple[Callable[[], Finding], ...] = (
-    _kernel, _privileges, _pidfd, _detached_trees, _userns, _cgroups, _masked_proc, _limits, _tools,
+    _kernel, _privileges, _pidfd, _detached_trees, _userns, _seccomp, _cgroups, _masked_proc, _limits, _tools,
 )
 
 
