@@ -18,7 +18,11 @@ Runs, one after the other in this process (each part's own ``main(argv)``):
     (``mounts.py``);
 ``bridge``
     ``spawn.py --network loopback,bridge --tools anyns,bwrap``: the cost of
-    a bridged network (veth, address, route) per container.
+    a bridged network (veth, address, route) per container;
+``soak``
+    ``soak.py``: 10,000 spawns of mixed specs, cancelled at random points;
+    the drift of the supervisor's fds, RSS and threads, the host's mounts and
+    cgroups (``--quick``: 1,000 spawns).
 
 Each part writes ``benchmarks/results/<part>.json``; this script adds
 ``benchmarks/results/summary.json`` (the machine, each part's status and
@@ -51,17 +55,19 @@ if not __package__:  # python benchmarks/run.py: import this directory as the be
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import _common as common
-from benchmarks import latency, mounts, plot, scale, spawn
+from benchmarks import latency, mounts, plot, scale, soak, spawn
 from benchmarks._common import fmt
 
-PARTS = ("spawn", "latency", "scale", "mounts", "bridge")
+PARTS = ("spawn", "latency", "scale", "mounts", "bridge", "soak")
 BRIDGE_N = 500  # per batch; the bridge part is a variant, it needs fewer than spawn's 1000
 BRIDGE_CONCURRENCY = "1,16"
 
 
-def part_argv(part: str, json_path: Path, quick: bool) -> list[str]:
-    """The command line each part's ``main`` gets."""
+def part_argv(part: str, json_path: Path, quick: bool, draw: bool = True) -> list[str]:
+    """The command line each part's ``main`` gets (``draw``: a part that plots may)."""
     argv = ["--json", str(json_path)] + (["--quick"] if quick else [])
+    if part == "soak" and not draw:
+        argv.append("--no-plot")
     if part == "scale":
         argv.append("--gc-freeze")
     if part == "bridge":
@@ -77,6 +83,7 @@ MAINS: dict[str, Callable[[Sequence[str] | None], int]] = {
     "scale": scale.main,
     "mounts": mounts.main,
     "bridge": spawn.main,
+    "soak": soak.main,
 }
 
 
@@ -254,12 +261,33 @@ def mounts_rows(data: dict[str, Any]) -> list[Row]:
     return out
 
 
+def soak_rows(data: dict[str, Any]) -> list[Row]:
+    drift = data.get("drift") or {}
+    totals = data.get("totals") or {}
+    n = data.get("config", {}).get("n")
+
+    def d(name: str) -> str:
+        value = drift.get(name)
+        return "-" if value is None else f"{value:+d}"
+
+    return [
+        ("soak", f"N={n}: drift fds / threads / mounts / cgroups / veths", " / ".join(
+            d(k) for k in ("fds", "threads", "mounts", "cgroups", "veths")), "", "", "0 each"),
+        ("soak", f"N={n}: supervisor RSS drift", fmt(drift.get("rss_kib") and drift["rss_kib"] / 1024, ".1f", " MiB"),
+         "", "", ""),
+        ("soak", f"N={n}: spawns ok / cancelled / failed (/s)",
+         f"{totals.get('ok', 0)} / {totals.get('cancelled', 0)} / {totals.get('failed', 0)}"
+         f" ({fmt(data.get('per_second'), '.0f')}/s)", "", "", "0 failed"),
+    ]
+
+
 ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "spawn": spawn_rows,
     "latency": latency_rows,
     "scale": scale_rows,
     "mounts": mounts_rows,
     "bridge": lambda data: spawn_rows(data, "bridge"),
+    "soak": soak_rows,
 }
 
 
@@ -277,8 +305,8 @@ def print_table(rows: list[Row]) -> None:
 # Running
 
 
-def run_part(part: str, json_path: Path, quick: bool) -> dict[str, Any]:
-    argv = part_argv(part, json_path, quick)
+def run_part(part: str, json_path: Path, quick: bool, draw: bool = True) -> dict[str, Any]:
+    argv = part_argv(part, json_path, quick, draw)
     print(f"\n{'#' * 100}\n# {part}: {' '.join(argv)}\n{'#' * 100}", flush=True)
     with contextlib.suppress(FileNotFoundError):
         json_path.unlink()  # a stale file must not pass for this run's results
@@ -309,7 +337,7 @@ def run_part(part: str, json_path: Path, quick: bool) -> dict[str, Any]:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
-        description="Run the whole benchmark suite (spawn, latency, scale, mounts, bridge), write "
+        description="Run the whole benchmark suite (spawn, latency, scale, mounts, bridge, soak), write "
         "benchmarks/results/<part>.json and summary.json, print the key ratios, plot throughput.",
     )
     parser.add_argument("--quick", action="store_true", help="CI smoke of every part (a few seconds each)")
@@ -325,7 +353,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="DIR",
         help="where the JSON files and the plot go (default benchmarks/results)",
     )
-    parser.add_argument("--no-plot", action="store_true", help="do not draw throughput.png")
+    parser.add_argument("--no-plot", action="store_true", help="do not draw throughput.png (nor soak.png)")
     args = parser.parse_args(argv)
     parts = common.split_list(args.parts)
     bad = [p for p in parts if p not in PARTS]
@@ -350,7 +378,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.perf_counter()
     parts: dict[str, dict[str, Any]] = {}
     for part in args.parts:
-        parts[part] = run_part(part, results / f"{part}.json", args.quick)
+        parts[part] = run_part(part, results / f"{part}.json", args.quick, not args.no_plot)
 
     rows: list[Row] = []
     for part, info in parts.items():
