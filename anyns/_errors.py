@@ -231,8 +231,12 @@ def diagnose(step: str, syscall: str, errno: int, path: str | None) -> str | Non
                 "and nofile cannot exceed /proc/sys/fs/nr_open"
             )
         return "raising a hard limit above the supervisor's needs CAP_SYS_RESOURCE (run as root)"
+    if errno == _errno.EMFILE and syscall == "recvmsg" and step == "clone":
+        return "a process ran out of file descriptors (the zygote's or the supervisor's RLIMIT_NOFILE, ulimit -n)"
     if errno == _errno.EMFILE:
         return "the supervisor ran out of file descriptors (ulimit -n)"
+    if errno == _errno.ENFILE:
+        return "the system ran out of file descriptors (fs.file-max)"
     return None
 
 

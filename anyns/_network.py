@@ -61,7 +61,12 @@ class NetlinkThread:
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._main, args=(netns,), name="anyns-netlink", daemon=True)
-        self._thread.start()
+        try:
+            self._thread.start()
+        except RuntimeError as e:  # "can't start new thread": no task to spare; the next attach tries again
+            self._error = NetworkError(f"netlink: starting the netlink thread failed: {e} (hint: the process "
+                                       "limit was reached: a pids cgroup, ulimit -u, or /proc/sys/kernel/pid_max)")
+            self._ready.set()
 
     def _main(self, netns: str | None) -> None:
         try:
@@ -110,6 +115,8 @@ class NetlinkThread:
 
     async def aclose(self) -> None:
         """Stop the thread (after the jobs before) and wait for it."""
+        if not self._thread.is_alive() and self._thread.ident is None:
+            return  # it never started
         self._jobs.put(None)
         await trio.to_thread.run_sync(self._thread.join)
 

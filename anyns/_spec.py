@@ -911,6 +911,8 @@ class ContainerSpec:
             raise _fail("user_ns", f"expected an anyns.IdMap, got {self.user_ns!r}")
         if self.user is not None and not isinstance(self.user, User):
             raise _fail("user", f"expected an anyns.User, got {self.user!r}")
+        if self.join is not None and not isinstance(self.join, Join):
+            raise _fail("join", f"expected an anyns.Join, got {self.join!r}")
         id_map = user_namespace_map(self)
         if id_map is not None:
             if isinstance(self.rootfs, OverlayRootfs):
@@ -925,8 +927,6 @@ class ContainerSpec:
                 raise _fail("join", "joining other namespaces from a user namespace is not supported yet")
             if not id_map.maps_uid(0) or not id_map.maps_gid(0):
                 raise _fail("user_ns", "root (id 0) inside must be mapped: the setup runs as root inside")
-        if self.join is not None and not isinstance(self.join, Join):
-            raise _fail("join", f"expected an anyns.Join, got {self.join!r}")
         if self.network is not None and not isinstance(self.network, (Loopback, HostNetwork, Bridge, JoinNetwork)):
             raise _fail("network", f"expected Loopback, HostNetwork, Bridge or JoinNetwork, got {self.network!r}")
         if isinstance(self.network, JoinNetwork) and self.join is not None and self.join.net is not None:

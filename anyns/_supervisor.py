@@ -238,8 +238,14 @@ class Supervisor(metaclass=NoPublicConstructor):
         return zygote
 
     def _adopt_orphan(self, pidfd: int) -> None:
-        """A container nobody waits for any more (a late answer): kill and reap it."""
-        self._nursery.start_soon(_kill_and_reap, pidfd)
+        """A container nobody waits for any more (a late answer): kill and reap it.
+
+        A negative number is the pid of one whose pidfd never arrived (out of fds).
+        """
+        if pidfd < 0:
+            self._nursery.start_soon(_kill_and_reap_pid, -pidfd)
+        else:
+            self._nursery.start_soon(_kill_and_reap, pidfd)
 
     def _plan(self, key: object, compile_: Callable[[], Plan]) -> tuple[int, Plan]:
         """The plan for ``key`` (a spec, or an exec's), compiled once and cached."""
@@ -288,10 +294,14 @@ class Supervisor(metaclass=NoPublicConstructor):
                 if pending.pidfd >= 0:
                     await _kill_and_reap(pending.pidfd)
                     pending.pidfd = -1
+                elif pending.lost_pidfd:
+                    await _kill_and_reap_pid(pending.pid)
             if not pending.event.is_set():
                 pending.abandoned = True  # a hung zygote: the reply reader adopts it later
             raise
         if pending.error is not None:
+            if pending.lost_pidfd:  # nothing may outlive this call: the container is gone before it raises
+                await _kill_and_reap_pid(pending.pid)
             raise pending.error
         container: Container = Container._create(spec, pending.pid, pending.pidfd, self)
         self._running.add(container)
@@ -345,6 +355,10 @@ class Supervisor(metaclass=NoPublicConstructor):
             raise TypeError(f"expected an anyns.ContainerSpec, got {type(spec).__name__}")
         io = Io.of(stdin, capture_stdout, capture_stderr, stdout, stderr, check,
                    started=task_status is not trio.TASK_STATUS_IGNORED)
+        with _typed_fd_exhaustion():
+            return await self._run(spec, io, task_status)
+
+    async def _run(self, spec: ContainerSpec, io: Io, task_status: trio.TaskStatus[Container]) -> CompletedContainer:
         plan_id, plan = self._container_plan(spec)
         leaf = self._new_cgroup(spec)
         go = -1
@@ -449,14 +463,16 @@ class Supervisor(metaclass=NoPublicConstructor):
         # Our own duplicate of the pidfd: the task that owns the container may
         # reap it and close its fd while this request waits, and that fd number
         # could then name something else (a new zygote's pidfd: the host).
-        target = os.dup(container._pidfd)
+        with _typed_fd_exhaustion():
+            target = os.dup(container._pidfd)
         owned: list[int] = []
         try:
             if leaf is not None:  # the exec'd process joins the container's cgroup, and holds it
                 owned = self._cgroup_fds(leaf)
                 leaf.users += 1
-            return await self._launch(spec, plan_id, plan, [target, *owned], io, task_status, leaf=leaf,
-                                      owned=owned)
+            with _typed_fd_exhaustion():
+                return await self._launch(spec, plan_id, plan, [target, *owned], io, task_status, leaf=leaf,
+                                          owned=owned)
         except SetupError as e:
             if (e.step, e.errno) in (("clone", errno.ENOMEM), ("namespaces", errno.ESRCH)):
                 # clone3 into a pid namespace whose init is gone; setns into a reaped process
@@ -580,7 +596,11 @@ class Supervisor(metaclass=NoPublicConstructor):
                     raise error from e
             bridge = container.spec.network
             if isinstance(bridge, Bridge):
-                host_end, address = await self._networking.attach(bridge, container.pid)
+                try:
+                    host_end, address = await self._networking.attach(bridge, container.pid)
+                except RuntimeError as e:  # "can't start new thread" (a worker or the netlink thread)
+                    raise NetworkError(f"network: {e} (hint: the process limit was reached: a pids cgroup, "
+                                       "ulimit -u, or /proc/sys/kernel/pid_max)") from e
                 container._network = (bridge, host_end, address)
                 container.addresses = (address,)
             os.write(go, b"1")
@@ -757,6 +777,38 @@ async def _kill_and_reap(pidfd: int) -> None:
             os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG)  # noqa: ASYNC222 - WNOHANG
         trio.lowlevel.notify_closing(pidfd)
         os.close(pidfd)
+
+
+@contextmanager
+def _typed_fd_exhaustion() -> Iterator[None]:
+    """Out of fds (EMFILE, ENFILE) while making a spawn's pipes: a SetupError with the hint, not a bare OSError."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in (errno.EMFILE, errno.ENFILE):
+            raise
+        error = SetupError("spawn", "pipe2", None, e.errno, e.strerror or os.strerror(e.errno),
+                           diagnose("spawn", "pipe2", e.errno, None))
+        raise error from e
+
+
+async def _kill_and_reap_pid(pid: int) -> None:
+    """SIGKILL and reap our unreaped child ``pid`` without a pidfd (there was no fd to spare); shielded.
+
+    Until it is reaped the pid cannot name another process, so kill(2) is
+    safe; waitpid with WNOHANG is polled, as there is nothing to wait on.
+    """
+    with trio.CancelScope(shield=True):
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        while True:
+            try:
+                done, _status = os.waitpid(pid, os.WNOHANG)  # noqa: ASYNC222 - WNOHANG
+            except ChildProcessError:
+                return
+            if done:
+                return
+            await trio.sleep(0.005)
 
 
 @contextmanager

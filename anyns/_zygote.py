@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import _signal  # type: ignore[import-not-found]  # no typeshed stub
 import _socket
+import errno
 import gc
 import os
 import select
@@ -51,15 +52,16 @@ _VIEW = memoryview(_BUFFER)
 _ANCILLARY = _socket.CMSG_SPACE(_protocol.MAX_FDS * 4)
 
 
-def _receive(sock: _socket.socket) -> tuple[memoryview, list[int]]:
-    size, ancdata, _flags, _addr = sock.recvmsg_into((_BUFFER,), _ANCILLARY, _socket.MSG_CMSG_CLOEXEC)
+def _receive(sock: _socket.socket) -> tuple[memoryview, list[int], bool]:
+    """One request: its bytes, its fds, and whether fds were dropped (MSG_CTRUNC: we are out of fds)."""
+    size, ancdata, flags, _addr = sock.recvmsg_into((_BUFFER,), _ANCILLARY, _socket.MSG_CMSG_CLOEXEC)
     data = _VIEW[:size]
     fds: list[int] = []
     for level, kind, payload in ancdata:
         if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
             # memoryview, not array: the array module imports collections.
             fds.extend(memoryview(payload[: len(payload) - len(payload) % 4]).cast("i").tolist())
-    return data, fds
+    return data, fds, bool(flags & _socket.MSG_CTRUNC)
 
 
 def _hung_up(sock: _socket.socket) -> bool:
@@ -100,16 +102,29 @@ class Zygote:
         """Serve until the supervisor closes its end."""
         while True:
             try:
-                data, fds = _receive(self.sock)
+                data, fds, truncated = _receive(self.sock)
             except (ConnectionResetError, BrokenPipeError):  # supervisor gone
                 return
             if not data and not fds and _hung_up(self.sock):
                 return  # EOF (an empty datagram is merely malformed: handle() answers it)
             try:
-                self.handle(data, fds)
+                if truncated:
+                    self.refuse_truncated(data)
+                else:
+                    self.handle(data, fds)
             finally:
                 for fd in fds:
                     os.close(fd)
+
+    def refuse_truncated(self, data: memoryview) -> None:
+        """A request whose fds did not all arrive: the zygote is out of fds; say so (EMFILE)."""
+        try:
+            tag, request_id, _plan_id = _protocol.decode_header(data)
+        except ValueError:
+            return
+        if tag == _protocol.SPAWN:
+            self.fail(request_id, errno.EMFILE, "clone", "recvmsg",
+                      "the zygote ran out of file descriptors: the request's fds were dropped")
 
     def fail(self, request_id: int, err: int, step: str, call: str, message: str) -> None:
         """Answer a request with FAIL; the zygote itself carries on."""

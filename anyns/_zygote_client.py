@@ -41,6 +41,8 @@ class Pending:
     pidfd: int = -1
     error: BaseException | None = None
     abandoned: bool = False
+    #: the zygote cloned pid ``pid`` but its pidfd did not arrive (we were out of fds)
+    lost_pidfd: bool = False
 
 
 def _fds_from(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
@@ -129,6 +131,18 @@ class ZygoteConnection:
                 self.sock.close()
             return
         pending = self.pending.pop(a, None)
+        if tag == _protocol.DONE and not fds and b > 0:
+            # Its pidfd did not arrive: this process is out of fds (the kernel
+            # drops what does not fit, MSG_CTRUNC). The container, pid b, is our
+            # unreaped child (CLONE_PARENT), so its pid is still its own: kill
+            # it by pid, and reap it (by pid) once it is dead.
+            if pending is None or pending.abandoned or self.closing:
+                self._on_orphan(-b)
+                return
+            pending.pid, pending.lost_pidfd = b, True  # the waiting spawn kills and reaps it, then fails
+            pending.error = setup_error("clone", "recvmsg", None, errno.EMFILE, os.strerror(errno.EMFILE))
+            pending.event.set()
+            return
         if tag == _protocol.DONE and len(fds) == 1:
             if pending is None or pending.abandoned or self.closing:
                 self._on_orphan(fds[0])

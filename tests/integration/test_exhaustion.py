@@ -159,10 +159,6 @@ def test_out_of_fds_fails_and_recovers_without_a_restart(nofile: list[dict[str, 
     assert {r["zygote"] for r in nofile} == {after["zygote"]}
 
 
-@pytest.mark.xfail(strict=True, reason="out of fds in the supervisor, sup.run raises a bare OSError(EMFILE) "
-                   "(os.pipe2 / socketpair in _launch), not a typed anyns error; and with a few fds to spare "
-                   "the zygote's reply carrying the pidfd is truncated (MSG_CTRUNC) and reported as "
-                   "ZygoteError('unexpected reply from the zygote: ...DONE...'), which says nothing of fds")
 def test_out_of_fds_error_is_typed_and_names_the_cause(nofile: list[dict[str, Any]]) -> None:
     """Every failed spawn is an anyns error that says EMFILE and whose hint speaks of file descriptors."""
     bad = [r for r in failures(nofile)
@@ -170,9 +166,6 @@ def test_out_of_fds_error_is_typed_and_names_the_cause(nofile: list[dict[str, An
     assert bad == []
 
 
-@pytest.mark.xfail(strict=True, reason="when the supervisor is out of fds as the zygote's reply arrives, the "
-                   "pidfd in it is dropped (MSG_CTRUNC): the container that was cloned is owned by no one, "
-                   "never reaped (a zombie, or still running), and outlives the run() that raised")
 def test_out_of_fds_leaves_no_container(nofile: list[dict[str, Any]]) -> None:
     """After each failed spawn, no container process of it is left (running or unreaped)."""
     assert [(r["headroom"], r["left"], r.get("type")) for r in nofile if r["left"]] == []
@@ -197,9 +190,6 @@ def test_zygote_out_of_fds_fails_typed_and_recovers(zygote_nofile: list[dict[str
     assert {r["zygote"] for r in zygote_nofile} == {after["zygote"]}
 
 
-@pytest.mark.xfail(strict=True, reason="with fewer free fds in the zygote than a request carries, the zygote's "
-                   "recvmsg truncates the SCM_RIGHTS fds (MSG_CTRUNC) and answers 'protocol: recvmsg failed: "
-                   "bad request: ValueError: spawn needs 5 fds, got 1': errno 0, no mention of EMFILE or fds")
 def test_zygote_out_of_fds_error_names_the_cause(zygote_nofile: list[dict[str, Any]]) -> None:
     """Every failure says EMFILE (errno and text) and has a hint about file descriptors."""
     bad = [r for r in failures(zygote_nofile)
@@ -275,9 +265,6 @@ def test_out_of_pids_fails_typed_and_recovers(pids_cgroup: str) -> None:
     assert {r["zygote"] for r in results} == {after["zygote"]}
 
 
-@pytest.mark.xfail(strict=True, reason="a Bridge spawn with no task to spare raises a bare RuntimeError(\"can't "
-                   "start new thread\") from threading.Thread.start (the netlink thread, started on the first "
-                   "bridged container) instead of a typed anyns error")
 def test_out_of_pids_with_a_bridge_fails_typed(pids_cgroup: str, tmp_path: Any) -> None:
     """Bridge containers out of pids: only typed anyns errors, and the bridge works once the limit is raised."""
     results = run_scenario("pids-bridge", pids_cgroup, str(tmp_path / "hubnet"), headroom=4)

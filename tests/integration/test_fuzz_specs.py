@@ -485,12 +485,6 @@ async def test_fuzzed_specs_fail_typed_and_the_zygote_survives(sup: anyns.Superv
                         outcomes["SpecError when built"] += 1
                         refusals[str(e).split(":")[0]] += 1
                         return
-                    except AttributeError as e:
-                        # The known bug of test_userns_with_a_wrong_join_is_spec_error (xfail) below, only.
-                        if "kinds" not in str(e) or not ({"user_ns", "namespaces"} & set(parts)):
-                            raise
-                        outcomes["AttributeError: user namespace + join of the wrong type (xfail below)"] += 1
-                        return
                     spawned.update([type(spec.rootfs).__name__, type(spec.network).__name__]
                                    + ["limits"] * (spec.limits is not None) + ["join"] * (spec.join is not None)
                                    + ["mounts"] * bool(spec.mounts) + ["rlimits"] * bool(spec.rlimits)
@@ -617,10 +611,6 @@ async def test_bridge_container_failing_setup_raises_setup_error(sup: anyns.Supe
 # --------------------------------------------------------------------------- found by fuzzing: userns + wrong join
 
 
-@pytest.mark.xfail(strict=True, reason="ContainerSpec with a user namespace (user_ns=... or Namespaces.USER) and "
-                   "a join that is not an anyns.Join raises AttributeError (\"'int' object has no attribute "
-                   "'kinds'\", from joined_namespaces() in the user-namespace checks, which run before join's "
-                   "type is checked), not SpecError")
 @pytest.mark.parametrize("userns", [{"user_ns": anyns.DEFAULT_ID_MAP},
                                     {"namespaces": anyns.Namespaces.DEFAULT | anyns.Namespaces.USER}],
                          ids=["user_ns", "Namespaces.USER"])
