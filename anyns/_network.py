@@ -267,13 +267,26 @@ def _claim(ipr: IPRoute, state: _BridgeState, host_index: int) -> ipaddress.IPv4
     raise NetworkError(f"address allocation in {state.bridge.subnet}: no free address left")
 
 
+def _index_of(name: str) -> int:
+    """The ifindex of ``name`` in this thread's network namespace, or -1.
+
+    socket.if_nametoindex (one ioctl), not IPRoute.link_lookup: pyroute2
+    0.9.7's lookup keeps a few KiB per call for good, and this runs for
+    every bridged container.
+    """
+    try:
+        return socket.if_nametoindex(name)
+    except OSError:
+        return -1
+
+
 def attach_from_host(ipr: IPRoute, state: _BridgeState, pid: int, host_end: str) -> ipaddress.IPv4Interface:
     """Wire container ``pid`` to the bridge: veth, address, routes; return its address.
 
     Removes what it made on failure.
     """
     bridge = state.bridge
-    if state.index < 0 or not ipr.link_lookup(ifname=bridge.name):
+    if state.index < 0 or _index_of(bridge.name) != state.index:
         state.index, created = ensure_bridge_from_host(ipr, bridge)
         state.created = state.created or created
     netns = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)  # a pidfd is not accepted here
@@ -284,7 +297,7 @@ def attach_from_host(ipr: IPRoute, state: _BridgeState, pid: int, host_end: str)
             raise _netlink_error("veth add", host_end, e) from e
         address = None
         try:
-            host_index = ipr.link_lookup(ifname=host_end)[0]
+            host_index = _index_of(host_end)
             ipr.link("set", index=host_index, master=state.index, state="up")
             address = _claim(ipr, state, host_index)  # a route needs the device up
             with IPRoute(fileno=_socket_in(netns).detach()) as inside:
