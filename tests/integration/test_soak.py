@@ -86,10 +86,6 @@ BRIDGED_N = 1200
 FLAT_KIB = 1536  # what RSS may grow between the first third and the end of a soak (host-only: ~0.2 MiB)
 
 
-@pytest.mark.xfail(strict=True, reason="supervisor RSS grows ~5 KiB per bridged container, without bound: "
-                   "pyroute2 0.9.7's IPRoute.link_lookup() retains memory on every call (~2.8 KiB each, "
-                   "Python objects and heap), and attach_from_host calls it 2-3 times per container on the "
-                   "netlink thread's long-lived IPRoute")
 async def test_bridged_soak_rss_stays_flat(tmp_path: pathlib.Path) -> None:
     """Only bridged containers: after the first third, the supervisor's RSS stays within 1.5 MiB."""
     report = await soak.soak(soak.Config(n=BRIDGED_N, seed=7, kinds=("bridge",)), tmp_path)
