@@ -207,6 +207,45 @@ def _owner_alive(name: str) -> bool:
     return _start_time(pid) == start
 
 
+def cleanup_after_supervisor(name: str, timeout: float = 2.0) -> None:
+    """Remove the cgroups of a supervisor that died: kill what is left in its leaves, rmdir them and its parents.
+
+    Run by its zygote (which shares the supervisor's cgroups, so ``probe``
+    finds the same places) between the supervisor's death and its own exit:
+    a dead process cannot remove its cgroup directories, and this way none
+    outlives the crash. The containers die with the supervisor on their own
+    (PDEATHSIG, pid 1); ``cgroup.kill`` makes sure, then the directories go
+    as soon as they are empty.
+    """
+    import time
+
+    try:
+        v2, v1 = probe()
+    except OSError:
+        return
+    leaves: list[str] = []
+    parents: list[str] = []
+    for hierarchy in ([v2] if v2 is not None else []) + v1:
+        parent = os.path.join(hierarchy.own, name)
+        try:
+            found = [e.path for e in os.scandir(parent) if e.is_dir(follow_symlinks=False)]
+        except OSError:
+            continue
+        parents.append(parent)
+        leaves += found
+        if hierarchy.v2:
+            for leaf in found:
+                with contextlib.suppress(OSError):
+                    _write(os.path.join(leaf, "cgroup.kill"), "1")
+    pending = leaves + parents  # leaves first: a parent goes once it is empty
+    deadline = time.monotonic() + timeout
+    while pending:
+        pending = [d for d in pending if not _rmdir(d)]
+        if not pending or time.monotonic() > deadline:
+            return
+        time.sleep(0.005)
+
+
 class Unavailable(Exception):
     """A limit the host cannot enforce here; the supervisor raises it as UnsupportedError."""
 

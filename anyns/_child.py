@@ -513,7 +513,6 @@ _WARM_UP_CALLS = (
     ("umount2", (_NOWHERE, 0)),
     ("sethostname", (b"x" * 65,)),  # EINVAL: longer than HOST_NAME_MAX
     ("interface_up", (b"anyns-none",)),
-    ("pdeathsig", ()),
     ("attach_skeleton", ([-1], _NOWHERE)),  # EBADF
     ("execve", ((_NOWHERE,), (b"x",), {b"A": b"B"})),
 )
@@ -526,7 +525,8 @@ def warm_up(rounds: int = 20) -> None:
     runs. Done here, once, the children inherit warm code objects instead of
     each writing to (and so copying) those pages again: about 10% fewer
     copy-on-write faults per container. Operations with lasting effects on
-    the zygote (stdio, close_fds, signals, umask, mount_beneath) are left out.
+    the zygote (stdio, close_fds, signals, umask, mount_beneath, pdeathsig: it
+    would replace the zygote's own) are left out.
     """
     rt = (-1, -1, -1, -1, -1)
     for _ in range(rounds):

@@ -42,6 +42,41 @@ def _kernel() -> Finding:
     return Finding("kernel", "ok", release)
 
 
+def _features() -> Finding:
+    """The kernel features anyns uses, each probed (a syscall with bad arguments: EINVAL/EBADF, not ENOSYS)."""
+    import ctypes
+    import errno as errno_
+
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def has_syscall(number: int) -> bool:
+        ctypes.set_errno(0)
+        libc.syscall(ctypes.c_long(number), ctypes.c_long(-1), ctypes.c_long(0), ctypes.c_long(0))
+        return ctypes.get_errno() != errno_.ENOSYS
+
+    release = os.uname().release
+    try:
+        version = tuple(int(x) for x in release.split(".")[:2])
+    except ValueError:
+        version = (0, 0)
+    machine_ok = os.uname().machine in ("x86_64", "aarch64", "riscv64")  # the generic numbers from 424 on
+    found = {
+        "clone3": machine_ok and has_syscall(435),
+        "pidfd_open": machine_ok and has_syscall(434),
+        "close_range": machine_ok and has_syscall(436),
+        "mount_setattr": machine_ok and has_syscall(442),
+        "CLONE_INTO_CGROUP": version >= (5, 7),
+        "cgroup.kill": version >= (5, 14),
+        "idmapped mounts": version >= (5, 12),
+        "time namespaces": os.path.exists("/proc/self/ns/time"),
+    }
+    missing = [name for name, ok in found.items() if not ok]
+    text = ", ".join(name for name, ok in found.items() if ok)
+    if missing:
+        return Finding("features", "warn", f"{text}; missing: {', '.join(missing)}")
+    return Finding("features", "ok", text)
+
+
 def _privileges() -> Finding:
     status = read_setting("/proc/self/status") or ""
     caps = next((line.split()[1] for line in status.splitlines() if line.startswith("CapEff:")), "0")
@@ -152,7 +187,8 @@ def _tools() -> Finding:
 
 
 CHECKS: tuple[Callable[[], Finding], ...] = (
-    _kernel, _privileges, _pidfd, _detached_trees, _userns, _seccomp, _cgroups, _masked_proc, _limits, _tools,
+    _kernel, _features, _privileges, _pidfd, _detached_trees, _userns, _seccomp, _cgroups, _masked_proc, _limits,
+    _tools,
 )
 
 

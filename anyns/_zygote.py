@@ -29,7 +29,7 @@ import select
 import struct
 import time
 
-from . import _child, _namespaces, _protocol, _skeleton
+from . import _cgroups, _child, _namespaces, _protocol, _skeleton
 from ._sys import _consts as C
 from ._sys import _libc
 
@@ -69,6 +69,13 @@ def _hung_up(sock: _socket.socket) -> bool:
     poller = select.poll()
     poller.register(sock.fileno(), select.POLLIN | select.POLLRDHUP)
     return any(events & (select.POLLHUP | select.POLLRDHUP) for _fd, events in poller.poll(0))
+
+
+def _peer_closed(sock: _socket.socket) -> bool:
+    """Whether the supervisor's end is closed altogether (POLLHUP), not just shut for writing."""
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    return any(events & select.POLLHUP for _fd, events in poller.poll(0))
 
 
 _SOL_SOCKET = _socket.SOL_SOCKET
@@ -261,13 +268,26 @@ class Zygote:
         holder[0] = fd
 
 
+class _SupervisorDied(BaseException):
+    """Raised in the serving loop by the PDEATHSIG handler."""
+
+
+def _on_supervisor_death(signo: int, frame: object) -> None:
+    raise _SupervisorDied
+
+
 def main(sock_fd: int, supervisor_pid: int, newroot: str) -> None:
     """Zygote entry point."""
-    # Die with the supervisor thread that started us; then make sure it had
-    # not already died before the prctl (we would have been reparented).
-    _libc.prctl(C.PR_SET_PDEATHSIG, _signal.SIGKILL)
+    # End with the supervisor thread that started us (SIGTERM, caught: the
+    # zygote removes the supervisor's cgroups on its way out); then make sure
+    # it had not already died before the prctl (we would have been reparented).
+    # Children never see the handler: clone3 has CLONE_CLEAR_SIGHAND.
+    _signal.signal(_signal.SIGTERM, _on_supervisor_death)
+    _libc.prctl(C.PR_SET_PDEATHSIG, _signal.SIGTERM)
     if os.getppid() != supervisor_pid:
         return
+    # Its cgroup parents' name, while its start time can still be read.
+    cgroups_name = _cgroups.supervisor_name(supervisor_pid)
     supervisor_pidfd = os.pidfd_open(supervisor_pid)
     os.set_inheritable(supervisor_pidfd, False)
     # _socket, not socket: socket.py imports enum and selectors (zygote size, see _protocol).
@@ -288,4 +308,18 @@ def main(sock_fd: int, supervisor_pid: int, newroot: str) -> None:
     gc.collect()
     gc.freeze()
     gc.disable()
-    zygote.serve()
+    crashed = False
+    try:
+        zygote.serve()
+    except _SupervisorDied:
+        crashed = True
+    finally:
+        _signal.signal(_signal.SIGTERM, _signal.SIG_IGN)  # a late PDEATHSIG must not cut the cleanup short
+        # Only after a crash: a supervisor that closes normally shuts its end
+        # for writing and waits for us (its socket stays open: no POLLHUP),
+        # removes its own cgroups, and other supervisors of its process may
+        # still use them. A crash closes the socket (EOF with POLLHUP, often
+        # before the PDEATHSIG), and the process is gone once its other
+        # threads have exited: wait for that, then clean up.
+        if (crashed or _peer_closed(sock)) and select.select((supervisor_pidfd,), (), (), 2.0)[0]:
+            _cgroups.cleanup_after_supervisor(cgroups_name)

@@ -736,9 +736,25 @@ _KILLED_SUPERVISOR = textwrap.dedent(
 )
 
 
+def _zygotes_of(pid: int) -> list[int]:
+    """The zygote processes supervisor process ``pid`` started (children with "zygote" in their command line)."""
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                stat = read(f"/proc/{name}/stat").decode()
+                if (int(stat.rpartition(")")[2].split()[1]) == pid and b"zygote" in read(f"/proc/{name}/cmdline")
+                        and read(f"/proc/{name}/comm") != b"anyns-init\n"):  # inits are clones of the zygote
+                    found.append(int(name))
+            except (OSError, ValueError):
+                continue
+    return found
+
+
 async def test_leftovers_of_a_killed_supervisor_go_at_the_next_start() -> None:
-    """A SIGKILLed supervisor leaves its anyns-<pid>-* parents and leaves in every hierarchy; the next
-    supervisor's start removes them all once their processes are gone."""
+    """A supervisor SIGKILLed together with its zygote (nobody is left to clean up) leaves its anyns-<pid>-*
+    parents and leaves in every hierarchy; the next supervisor's start removes them all once their processes
+    are gone. (A supervisor killed alone has its zygote remove them: test_crash.)"""
     left: set[str] = set()
     try:
         with supervisor_process(_KILLED_SUPERVISOR) as (proc, pidfds):
@@ -755,9 +771,13 @@ async def test_leftovers_of_a_killed_supervisor_go_at_the_next_start() -> None:
             assert len(parents) == len(leaves[0])  # one parent per hierarchy
             left |= parents
 
+            zygotes = _zygotes_of(proc.pid)
+            assert len(zygotes) == 1
+            os.kill(zygotes[0], signal.SIGKILL)  # the zygote first: it would remove the cgroups itself
             proc.send_signal(signal.SIGKILL)
             proc.wait()
             assert wait_all_exited(pidfds, timeout=5.0) == []
+            assert any(exists(d) for d in left)  # nobody was left to remove them
         with trio.fail_after(5):  # their processes were reparented and are reaped by someone else
             while busy(leaves):  # noqa: ASYNC110 (cgroup.events needs inotify)
                 await trio.sleep(0.01)
