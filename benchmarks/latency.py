@@ -53,6 +53,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -170,9 +172,35 @@ def anyns_cycle(sup: Any, spec: Any) -> Cycle:
     return make_cycle(lambda nursery: nursery.start(start, spec))
 
 
+class _Group:
+    """A started peer process whose kill() SIGKILLs its whole process group.
+
+    bwrap's inner pid-1 process sometimes outlives an outer bwrap killed with
+    SIGKILL (reparented to init with its ``sleep``, --die-with-parent
+    notwithstanding): the group kill takes every process of the peer down.
+    """
+
+    def __init__(self, proc: trio.Process) -> None:
+        self.proc = proc
+        self.stdout = proc.stdout
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
+    async def wait(self) -> int:
+        returncode: int = await self.proc.wait()
+        return returncode
+
+
 def process_cycle(argv: list[str]) -> Cycle:
-    start = functools.partial(trio.run_process, argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, check=False)
-    return make_cycle(lambda nursery: nursery.start(start))
+    start = functools.partial(trio.run_process, argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, check=False,
+                              start_new_session=True)  # its own process group, for _Group.kill
+
+    async def start_group(nursery: trio.Nursery) -> _Group:
+        return _Group(await nursery.start(start))
+
+    return make_cycle(start_group)
 
 
 async def measure(tool: str, cycle: Cycle, n: int, concurrency: int) -> Measurement:
