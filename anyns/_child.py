@@ -515,6 +515,10 @@ _WARM_UP_CALLS = (
     ("interface_up", (b"anyns-none",)),
     ("attach_skeleton", ([-1], _NOWHERE)),  # EBADF
     ("execve", ((_NOWHERE,), (b"x",), {b"A": b"B"})),
+    ("mask_paths", ((_NOWHERE,), (_NOWHERE,), _NOWHERE)),  # nothing there: skipped
+    ("bind_device", (_NOWHERE, _NOWHERE)),  # ENOENT
+    ("drop_bounding", ((64,),)),  # no such capability: nothing dropped
+    ("setsid", ()),  # EPERM: the zygote leads its process group
 )
 
 

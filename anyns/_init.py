@@ -52,6 +52,8 @@ FORWARDED = tuple(int(s) for s in (
     _signal.SIGUSR1, _signal.SIGUSR2, _signal.SIGWINCH,
 ))
 _WAITED = frozenset((_SIGCHLD, *FORWARDED))
+#: made in the zygote, once: the init allocates nothing for it
+_COMM = _libc.comm_name(b"anyns-init")
 #: si_code of a signal the kernel generated (a terminal's ^C), as opposed to one a process sent
 _SI_KERNEL = 0x80
 
@@ -93,7 +95,7 @@ def spawn_program(candidates: tuple[bytes, ...], argv: tuple[bytes, ...], env: d
 
 def serve(program: int, status_fd: int, errpipe: int) -> NoReturn:
     """The init's loop; exits with the program."""
-    _libc.set_comm(b"anyns-init")  # not the zygote's name in ps inside and outside
+    _libc.set_comm(_COMM)  # not the zygote's name in ps inside and outside
     os.close(errpipe)  # the program runs: the supervisor may know
     # Keep only the status pipe: the init never execs, so close-on-exec fds
     # (the zygote's socket, the stdio pipes, cgroup and namespace fds) would
@@ -119,15 +121,40 @@ def serve(program: int, status_fd: int, errpipe: int) -> NoReturn:
                 except ProcessLookupError:
                     pass
             continue
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                pid = 0
-            if pid == 0:
-                break
-            if pid == program:
-                _exit_like(status)
+        status = _reap(program)
+        if status is not None:
+            _exit_like(status)
+
+
+def _reap(program: int) -> int | None:
+    """Reap every child that has exited; the program's wait status if it was among them."""
+    found = None
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return found
+        if pid == 0:
+            return found
+        if pid == program:
+            found = status
+
+
+def warm_up(rounds: int = 20) -> None:
+    """Run the init's code paths in the zygote, harmlessly, so children inherit them quickened.
+
+    CPython 3.11 specialises bytecode in place the first times it runs; done
+    here, each container's init does not write to (and so copy) those pages.
+    spawn_program finds no candidate (a path that cannot exist); _reap finds
+    no child (the zygote has none: its clones are the supervisor's).
+    """
+    missing = (b"/proc/self/anyns-warm-up/a", b"/proc/self/anyns-warm-up/b")
+    for _ in range(rounds):
+        try:  # noqa: SIM105 - contextlib stays out of the zygote
+            spawn_program(missing, (b"x",), {b"A": b"B"})
+        except OSError:
+            pass
+        _reap(-1)
 
 
 def _exit_like(status: int) -> NoReturn:

@@ -29,7 +29,7 @@ import select
 import struct
 import time
 
-from . import _cgroups, _child, _namespaces, _protocol, _skeleton
+from . import _cgroups, _child, _init, _namespaces, _protocol, _skeleton
 from ._sys import _consts as C
 from ._sys import _libc
 
@@ -303,6 +303,7 @@ def main(sock_fd: int, supervisor_pid: int, newroot: str) -> None:
     zygote = Zygote(sock, supervisor_pidfd, newroot)
     sock.send(_protocol.encode(_protocol.HELLO, _protocol.PROTOCOL_VERSION, os.getpid()))
     _child.warm_up()
+    _init.warm_up()
     # Keep the pages the children share clean: no collection will touch them
     # (Python docs on gc.freeze for fork-without-exec servers).
     gc.collect()

@@ -186,10 +186,19 @@ def syscall(name: str, number: int, *args: int) -> int:
     return ret
 
 
-def set_comm(name: bytes) -> None:
-    """PR_SET_NAME: the name ``ps`` and /proc/PID/comm show (15 bytes at most)."""
+def comm_name(name: bytes) -> int:
+    """A name for ``set_comm``, made once (a buffer that lives as long as the process): its address."""
     buf = ctypes.create_string_buffer(name[:15])
-    if _prctl(C.PR_SET_NAME, ctypes.addressof(buf), 0, 0, 0) != 0:
+    _COMM_NAMES.append(buf)
+    return ctypes.addressof(buf)
+
+
+_COMM_NAMES: list[object] = []
+
+
+def set_comm(name: int) -> None:
+    """PR_SET_NAME: the name ``ps`` and /proc/PID/comm show; ``name`` from ``comm_name``."""
+    if _prctl(C.PR_SET_NAME, name, 0, 0, 0) != 0:
         raise _fail("prctl(PR_SET_NAME)")
 
 
