@@ -143,6 +143,9 @@ class HostLayout:
         cgroup_v2: whether a container with limits is born in a v2 leaf.
         cgroup_v1: the v1 hierarchies (by controllers) whose leaf such a
             container enters itself, in the order of the fds a spawn carries.
+        rootless: the supervisor is an unprivileged user: it can write a
+            child's maps only while the child is dumpable (its /proc files are
+            then the user's, not root's).
     """
 
     newroot: str
@@ -152,6 +155,7 @@ class HostLayout:
     etc_dirs: tuple[str, ...] = ()
     cgroup_v2: bool = False
     cgroup_v1: tuple[str, ...] = ()
+    rootless: bool = False
 
 
 @attrs.frozen
@@ -169,6 +173,9 @@ class Plan:
             steps into before it clones (an exec; a joined pid namespace).
         cgroup: the extra fd index of the v2 cgroup directory the zygote
             clones into, or -1.
+        dumpable: the child is born dumpable (the zygote is for the moment of
+            the clone): an unprivileged supervisor can write its uid/gid maps
+            only then (its /proc files are the user's, not root's).
     """
 
     clone_flags: int
@@ -178,6 +185,7 @@ class Plan:
     extra_kinds: tuple[str, ...] = ()
     enter: tuple[tuple[int, int], ...] = ()
     cgroup: int = -1
+    dumpable: bool = False
 
     def to_wire(self) -> dict[str, object]:
         """The JSON-able form the zygote receives (see ``_protocol``)."""
@@ -188,6 +196,7 @@ class Plan:
             "extra": len(self.extra_kinds),
             "enter": [list(e) for e in self.enter],
             "cgroup": self.cgroup,
+            "dumpable": int(self.dumpable),
         }
 
 
@@ -262,7 +271,7 @@ def compile_plan(spec: ContainerSpec, host: HostLayout) -> Plan:
         # Another container's file system view: its root is already ours.
         _process_steps(b, spec, ns, extra_kinds)
         return Plan(clone_flags=clone_flags, ops=tuple(b.ops), extra_kinds=extra_kinds, enter=tuple(enter),
-                    tty=spec.tty, cgroup=cgroup)
+                    tty=spec.tty, cgroup=cgroup, dumpable=id_map is not None and host.rootless)
 
     # A shared bind must stay a peer of its host mount: clone it now, while
     # the copied tree is still in the host's peer groups; it is attached in
@@ -329,7 +338,8 @@ def compile_plan(spec: ContainerSpec, host: HostLayout) -> Plan:
 
     _process_steps(b, spec, ns, extra_kinds)
     return Plan(clone_flags=clone_flags, ops=tuple(b.ops), skeleton=skeleton,
-                extra_kinds=extra_kinds, enter=tuple(enter), tty=spec.tty, cgroup=cgroup)
+                extra_kinds=extra_kinds, enter=tuple(enter), tty=spec.tty, cgroup=cgroup,
+                dumpable=id_map is not None and host.rootless)
 
 
 def _cgroup_steps(b: _Builder, spec: ContainerSpec, host: HostLayout, extra_kinds: tuple[str, ...]
@@ -435,7 +445,7 @@ def _security_steps(b: _Builder, spec: ContainerSpec) -> None:
 
 
 def compile_exec_plan(spec: ContainerSpec, container_namespaces: Namespaces, host: HostLayout | None = None,
-                      userns: bool = False) -> Plan:
+                      userns: bool = False, rootless: bool = False) -> Plan:
     """A process run inside a running container (``Container.exec``); pure.
 
     The zygote enters all of ``container_namespaces`` through the container's
@@ -447,11 +457,24 @@ def compile_exec_plan(spec: ContainerSpec, container_namespaces: Namespaces, hos
     first, it would hide the leaf the clone goes into). With ``userns`` the
     child enters the container's user namespace itself (the zygote could
     not come back from it) and becomes root there, or ``spec.user``.
+
+    ``rootless`` (an unprivileged supervisor, whose zygote may not enter
+    namespaces its user namespace does not own): the child enters them all,
+    user first, with one setns; a pid namespace only takes children, so it
+    posix_spawns the program into it and waits for it (the init's code:
+    signals passed on, the exact status reported).
     """
+    if rootless:
+        b = _Builder("/")
+        extra_kinds: tuple[str, ...] = ("container", "status")
+        b.op("namespaces", "setns", "all", 0, int(container_namespaces | Namespaces.USER))
+        b.op("userns", "become_root", None)
+        _exec_steps(b, spec, extra_kinds.index("status"))
+        return Plan(clone_flags=0, ops=tuple(b.ops), extra_kinds=extra_kinds, tty=spec.tty)
     b = _Builder("/")
     flags = int(container_namespaces)
     cgroup = -1
-    extra_kinds: tuple[str, ...] = ("container",)
+    extra_kinds = ("container",)
     if spec.limits is not None and host is not None:
         extra_kinds, cgroup = _cgroup_steps(b, spec, host, extra_kinds)
         if flags & Namespaces.CGROUP:

@@ -43,6 +43,7 @@ from ._spec import (
     Bridge,
     ContainerSpec,
     HostRootfs,
+    IdMap,
     Join,
     JoinNetwork,
     Namespaces,
@@ -111,6 +112,7 @@ def _probe_host(newroot: str, rootfs: Rootfs, cgroups: _cgroups.Cgroups | None) 
                 etc_files.append(name)
     return HostLayout(newroot=newroot, top_links=tuple(links), top_dirs=tuple(dirs),
                       etc_files=tuple(etc_files), etc_dirs=tuple(etc_dirs),
+                      rootless=os.geteuid() != 0,
                       cgroup_v2=cgroups is not None and cgroups.v2 is not None,
                       cgroup_v1=tuple(",".join(sorted(h.controllers)) for h in cgroups.v1) if cgroups else ())
 
@@ -226,6 +228,11 @@ class Supervisor(metaclass=NoPublicConstructor):
         self._closed = False
         self._devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         self._plan_ids = itertools.count(1)
+        #: an unprivileged supervisor: every container gets a user namespace
+        #: mapping this process's uid and gid to root (like ``unshare -r``)
+        self._rootless = os.geteuid() != 0
+        self._own_map = IdMap(uid=(0, os.geteuid(), 1), gid=(0, os.getegid(), 1))
+        self._rootless_specs: dict[ContainerSpec, ContainerSpec] = {}
 
     # ---- zygote
 
@@ -359,6 +366,8 @@ class Supervisor(metaclass=NoPublicConstructor):
             return await self._run(spec, io, task_status)
 
     async def _run(self, spec: ContainerSpec, io: Io, task_status: trio.TaskStatus[Container]) -> CompletedContainer:
+        if self._rootless:
+            spec = self._rootless_spec(spec)
         plan_id, plan = self._container_plan(spec)
         leaf = self._new_cgroup(spec)
         go = -1
@@ -384,6 +393,34 @@ class Supervisor(metaclass=NoPublicConstructor):
         finally:
             for fd in owned:
                 os.close(fd)
+
+    # ---- rootless
+
+    def _rootless_spec(self, spec: ContainerSpec) -> ContainerSpec:
+        """``spec`` as an unprivileged supervisor runs it: in a user namespace mapping our ids to root.
+
+        Raises:
+            UnsupportedError: what needs privileges this process lacks (a bridge;
+                a map of more than our own ids, which needs newuidmap).
+        """
+        cached = self._rootless_specs.get(spec)
+        if cached is not None:
+            return cached
+        hint = "run the supervisor as root for this"
+        if isinstance(spec.network, Bridge):
+            raise UnsupportedError(f"rootless: a Bridge needs CAP_NET_ADMIN on the host ({hint})")
+        if spec.user_ns is not None and spec.user_ns != self._own_map:
+            raise UnsupportedError("rootless: an unprivileged supervisor can only map its own uid and gid "
+                                   f"(IdMap(uid=(0, {os.geteuid()}, 1), gid=(0, {os.getegid()}, 1))); wider "
+                                   f"ranges need newuidmap, not supported yet ({hint})")
+        try:
+            rootless = attrs.evolve(spec, user_ns=self._own_map)
+        except SpecError as e:
+            raise UnsupportedError(f"rootless: {e} ({hint})") from None
+        if len(self._rootless_specs) >= MAX_PLANS:
+            self._rootless_specs.clear()
+        self._rootless_specs[spec] = rootless
+        return rootless
 
     # ---- cgroups
 
@@ -458,8 +495,11 @@ class Supervisor(metaclass=NoPublicConstructor):
         flags &= ~Namespaces.USER
         leaf = container._leaf
         host = _probe_host(self._newroot, HostRootfs(etc=()), self._cgroups) if leaf is not None else None
-        plan_id, plan = self._plan(("exec", spec, int(flags), leaf is not None, userns),
-                                   lambda: compile_exec_plan(spec, flags, host, userns))
+        rootless = self._rootless and userns
+        if self._rootless and leaf is not None:
+            raise UnsupportedError("rootless: exec into a container with limits is not supported")
+        plan_id, plan = self._plan(("exec", spec, int(flags), leaf is not None, userns, rootless),
+                                   lambda: compile_exec_plan(spec, flags, host, userns, rootless))
         # Our own duplicate of the pidfd: the task that owns the container may
         # reap it and close its fd while this request waits, and that fd number
         # could then name something else (a new zygote's pidfd: the host).
@@ -589,7 +629,9 @@ class Supervisor(metaclass=NoPublicConstructor):
             id_map = user_namespace_map(container.spec)
             if id_map is not None:
                 try:
-                    write_maps_from_parent(container.pid, map_text(id_map.uid), map_text(id_map.gid))
+                    # An unprivileged writer must deny setgroups before writing gid_map (user_namespaces(7)).
+                    write_maps_from_parent(container.pid, map_text(id_map.uid), map_text(id_map.gid),
+                                           deny_setgroups=self._rootless)
                 except OSError as e:
                     error = SetupError("userns", "write", e.filename, e.errno or 0, e.strerror or str(e),
                                        diagnose("userns", "write", e.errno or 0, e.filename))

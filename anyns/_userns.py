@@ -30,13 +30,19 @@ def map_text(ranges: Iterable[tuple[int, int, int]]) -> bytes:
     return "".join(f"{inside} {outside} {count}\n" for inside, outside, count in ranges).encode()
 
 
-def write_maps_from_parent(pid: int, uid_map: bytes, gid_map: bytes) -> None:
+def write_maps_from_parent(pid: int, uid_map: bytes, gid_map: bytes, deny_setgroups: bool = False) -> None:
     """Write the maps of the user namespace process ``pid`` was born in.
 
+    ``deny_setgroups``: write ``deny`` to its setgroups file first, which an
+    unprivileged writer must do before gid_map (user_namespaces(7)).
+
     Raises:
-        OSError: with ``filename`` set to the map that was refused.
+        OSError: with ``filename`` set to the file that was refused.
     """
-    for name, text in (("uid_map", uid_map), ("gid_map", gid_map)):
+    writes = [("uid_map", uid_map), ("gid_map", gid_map)]
+    if deny_setgroups:
+        writes.insert(0, ("setgroups", b"deny"))
+    for name, text in writes:
         path = f"/proc/{pid}/{name}"
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
@@ -52,14 +58,25 @@ def write_maps_from_parent(pid: int, uid_map: bytes, gid_map: bytes) -> None:
 
 
 def become_root_in_child() -> None:
-    """Become root of the new user namespace (its maps are written): no supplementary groups, ids 0."""
-    os.setgroups([])
+    """Become root of the new user namespace (its maps are written): no supplementary groups, ids 0.
+
+    With setgroups denied (an unprivileged supervisor) the groups stay as they
+    are: unmapped, so they show as nogroup and grant nothing inside.
+    """
+    try:  # noqa: SIM105 - contextlib stays out of the zygote
+        os.setgroups([])
+    except PermissionError:
+        pass
     os.setresgid(0, 0, 0)
     os.setresuid(0, 0, 0)
 
 
 def set_user_in_child(uid: int, gid: int, groups: tuple[int, ...]) -> None:
     """Run as ``uid``/``gid`` with ``groups`` from here on (groups first: it needs CAP_SETGID)."""
-    os.setgroups(list(groups))
+    try:
+        os.setgroups(list(groups))
+    except PermissionError:
+        if groups:  # setgroups is denied (rootless): only "no groups" can be honoured, by leaving them
+            raise
     os.setresgid(gid, gid, gid)
     os.setresuid(uid, uid, uid)

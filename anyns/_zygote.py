@@ -39,7 +39,8 @@ if TYPE_CHECKING:
 
 _monotonic = time.monotonic
 if TYPE_CHECKING:
-    _LinkedPlan = tuple[int, _child.Linked, _child.Meta, int, tuple[tuple[int, int], ...], "list[Any] | None", int]
+    _LinkedPlan = tuple[int, _child.Linked, _child.Meta, int, tuple[tuple[int, int], ...], "list[Any] | None", int,
+                        bool]
 _CLONE_BASE = C.CLONE_PIDFD | C.CLONE_PARENT | C.CLONE_CLEAR_SIGHAND
 _FDS_PER_SPAWN = 4
 #: pieces one plan may come in (each up to MAX_MESSAGE): a bound on a garbled sender
@@ -172,7 +173,7 @@ class Zygote:
         except Exception as e:  # whatever a malformed request breaks, the zygote carries on
             self.fail(request_id, 0, "protocol", "recvmsg", f"bad request: {type(e).__name__}: {e}")
             return
-        flags, linked, meta, _extra, enter, _skeleton_holder, cgroup = plan
+        flags, linked, meta, _extra, enter, _skeleton_holder, cgroup, dumpable = plan
         skeleton = plan[5]
         if skeleton is not None and _monotonic() > skeleton[2]:
             self._refresh(skeleton)
@@ -183,7 +184,16 @@ class Zygote:
                 self.namespaces.enter(fds[_FDS_PER_SPAWN + index], nsflags)
                 entered |= nsflags
             step, call = "clone", "clone3"
-            pid, pidfd = _libc.clone3(_CLONE_BASE | flags, 0, fds[_FDS_PER_SPAWN + cgroup] if cgroup >= 0 else -1)
+            if dumpable:  # only for the clone: the child is born dumpable, we are not for longer
+                _libc.prctl(C.PR_SET_DUMPABLE, 1)
+            try:
+                pid, pidfd = _libc.clone3(_CLONE_BASE | flags, 0, fds[_FDS_PER_SPAWN + cgroup] if cgroup >= 0 else -1)
+            except OSError:
+                if dumpable:
+                    _libc.prctl(C.PR_SET_DUMPABLE, 0)
+                raise
+            if dumpable and pid != 0:
+                _libc.prctl(C.PR_SET_DUMPABLE, 0)
         except OSError as e:
             if entered:
                 self._come_back(entered)
@@ -230,7 +240,8 @@ class Zygote:
         if (not 0 <= extra <= _protocol.MAX_FDS - _FDS_PER_SPAWN or any(not 0 <= i < extra for i, _ in enter)
                 or not -1 <= cgroup < extra):
             raise ValueError(f"extra fds {extra}, enter {enter} and cgroup {cgroup} do not fit")
-        plan = self.plans[plan_id] = (int(body["flags"]), linked, meta, extra, enter, holder, cgroup)
+        plan = self.plans[plan_id] = (int(body["flags"]), linked, meta, extra, enter, holder, cgroup,
+                                      bool(body.get("dumpable", 0)))
         return plan
 
     def _skeleton(self, ops: list[Any]) -> list[Any] | None:

@@ -1,0 +1,202 @@
+"""Rootless mode: the supervisor runs as an unprivileged user (nobody), dropped to with setpriv.
+
+The supervisor, its zygote and its containers run as uid 65534; every container
+gets a user namespace mapping that uid (and gid) to root. The test needs a
+Python that user can run with trio, attrs and pyroute2: a venv made from the
+system's /usr/bin/python3 (the CI's own Python lives under /root, which is 0700),
+kept at ``ANYNS_ROOTLESS_VENV`` (default /tmp/anyns-rootless-venv; made here if
+missing, which needs PyPI). The anyns package is copied beside the script, in a
+directory that user can read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import textwrap
+from typing import Any
+
+import pytest
+
+import anyns
+import anyns.testing
+
+NOBODY = 65534
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip, or fail under ANYNS_MUST_WORK=1 (as the shared fixture does; module-scoped fixtures can't use it)."""
+    if os.environ.get("ANYNS_MUST_WORK") == "1":
+        pytest.fail(f"ANYNS_MUST_WORK=1 but: {reason}", pytrace=False)
+    pytest.skip(reason)
+VENV = os.environ.get("ANYNS_ROOTLESS_VENV", "/tmp/anyns-rootless-venv")
+
+SCRIPT = textwrap.dedent(
+    """
+    import functools, json, os, sys
+    import anyns, trio
+
+    def say(**record):
+        print(json.dumps(record), flush=True)
+
+    async def main(busybox_root):
+        say(step="uid", uid=os.getuid(), euid=os.geteuid())
+        async with anyns.open_supervisor() as sup:
+            done = await sup.run(anyns.ContainerSpec(
+                argv=["sh", "-c", "id -u; id -g; cat /proc/self/uid_map; hostname; echo $$; test -c /dev/null "
+                      "&& echo dev-ok; touch /tmp/x && echo tmp-ok; touch /data/y && echo data-ok; "
+                      "grep -E 'Seccomp:|NoNewPrivs:' /proc/self/status"],
+                hostname="rootless-box", mounts=[anyns.Tmpfs("/data")]), capture_stdout=True, capture_stderr=True,
+                check=False)
+            say(step="run", returncode=done.returncode, stdout=done.stdout.decode(), stderr=done.stderr.decode())
+
+            code = ("import socket\\ns = socket.create_server(('127.0.0.1', 0))\\n"
+                    "c = socket.create_connection(s.getsockname())\\na, _ = s.accept()\\na.sendall(b'pong')\\n"
+                    "print(c.recv(4).decode())")
+            done = await sup.run(anyns.ContainerSpec(argv=["/usr/bin/python3", "-I", "-c", code]),
+                                 capture_stdout=True, capture_stderr=True, check=False)
+            say(step="loopback", returncode=done.returncode, stdout=done.stdout.decode(), stderr=done.stderr.decode())
+
+            done = await sup.run(anyns.ContainerSpec(argv=["/bin/sh", "-c", "cat /marker; id -u"],
+                                                     rootfs=anyns.DirRootfs(busybox_root), env={"PATH": "/bin"}),
+                                 capture_stdout=True, capture_stderr=True, check=False)
+            say(step="dirrootfs", returncode=done.returncode, stdout=done.stdout.decode(), stderr=done.stderr.decode())
+
+            async with trio.open_nursery() as nursery:
+                box = await nursery.start(functools.partial(sup.run, check=False),
+                                          anyns.ContainerSpec(argv=["sleep", "1000"]))
+                done = await box.exec(["sh", "-c", "id -u; readlink /proc/self/ns/pid; readlink /proc/1/ns/pid"],
+                                      capture_stdout=True, capture_stderr=True, check=False)
+                say(step="exec", returncode=done.returncode, stdout=done.stdout.decode(),
+                    stderr=done.stderr.decode(), pid_ns=box.namespaces["pid"])
+                box.terminate()
+                say(step="terminate", returncode=await box.wait())
+
+            for what, spec in (("bridge", anyns.ContainerSpec(argv=["true"], network=anyns.Bridge())),
+                               ("limits", anyns.ContainerSpec(argv=["true"], limits=anyns.Limits(pids=8))),
+                               ("ranges", anyns.ContainerSpec(argv=["true"], user_ns=anyns.DEFAULT_ID_MAP))):
+                try:
+                    await sup.run(spec)
+                    say(step=what, error=None)
+                except anyns.AnynsError as e:
+                    say(step=what, error=type(e).__name__, message=str(e))
+
+            with trio.move_on_after(0.2):  # cancelled while running: killed and reaped before this returns
+                await sup.run(anyns.ContainerSpec(argv=["sleep", "1000"]))
+            say(step="cancelled", running=len(sup._running))
+
+    trio.run(main, sys.argv[1])
+    """
+)
+
+
+def _readable_by_all(path: str) -> None:
+    for top, dirs, files in os.walk(path):
+        for name in (*dirs, *files):
+            p = os.path.join(top, name)
+            mode = os.lstat(p).st_mode
+            if not stat.S_ISLNK(mode):
+                os.chmod(p, mode | stat.S_IROTH | (stat.S_IXOTH if stat.S_ISDIR(mode) or mode & stat.S_IXUSR else 0))
+    os.chmod(path, 0o755)
+
+
+@pytest.fixture(scope="module")
+def rootless_python() -> str:
+    """A Python with trio, attrs and pyroute2 that uid 65534 can run (made once if missing)."""
+    python = os.path.join(VENV, "bin", "python")
+    if shutil.which("setpriv") is None:
+        skip_or_fail("setpriv (util-linux) is needed to drop to an unprivileged user")
+    if not os.path.exists(python):
+        base = "/usr/bin/python3"
+        if not os.path.exists(base):
+            skip_or_fail("no /usr/bin/python3 to make a venv an unprivileged user can run")
+        made = subprocess.run([base, "-m", "venv", VENV], capture_output=True, text=True)
+        if made.returncode != 0:
+            skip_or_fail(f"cannot make {VENV}: {made.stderr.strip()[-200:]}")
+        installed = subprocess.run([python, "-m", "pip", "install", "-q", "trio", "attrs", "pyroute2"],
+                                   capture_output=True, text=True, timeout=600)
+        if installed.returncode != 0:
+            shutil.rmtree(VENV, ignore_errors=True)
+            skip_or_fail(f"cannot install trio, attrs, pyroute2 into {VENV}: {installed.stderr.strip()[-200:]}")
+    _readable_by_all(VENV)
+    version = subprocess.run([python, "-c", "import sys; print(sys.version_info >= (3, 11))"],
+                             capture_output=True, text=True)
+    if version.stdout.strip() != "True":
+        skip_or_fail(f"{python} is older than Python 3.11")
+    return python
+
+
+@pytest.fixture(scope="module")
+def rootless_records(rootless_python: str) -> dict[str, dict[str, Any]]:
+    """Run the script once as nobody; its JSON records by step."""
+    path = tempfile.mkdtemp(prefix="anyns-rootless-", dir="/tmp")
+    try:
+        shutil.copytree(os.path.dirname(anyns.__file__), os.path.join(path, "anyns"),
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        with open(os.path.join(path, "script.py"), "w") as f:
+            f.write(SCRIPT)
+        try:
+            root = anyns.testing.busybox_rootfs(os.path.join(path, "root"))
+        except anyns.testing.BusyboxMissing as e:
+            skip_or_fail(f"{e} (Debian package busybox-static)")
+            raise
+        with open(os.path.join(root, "marker"), "w") as f:
+            f.write("inside\n")
+        _readable_by_all(path)
+        done = subprocess.run(
+            ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", rootless_python,
+             "-P", os.path.join(path, "script.py"), root],
+            capture_output=True, text=True, timeout=120, cwd=path,
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": path, "HOME": path},
+        )
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return {r["step"]: r for r in (json.loads(line) for line in done.stdout.splitlines())}
+
+
+def test_the_supervisor_really_is_unprivileged(rootless_records: dict[str, dict[str, Any]]) -> None:
+    """The script ran as uid 65534 (and the test process is still root)."""
+    assert (rootless_records["uid"]["uid"], rootless_records["uid"]["euid"]) == (NOBODY, NOBODY)
+    assert os.geteuid() == 0 or sys.platform != "linux"
+
+
+def test_a_container_runs_as_root_of_its_own_user_namespace(rootless_records: dict[str, dict[str, Any]]) -> None:
+    """Root inside, our uid mapped to it alone; hostname, /proc, /dev, /tmp, a Tmpfs and the hardening work."""
+    run = rootless_records["run"]
+    assert run["returncode"] == 0, run["stderr"]
+    lines = run["stdout"].splitlines()
+    assert lines[:2] == ["0", "0"]
+    assert lines[2].split() == ["0", str(NOBODY), "1"]
+    assert lines[3:8] == ["rootless-box", "2", "dev-ok", "tmp-ok", "data-ok"]
+    assert [line.split()[-1] for line in lines[8:10]] == ["1", "2"]  # NoNewPrivs, Seccomp (filter)
+
+
+def test_loopback_and_a_directory_root_work_rootless(rootless_records: dict[str, dict[str, Any]]) -> None:
+    """lo is up in the container's network namespace; a DirRootfs (busybox) is its whole view."""
+    assert (rootless_records["loopback"]["returncode"], rootless_records["loopback"]["stdout"]) == (0, "pong\n"), \
+        rootless_records["loopback"]["stderr"]
+    assert rootless_records["dirrootfs"]["stdout"] == "inside\n0\n", rootless_records["dirrootfs"]["stderr"]
+
+
+def test_exec_and_signals_work_rootless(rootless_records: dict[str, dict[str, Any]]) -> None:
+    """exec runs as root inside the container's pid namespace; terminate() reaches the program through the init."""
+    exec_ = rootless_records["exec"]
+    assert exec_["returncode"] == 0, exec_["stderr"]
+    uid, own_ns, init_ns = exec_["stdout"].split()
+    assert uid == "0" and own_ns == init_ns == exec_["pid_ns"]
+    assert rootless_records["terminate"]["returncode"] == -15
+
+
+def test_what_needs_privileges_fails_early_and_says_so(rootless_records: dict[str, dict[str, Any]]) -> None:
+    """A bridge, cgroup limits and a wide id map are UnsupportedError with a reason; cancellation still reaps."""
+    for step, words in (("bridge", "CAP_NET_ADMIN"), ("limits", "cgroup"), ("ranges", "newuidmap")):
+        record = rootless_records[step]
+        assert record["error"] == "UnsupportedError", record
+        assert words in record["message"], record
+    assert rootless_records["cancelled"]["running"] == 0
