@@ -289,7 +289,7 @@ def compile_plan(spec: ContainerSpec, host: HostLayout) -> Plan:
         skeleton = _host_skeleton(spec, host, b)  # has every mount point below
         b.op("rootfs", "attach_skeleton", "/", host.newroot)
     elif isinstance(spec.rootfs, OverlayRootfs):
-        _overlay_rootfs(b, spec.rootfs)
+        _overlay_rootfs(b, spec.rootfs, in_userns=id_map is not None)
     else:
         _dir_rootfs(b, spec.rootfs)
     # A directory root must have the mount points already, as real directories.
@@ -373,6 +373,8 @@ def _become_root(b: _Builder, spec: ContainerSpec) -> None:
     sources = [("mounts", m.source) for m in spec.mounts if isinstance(m, Bind)]
     if isinstance(spec.rootfs, DirRootfs):
         sources.insert(0, ("rootfs", spec.rootfs.path))
+    elif isinstance(spec.rootfs, OverlayRootfs):
+        sources[:0] = [("rootfs", layer) for layer in spec.rootfs.lower]
     for step, source in dict.fromkeys(sources):
         if source in b.held:
             continue
@@ -513,11 +515,15 @@ def _host_skeleton(spec: ContainerSpec, host: HostLayout, b: _Builder) -> tuple[
     return tuple(ops)
 
 
-def _overlay_rootfs(b: _Builder, rootfs: OverlayRootfs) -> None:
+def _overlay_rootfs(b: _Builder, rootfs: OverlayRootfs, in_userns: bool = False) -> None:
     """overlayfs on ``<newroot>/root``; the per-container upper layer lives on a tmpfs at ``<newroot>``.
 
     The tmpfs is detached with the old root after the pivot, and lives on as
-    long as the overlay that uses it: it vanishes with the container.
+    long as the overlay that uses it: it vanishes with the container. In a
+    user namespace overlay keeps its metadata in ``user.overlay.*`` xattrs
+    (``userxattr``; ``trusted.*`` needs host root) and reaches the lower
+    layers through the fds held before becoming root inside; files of the
+    lower layers owned by ids the map lacks can be read, not changed.
     """
     scratch = b.root
     if rootfs.upper is None:
@@ -532,8 +538,9 @@ def _overlay_rootfs(b: _Builder, rootfs: OverlayRootfs) -> None:
         b.op("rootfs", "mount", "/", "tmpfs", scratch, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")
     b.op("rootfs", "mkdir", None, f"{scratch}/root")
     for layer in rootfs.lower:  # so that a missing layer is named, not just "overlay: ENOENT"
-        b.op("rootfs", "stat", layer, layer)
-    data = f"lowerdir={':'.join(rootfs.lower)},upperdir={upper},workdir={work}"
+        b.op("rootfs", "stat", layer, b.host(layer))
+    lower = ":".join(b.host(layer) for layer in rootfs.lower)
+    data = f"lowerdir={lower},upperdir={upper},workdir={work}" + (",userxattr" if in_userns else "")
     b.op("rootfs", "mount", rootfs.lower[0], "overlay", f"{scratch}/root", "overlay", 0, data)
     b.root = f"{scratch}/root"
 

@@ -915,8 +915,6 @@ class ContainerSpec:
             raise _fail("join", f"expected an anyns.Join, got {self.join!r}")
         id_map = user_namespace_map(self)
         if id_map is not None:
-            if isinstance(self.rootfs, OverlayRootfs):
-                raise _fail("rootfs", "OverlayRootfs in a user namespace is not supported yet")
             if self.user is not None:
                 if not id_map.maps_uid(self.user.uid):
                     raise _fail("user.uid", f"{self.user.uid} is not mapped by the user namespace's uid map")

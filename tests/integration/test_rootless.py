@@ -67,6 +67,16 @@ SCRIPT = textwrap.dedent(
                                  capture_stdout=True, capture_stderr=True, check=False)
             say(step="dirrootfs", returncode=done.returncode, stdout=done.stdout.decode(), stderr=done.stderr.decode())
 
+            # The busybox root as an overlay's lower layer: ours (uid 65534), so root inside may change it.
+            script = "cat /marker; echo changed >> /marker && tail -1 /marker; echo new > /created && cat /created"
+            done = await sup.run(anyns.ContainerSpec(argv=["/bin/sh", "-c", script],
+                                                     rootfs=anyns.OverlayRootfs([busybox_root]), env={"PATH": "/bin"}),
+                                 capture_stdout=True, capture_stderr=True, check=False)
+            with open(os.path.join(busybox_root, "marker")) as f:
+                lower_after = f.read()
+            say(step="overlay", returncode=done.returncode, stdout=done.stdout.decode(), stderr=done.stderr.decode(),
+                lower_after=lower_after)
+
             async with trio.open_nursery() as nursery:
                 box = await nursery.start(functools.partial(sup.run, check=False),
                                           anyns.ContainerSpec(argv=["sleep", "1000"]))
@@ -148,6 +158,10 @@ def rootless_records(rootless_python: str) -> dict[str, dict[str, Any]]:
         with open(os.path.join(root, "marker"), "w") as f:
             f.write("inside\n")
         _readable_by_all(path)
+        for top, dirs, files in os.walk(root):  # the overlay's lower layer belongs to the unprivileged user
+            for name in (*dirs, *files):
+                os.lchown(os.path.join(top, name), NOBODY, NOBODY)
+        os.chown(root, NOBODY, NOBODY)
         done = subprocess.run(
             ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", rootless_python,
              "-P", os.path.join(path, "script.py"), root],
@@ -182,6 +196,15 @@ def test_loopback_and_a_directory_root_work_rootless(rootless_records: dict[str,
     assert (rootless_records["loopback"]["returncode"], rootless_records["loopback"]["stdout"]) == (0, "pong\n"), \
         rootless_records["loopback"]["stderr"]
     assert rootless_records["dirrootfs"]["stdout"] == "inside\n0\n", rootless_records["dirrootfs"]["stderr"]
+
+
+def test_an_overlay_root_works_rootless(rootless_records: dict[str, dict[str, Any]]) -> None:
+    """An OverlayRootfs (userxattr) over a lower layer the user owns: read, changed and created inside, the lower
+    layer untouched on the host."""
+    overlay = rootless_records["overlay"]
+    assert overlay["returncode"] == 0, overlay["stderr"]
+    assert overlay["stdout"] == "inside\nchanged\nnew\n"
+    assert overlay["lower_after"] == "inside\n"
 
 
 def test_exec_and_signals_work_rootless(rootless_records: dict[str, dict[str, Any]]) -> None:
