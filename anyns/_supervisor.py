@@ -14,6 +14,7 @@ import errno
 import functools
 import itertools
 import os
+import shutil
 import signal
 import socket
 import tempfile
@@ -66,7 +67,7 @@ from ._stdio import (
     read_to_eof,
     send_and_close,
 )
-from ._userns import map_text, write_maps_from_parent
+from ._userns import helper_argv, map_text, subordinate_ranges, write_maps_from_parent
 from ._zygote_client import MAX_PLANS, RequestNotSent, ZygoteConnection, setup_error
 
 __all__ = ["DEVNULL", "PIPE", "STDOUT", "Supervisor", "open_supervisor"]
@@ -232,6 +233,8 @@ class Supervisor(metaclass=NoPublicConstructor):
         #: mapping this process's uid and gid to root (like ``unshare -r``)
         self._rootless = os.geteuid() != 0
         self._own_map = IdMap(uid=(0, os.geteuid(), 1), gid=(0, os.getegid(), 1))
+        #: rootless with /etc/subuid and /etc/subgid ranges and newuidmap/newgidmap: a full map
+        self._wide_map = _subordinate_map() if self._rootless else None
         self._rootless_specs: dict[ContainerSpec, ContainerSpec] = {}
 
     # ---- zygote
@@ -409,12 +412,13 @@ class Supervisor(metaclass=NoPublicConstructor):
         hint = "run the supervisor as root for this"
         if isinstance(spec.network, Bridge):
             raise UnsupportedError(f"rootless: a Bridge needs CAP_NET_ADMIN on the host ({hint})")
-        if spec.user_ns is not None and spec.user_ns != self._own_map:
+        if spec.user_ns is not None and spec.user_ns != self._own_map and self._wide_map is None:
             raise UnsupportedError("rootless: an unprivileged supervisor can only map its own uid and gid "
                                    f"(IdMap(uid=(0, {os.geteuid()}, 1), gid=(0, {os.getegid()}, 1))); wider "
-                                   f"ranges need newuidmap, not supported yet ({hint})")
+                                   "ranges need newuidmap and newgidmap (Debian: uidmap) and ranges for this "
+                                   "user in /etc/subuid and /etc/subgid")
         try:
-            rootless = attrs.evolve(spec, user_ns=self._own_map)
+            rootless = attrs.evolve(spec, user_ns=spec.user_ns or self._wide_map or self._own_map)
         except SpecError as e:
             raise UnsupportedError(f"rootless: {e} ({hint})") from None
         if len(self._rootless_specs) >= MAX_PLANS:
@@ -629,9 +633,12 @@ class Supervisor(metaclass=NoPublicConstructor):
             id_map = user_namespace_map(container.spec)
             if id_map is not None:
                 try:
-                    # An unprivileged writer must deny setgroups before writing gid_map (user_namespaces(7)).
-                    write_maps_from_parent(container.pid, map_text(id_map.uid), map_text(id_map.gid),
-                                           deny_setgroups=self._rootless)
+                    if self._rootless and id_map != self._own_map:
+                        await _map_with_helpers(container.pid, id_map)
+                    else:
+                        # An unprivileged writer must deny setgroups before writing gid_map (user_namespaces(7)).
+                        write_maps_from_parent(container.pid, map_text(id_map.uid), map_text(id_map.gid),
+                                               deny_setgroups=self._rootless)
                 except OSError as e:
                     error = SetupError("userns", "write", e.filename, e.errno or 0, e.strerror or str(e),
                                        diagnose("userns", "write", e.errno or 0, e.filename))
@@ -819,6 +826,39 @@ async def _kill_and_reap(pidfd: int) -> None:
             os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG)  # noqa: ASYNC222 - WNOHANG
         trio.lowlevel.notify_closing(pidfd)
         os.close(pidfd)
+
+
+def _subordinate_map() -> IdMap | None:
+    """Our uid and gid as root, then /etc/subuid and /etc/subgid ranges from 1 on; None without them or the helpers."""
+    if shutil.which("newuidmap") is None or shutil.which("newgidmap") is None:
+        return None
+    maps = []
+    for path, own in (("/etc/subuid", os.geteuid()), ("/etc/subgid", os.getegid())):
+        ranges: list[tuple[int, int, int]] = [(0, own, 1)]
+        inside = 1
+        for start, count in subordinate_ranges(path, os.geteuid()):
+            ranges.append((inside, start, count))
+            inside += count
+        if len(ranges) == 1:
+            return None
+        maps.append(ranges)
+    try:
+        return IdMap(uid=maps[0], gid=maps[1])
+    except SpecError:  # overlapping ranges in the files: use the single-id map
+        return None
+
+
+async def _map_with_helpers(pid: int, id_map: IdMap) -> None:
+    """Write a wide map through the setuid helpers newuidmap and newgidmap (an unprivileged supervisor).
+
+    Raises:
+        OSError: a helper refused (the ranges are not ours in /etc/subuid or /etc/subgid).
+    """
+    for tool, ranges, target in (("newuidmap", id_map.uid, "uid_map"), ("newgidmap", id_map.gid, "gid_map")):
+        done = await trio.run_process(helper_argv(tool, pid, ranges), capture_stderr=True, check=False)
+        if done.returncode != 0:
+            message = (done.stderr or b"").decode(errors="replace").strip() or f"{tool} failed"
+            raise OSError(errno.EPERM, f"{tool}: {message}", f"/proc/{pid}/{target}")
 
 
 @contextmanager

@@ -54,6 +54,33 @@ def write_maps_from_parent(pid: int, uid_map: bytes, gid_map: bytes, deny_setgro
             raise OSError(e.errno, e.strerror, path) from None
 
 
+def subordinate_ranges(path: str, uid: int) -> list[tuple[int, int]]:
+    """``(start, count)`` ranges /etc/subuid or /etc/subgid grants user ``uid`` (by name or number)."""
+    import pwd
+
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        name = None
+    ranges = []
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        owner, _, rest = line.strip().partition(":")
+        start, _, count = rest.partition(":")
+        if owner in (name, str(uid)) and start.isdigit() and count.isdigit() and int(count) > 0:
+            ranges.append((int(start), int(count)))
+    return ranges
+
+
+def helper_argv(tool: str, pid: int, ranges: Iterable[tuple[int, int, int]]) -> list[str]:
+    """``newuidmap PID inside outside count ...`` (or newgidmap): the setuid helpers of Debian's uidmap."""
+    return [tool, str(pid), *(str(n) for r in ranges for n in r)]
+
+
 # --------------------------------------------------------------------------- child half
 
 

@@ -11,6 +11,7 @@ directory that user can read.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -223,3 +225,78 @@ def test_what_needs_privileges_fails_early_and_says_so(rootless_records: dict[st
         assert record["error"] == "UnsupportedError", record
         assert words in record["message"], record
     assert rootless_records["cancelled"]["running"] == 0
+
+
+SUBID_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import anyns, trio
+
+    async def main():
+        async with anyns.open_supervisor() as sup:
+            done = await sup.run(anyns.ContainerSpec(
+                argv=["sh", "-c", "cat /proc/self/uid_map /proc/self/gid_map; touch /tmp/f && "
+                      "chown 1000:1000 /tmp/f && stat -c '%u %g' /tmp/f"]),
+                capture_stdout=True, capture_stderr=True, check=False)
+            print(json.dumps({"returncode": done.returncode, "stdout": done.stdout.decode(),
+                              "stderr": done.stderr.decode()}))
+
+    trio.run(main)
+    """
+)
+
+
+@contextlib.contextmanager
+def _granted_subids(start: int, count: int) -> Iterator[None]:
+    """/etc/subuid and /etc/subgid grant nobody ``start:count`` for the block; both files are restored exactly."""
+    saved = {}
+    for path in ("/etc/subuid", "/etc/subgid"):
+        try:
+            with open(path) as f:
+                saved[path] = f.read()
+        except FileNotFoundError:
+            saved[path] = None
+    try:
+        for path, text in saved.items():
+            with open(path, "a") as f:
+                if text and not text.endswith("\n"):
+                    f.write("\n")
+                f.write(f"nobody:{start}:{count}\n")
+        yield
+    finally:
+        for path, text in saved.items():
+            if text is None:
+                os.unlink(path)
+            else:
+                with open(path, "w") as f:
+                    f.write(text)
+
+
+def test_wide_maps_through_newuidmap_when_subids_are_granted(rootless_python: str) -> None:
+    """With /etc/subuid and /etc/subgid ranges for the user and newuidmap/newgidmap (uidmap), a rootless
+    container gets our uid as root plus the whole range (like podman): a file can be chowned to uid 1000 inside."""
+    if shutil.which("newuidmap") is None or shutil.which("newgidmap") is None:
+        skip_or_fail("newuidmap/newgidmap are missing (Debian package uidmap)")
+    path = tempfile.mkdtemp(prefix="anyns-rootless-", dir="/tmp")
+    try:
+        shutil.copytree(os.path.dirname(anyns.__file__), os.path.join(path, "anyns"),
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        with open(os.path.join(path, "script.py"), "w") as f:
+            f.write(SUBID_SCRIPT)
+        _readable_by_all(path)
+        with _granted_subids(400000, 65536):
+            done = subprocess.run(
+                ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", rootless_python,
+                 "-P", os.path.join(path, "script.py")],
+                capture_output=True, text=True, timeout=120, cwd=path,
+                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": path, "HOME": path},
+            )
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads(done.stdout)
+    assert record["returncode"] == 0, record["stderr"]
+    lines = [line.split() for line in record["stdout"].splitlines()]
+    expected = [["0", str(NOBODY), "1"], ["1", "400000", "65536"]]
+    assert lines[:4] == expected * 2
+    assert lines[4] == ["1000", "1000"]
