@@ -321,7 +321,12 @@ def compile_plan(spec: ContainerSpec, host: HostLayout) -> Plan:
 
     if ensure:
         b.op("proc", "ensure_dir", "/proc", b.at("/proc"))
-    b.mount("proc", "proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    if id_map is not None and Namespaces.PID not in ns:
+        # A user namespace may mount proc only for a pid namespace it owns:
+        # without one of its own, the container sees the host's processes anyway.
+        b.mount("proc", "/proc", "/proc", None, MS_BIND | MS_REC)
+    else:
+        b.mount("proc", "proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     if spec.masked_paths or spec.readonly_paths:
         # runc's masked and read-only paths, on the new /proc (and /sys, where there is one)
         b.op("proc", "mask_paths", None, tuple(b.at(p) for p in spec.masked_paths),

@@ -92,6 +92,14 @@ print(client.recv(4).decode())
 """
 
 
+async def test_a_user_namespace_without_a_pid_namespace_sees_the_hosts_proc(sup: anyns.Supervisor) -> None:
+    """proc can only be mounted for a pid namespace the user namespace owns: without one, /proc is the host's."""
+    done = await sh(sup, "test -d /proc/1 && echo has-1; echo $$; id -u", namespaces=Namespaces.MOUNT | Namespaces.USER,
+                    check=True)
+    out = lines(done.stdout)
+    assert out[0] == "has-1" and int(out[1]) > 2 and out[2] == "0"
+
+
 async def test_loopback_works_in_a_user_namespace(sup: anyns.Supervisor) -> None:
     """lo is up: a server and a client in the same user-namespaced container talk over 127.0.0.1."""
     done = await sup.run(anyns.ContainerSpec(argv=[PYTHON, "-I", "-c", LOOPBACK_ROUND_TRIP], namespaces=NS),
