@@ -207,7 +207,7 @@ def _owner_alive(name: str) -> bool:
     return _start_time(pid) == start
 
 
-def cleanup_after_supervisor(name: str, timeout: float = 2.0) -> None:
+def cleanup_after_supervisor(name: str, v2_parent: str = "", timeout: float = 2.0) -> None:
     """Remove the cgroups of a supervisor that died: kill what is left in its leaves, rmdir them and its parents.
 
     Run by its zygote (which shares the supervisor's cgroups, so ``probe``
@@ -215,7 +215,8 @@ def cleanup_after_supervisor(name: str, timeout: float = 2.0) -> None:
     a dead process cannot remove its cgroup directories, and this way none
     outlives the crash. The containers die with the supervisor on their own
     (PDEATHSIG, pid 1); ``cgroup.kill`` makes sure, then the directories go
-    as soon as they are empty.
+    as soon as they are empty. ``v2_parent``: where the supervisor's v2
+    parent is (``open_supervisor(cgroup_parent=...)``), when not beside it.
     """
     import time
 
@@ -226,7 +227,7 @@ def cleanup_after_supervisor(name: str, timeout: float = 2.0) -> None:
     leaves: list[str] = []
     parents: list[str] = []
     for hierarchy in ([v2] if v2 is not None else []) + v1:
-        parent = os.path.join(hierarchy.own, name)
+        parent = os.path.join(v2_parent if hierarchy.v2 and v2_parent else hierarchy.own, name)
         try:
             found = [e.path for e in os.scandir(parent) if e.is_dir(follow_symlinks=False)]
         except OSError:

@@ -135,6 +135,16 @@ def _hold_path(rt: Rt, path: bytes, fd: int) -> None:
     """Open host ``path`` (O_PATH) at fd number ``fd`` while still host root; later steps use /proc/self/fd/FD."""
     opened = os.open(path, os.O_PATH | os.O_CLOEXEC)
     if opened != fd:
+        busy = opened > fd  # open() takes the lowest free number: fd is taken
+        if not busy:
+            try:
+                os.fstat(fd)
+                busy = True
+            except OSError:
+                pass
+        if busy:
+            os.close(opened)
+            raise OSError(errno.EBUSY, f"fd {fd}, where held paths go, is already in use")
         os.dup2(opened, fd, inheritable=False)
         os.close(opened)
 
@@ -394,6 +404,13 @@ def _spawn_with_init(rt: Rt, status_index: int, candidates: tuple[bytes, ...], a
     _init.serve(program, rt[_EXTRA + status_index], rt[_ERRPIPE])
 
 
+def _fork_and_wait(rt: Rt, status_index: int, candidates: tuple[bytes, ...], argv: tuple[bytes, ...],
+                   env: dict[bytes, bytes]) -> None:
+    """Instead of execve: start the program, dying with us, and wait for it (a rootless exec); never returns."""
+    program = _init.fork_program(candidates, argv, env)
+    _init.serve(program, rt[_EXTRA + status_index], rt[_ERRPIPE])
+
+
 def _execve(rt: Rt, candidates: tuple[bytes, ...], argv: tuple[bytes, ...],
             env: dict[bytes, bytes]) -> None:
     """execve each candidate like execvp(3): a later hit wins over ENOENT, EACCES is kept."""
@@ -454,6 +471,7 @@ OPS: dict[str, Callable[..., None]] = {
     "signals": _signals,
     "pdeathsig": _pdeathsig,
     "spawn_with_init": _spawn_with_init,
+    "fork_and_wait": _fork_and_wait,
     "execve": _execve,
 }
 
@@ -486,6 +504,7 @@ _SYSCALL_OF = {
     "signals": "sigaction",
     "pdeathsig": "prctl",
     "spawn_with_init": "execve",
+    "fork_and_wait": "execve",
 }
 
 
@@ -571,7 +590,7 @@ def link(ops: Sequence[Sequence[Any]], skeleton: list[int] | None = None) -> tup
             converted = (_security.prepare_seccomp(bytes.fromhex(args[0])),)
         elif call == "capset":
             converted = (_security.prepare_capset(int(args[0])),)
-        if call in ("execve", "spawn_with_init"):
+        if call in ("execve", "spawn_with_init", "fork_and_wait"):
             *lead, candidates, argv, env = converted
             converted = (*lead, candidates, argv, dict(e.split(b"=", 1) for e in env))
         linked.append((fn, converted))

@@ -38,6 +38,7 @@ from __future__ import annotations
 import _signal  # type: ignore[import-not-found]  # no typeshed stub
 import errno
 import os
+import select
 
 from ._protocol import TYPE_CHECKING
 from ._sys import _libc
@@ -46,6 +47,8 @@ if TYPE_CHECKING:
     from typing import NoReturn
 
 _SIGCHLD = int(_signal.SIGCHLD)
+_SIGKILL = int(_signal.SIGKILL)
+_PR_SET_PDEATHSIG = 1
 #: what the init passes on to the program (the list tini and catatonit forward, in essence)
 FORWARDED = tuple(int(s) for s in (
     _signal.SIGTERM, _signal.SIGINT, _signal.SIGHUP, _signal.SIGQUIT,
@@ -91,6 +94,57 @@ def spawn_program(candidates: tuple[bytes, ...], argv: tuple[bytes, ...], env: d
     _signal.pthread_sigmask(_signal.SIG_SETMASK, ())
     assert first is not None
     raise first
+
+
+def fork_program(candidates: tuple[bytes, ...], argv: tuple[bytes, ...], env: dict[bytes, bytes]) -> int:
+    """Like ``spawn_program``, but the program dies with us (PR_SET_PDEATHSIG), which posix_spawn cannot ask.
+
+    For a process exec'd into a container by an unprivileged supervisor: it
+    waits from outside the container's pid namespace, and when it is killed
+    (``Container.kill``, a cancelled exec) the program must go too. A fork,
+    so it costs more; exec failures come back on a close-on-exec pipe.
+
+    Raises:
+        OSError: no candidate could be executed.
+    """
+    _signal.pthread_sigmask(_signal.SIG_BLOCK, _WAITED)
+    ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+    me = os.pidfd_open(os.getpid())  # getppid() says 0 across pid namespaces: watch us through a pidfd
+    try:
+        # os.fork (glibc's clone), not clone3: the seccomp filter, installed
+        # by now, answers clone3 with ENOSYS.
+        pid = os.fork()
+    except OSError:
+        for fd in (ready_r, ready_w, me):
+            os.close(fd)
+        _signal.pthread_sigmask(_signal.SIG_SETMASK, ())
+        raise
+    if pid == 0:  # the program
+        try:
+            _libc.prctl(_PR_SET_PDEATHSIG, _SIGKILL)
+            if select.select((me,), (), (), 0)[0]:  # we died before the prctl
+                os._exit(127)
+            _signal.pthread_sigmask(_signal.SIG_SETMASK, ())
+            err = errno.ENOENT
+            for path in candidates:
+                try:
+                    os.execve(path, argv, env)
+                except OSError as e:
+                    if e.errno not in (errno.ENOENT, errno.ENOTDIR) or err == errno.ENOENT:
+                        err = e.errno or err
+            os.write(ready_w, b"%d" % err)
+        finally:
+            os._exit(127)
+    os.close(ready_w)
+    os.close(me)
+    failed = os.read(ready_r, 16)
+    os.close(ready_r)
+    if failed:
+        os.waitpid(pid, 0)
+        _signal.pthread_sigmask(_signal.SIG_SETMASK, ())
+        err = int(failed)
+        raise OSError(err, os.strerror(err), candidates[0] if candidates else None)
+    return pid
 
 
 def serve(program: int, status_fd: int, errpipe: int) -> NoReturn:

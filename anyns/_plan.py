@@ -120,8 +120,9 @@ _PROPAGATION_FLAGS: Final = {"private": MS_PRIVATE, "slave": MS_SLAVE, "unbindab
 _RO_ATTRS: Final = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV
 _DEFAULT_UMASK: Final = 0o022
 #: the first fd a user-namespaced child holds host paths at (see ``hold_path``);
-#: close-on-exec, high enough to stay clear of what the child has open
-_HELD_FDS: Final = 1000
+#: close-on-exec, above what the child has open (a few dozen), and far below
+#: any RLIMIT_NOFILE soft limit a container would run with (1024 at least)
+_HELD_FDS: Final = 100
 #: what ``mount_beneath`` creates when the mount point is missing (see ``_child``)
 _CREATE_DIR: Final = 1
 _CREATE_LIKE_SOURCE: Final = 3
@@ -253,6 +254,9 @@ def compile_plan(spec: ContainerSpec, host: HostLayout) -> Plan:
         # a pipe: the child waits on it until the supervisor has written its maps and wired eth0
         extra_kinds += ("go",)
     if id_map is not None:
+        # Rootless, the child stays dumpable (it was born so for the supervisor
+        # to write its maps): an exec into it enters its namespaces through its
+        # pidfd, which a non-dumpable target refuses to an unprivileged caller.
         b.op("userns", "wait_go", None, extra_kinds.index("go"))
     for index, kind in enumerate(joined):
         if kind != "pid":
@@ -402,7 +406,7 @@ def _process_steps(b: _Builder, spec: ContainerSpec, ns: Namespaces, extra_kinds
     _exec_steps(b, spec, extra_kinds.index("status") if "status" in extra_kinds else None)
 
 
-def _exec_steps(b: _Builder, spec: ContainerSpec, status: int | None = None) -> None:
+def _exec_steps(b: _Builder, spec: ContainerSpec, status: int | None = None, waiter: bool = False) -> None:
     """From umask to execve; ``status``: the extra fd index of the init's status pipe, if it has an init."""
     b.op("process", "umask", None, _DEFAULT_UMASK)
     b.op("process", "chdir", spec.cwd, spec.cwd)
@@ -421,7 +425,8 @@ def _exec_steps(b: _Builder, spec: ContainerSpec, status: int | None = None) -> 
     b.op("pdeathsig", "pdeathsig", None)
     env = tuple(f"{k}={v}" for k, v in spec.env.items())
     if status is not None:
-        b.op("exec", "spawn_with_init", spec.argv[0], status, _exec_candidates(spec), spec.argv, env)
+        call = "fork_and_wait" if waiter else "spawn_with_init"
+        b.op("exec", call, spec.argv[0], status, _exec_candidates(spec), spec.argv, env)
     else:
         b.op("exec", "execve", spec.argv[0], _exec_candidates(spec), spec.argv, env)
 
@@ -476,7 +481,7 @@ def compile_exec_plan(spec: ContainerSpec, container_namespaces: Namespaces, hos
         extra_kinds: tuple[str, ...] = ("container", "status")
         b.op("namespaces", "setns", "all", 0, int(container_namespaces | Namespaces.USER))
         b.op("userns", "become_root", None)
-        _exec_steps(b, spec, extra_kinds.index("status"))
+        _exec_steps(b, spec, extra_kinds.index("status"), waiter=True)
         return Plan(clone_flags=0, ops=tuple(b.ops), extra_kinds=extra_kinds, tty=spec.tty)
     b = _Builder("/")
     flags = int(container_namespaces)

@@ -242,7 +242,9 @@ class Supervisor(metaclass=NoPublicConstructor):
     def _connection(self) -> ZygoteConnection:
         zygote = self._zygote
         if zygote is None or zygote.error is not None:
-            zygote = self._zygote = ZygoteConnection(self._adopt_orphan, self._newroot)
+            zygote = self._zygote = ZygoteConnection(
+                self._adopt_orphan, self._newroot,
+                self._cgroups.v2.own if self._cgroups is not None and self._cgroups.v2 is not None else None)
             self._nursery.start_soon(zygote.serve_replies)
             self._nursery.start_soon(zygote.watch)
         return zygote

@@ -79,6 +79,9 @@ def _peer_closed(sock: _socket.socket) -> bool:
     return any(events & select.POLLHUP for _fd, events in poller.poll(0))
 
 
+_SIG_BLOCK = _signal.SIG_BLOCK
+_SIG_UNBLOCK = _signal.SIG_UNBLOCK
+_TERM = (int(_signal.SIGTERM),)
 _SOL_SOCKET = _socket.SOL_SOCKET
 _SCM_RIGHTS = _socket.SCM_RIGHTS
 _pack_fd = struct.Struct("i").pack
@@ -131,6 +134,17 @@ class Zygote:
         except ValueError:
             return
         if tag == _protocol.SPAWN:
+            # Learn the plan it carried anyway (linking needs no fd): the
+            # supervisor counts it as sent and will not send it again.
+            plan_id = _plan_id
+            pieces = self.parts.pop(plan_id, [])
+            if plan_id not in self.plans:
+                pieces.append(bytes(data[_protocol.HEADER_SIZE:]))
+                try:
+                    if pieces[-1] or len(pieces) > 1:
+                        self._link(plan_id, _protocol.decode_body(b"".join(pieces)))
+                except Exception:  # a bad plan: the next request that uses it says so
+                    pass
             self.fail(request_id, errno.EMFILE, "clone", "recvmsg",
                       "the zygote ran out of file descriptors: the request's fds were dropped")
 
@@ -173,10 +187,21 @@ class Zygote:
         except Exception as e:  # whatever a malformed request breaks, the zygote carries on
             self.fail(request_id, 0, "protocol", "recvmsg", f"bad request: {type(e).__name__}: {e}")
             return
-        flags, linked, meta, _extra, enter, _skeleton_holder, cgroup, dumpable = plan
         skeleton = plan[5]
         if skeleton is not None and _monotonic() > skeleton[2]:
             self._refresh(skeleton)
+        # SIGTERM (the supervisor died) waits until the answer is sent: its
+        # handler raises, and half a spawn would leave an unowned container;
+        # a signal blocked at clone time is not inherited by the child.
+        _signal.pthread_sigmask(_SIG_BLOCK, _TERM)
+        try:
+            self._spawn(request_id, plan, fds)
+        finally:
+            _signal.pthread_sigmask(_SIG_UNBLOCK, _TERM)
+
+    def _spawn(self, request_id: int, plan: _LinkedPlan, fds: list[int]) -> None:
+        """Enter what the plan says, clone, come back, answer with the pidfd (or a FAIL)."""
+        flags, linked, meta, _extra, enter, _skeleton_holder, cgroup, dumpable = plan
         entered = 0
         step, call = "namespaces", "setns"
         try:
@@ -287,13 +312,12 @@ def _on_supervisor_death(signo: int, frame: object) -> None:
     raise _SupervisorDied
 
 
-def main(sock_fd: int, supervisor_pid: int, newroot: str) -> None:
+def main(sock_fd: int, supervisor_pid: int, newroot: str, cgroup_parent: str = "") -> None:
     """Zygote entry point."""
-    # End with the supervisor thread that started us (SIGTERM, caught: the
-    # zygote removes the supervisor's cgroups on its way out); then make sure
-    # it had not already died before the prctl (we would have been reparented).
-    # Children never see the handler: clone3 has CLONE_CLEAR_SIGHAND.
-    _signal.signal(_signal.SIGTERM, _on_supervisor_death)
+    # End with the supervisor thread that started us (SIGTERM: until the
+    # handler is installed, below, it simply ends us; then it lets the zygote
+    # remove the supervisor's cgroups on its way out); then make sure it had
+    # not already died before the prctl (we would have been reparented).
     _libc.prctl(C.PR_SET_PDEATHSIG, _signal.SIGTERM)
     if os.getppid() != supervisor_pid:
         return
@@ -320,6 +344,10 @@ def main(sock_fd: int, supervisor_pid: int, newroot: str) -> None:
     gc.collect()
     gc.freeze()
     gc.disable()
+    # Installed last: a SIGTERM before this point just ends the zygote. The
+    # handler raises; handle() blocks SIGTERM around the clone, so it never
+    # interrupts a spawn half-way, and no child inherits it pending.
+    _signal.signal(_signal.SIGTERM, _on_supervisor_death)
     crashed = False
     try:
         zygote.serve()
@@ -334,4 +362,4 @@ def main(sock_fd: int, supervisor_pid: int, newroot: str) -> None:
         # before the PDEATHSIG), and the process is gone once its other
         # threads have exited: wait for that, then clean up.
         if (crashed or _peer_closed(sock)) and select.select((supervisor_pidfd,), (), (), 2.0)[0]:
-            _cgroups.cleanup_after_supervisor(cgroups_name)
+            _cgroups.cleanup_after_supervisor(cgroups_name, cgroup_parent)

@@ -58,7 +58,7 @@ def _fds_from(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
 class ZygoteConnection:
     """One zygote process and the socket to it; replaced by a new one if it dies."""
 
-    def __init__(self, on_orphan: Callable[[int], None], newroot: str) -> None:
+    def __init__(self, on_orphan: Callable[[int], None], newroot: str, cgroup_parent: str | None = None) -> None:
         # Started synchronously from the calling (trio) thread, never from a
         # worker thread: the zygote's PDEATHSIG, and through CLONE_PARENT the
         # containers' parent, are tied to this thread (spawn-path.md §9.1).
@@ -66,7 +66,7 @@ class ZygoteConnection:
         try:
             self.process = subprocess.Popen(
                 [sys.executable, "-I", "-S", "-X", "utf8", _ZYGOTE_FILE,
-                 str(theirs.fileno()), str(os.getpid()), _PACKAGE_DIR, newroot],
+                 str(theirs.fileno()), str(os.getpid()), _PACKAGE_DIR, newroot, cgroup_parent or ""],
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
@@ -164,8 +164,12 @@ class ZygoteConnection:
         pending.event.set()
 
     async def _finish(self) -> None:
-        self.sock.close()
+        # Shut for writing, not closed: the zygote tells a crash of the
+        # supervisor (its socket closed: POLLHUP) from a close (EOF alone).
+        with suppress(OSError):
+            self.sock.shutdown(socket.SHUT_WR)
         await trio.lowlevel.wait_readable(self.pidfd)
+        self.sock.close()
         status = self.process.wait()
         trio.lowlevel.notify_closing(self.pidfd)
         os.close(self.pidfd)

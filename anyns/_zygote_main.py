@@ -1,4 +1,4 @@
-"""Entry point of the zygote process: ``python -I -S _zygote_main.py FD PID PKGDIR NEWROOT``.
+"""Entry point of the zygote process: ``python -I -S _zygote_main.py FD PID PKGDIR NEWROOT [CGROUP_PARENT]``.
 
 It imports ``anyns._zygote`` without running ``anyns/__init__.py`` (which
 imports trio): a bare package module pointing at PKGDIR stands in for it.
@@ -17,4 +17,4 @@ if __name__ == "__main__":
 
     from anyns._zygote import main
 
-    main(int(sys.argv[1]), int(sys.argv[2]), sys.argv[4])
+    main(int(sys.argv[1]), int(sys.argv[2]), sys.argv[4], sys.argv[5] if len(sys.argv) > 5 else "")

@@ -35,6 +35,18 @@ def _zombies_in(pid_ns: str) -> int:
     return count
 
 
+def _has_comm(pid_ns: str, comm: str) -> bool:
+    """Whether a process named ``comm`` lives in pid namespace ``pid_ns``."""
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                if os.readlink(f"/proc/{name}/ns/pid") == pid_ns and read(f"/proc/{name}/comm") == f"{comm}\n".encode():
+                    return True
+            except OSError:
+                continue
+    return False
+
+
 async def _zombie_count_settles(pid_ns: str, want: int) -> int:
     """Poll (bounded) until the zombie count is ``want``; return the last count."""
     count = -1
@@ -52,6 +64,9 @@ async def test_orphans_are_reaped_by_the_init_only(sup: anyns.Supervisor, init: 
                                           stdout=anyns.PIPE, check=False))
         assert await read_lines(box.stdout, 1) == ["ready"]
         pid_ns = box.namespaces["pid"]
+        with trio.fail_after(10):  # the shell must have become `sleep` (a shell would reap them itself)
+            while not _has_comm(pid_ns, "sleep"):  # noqa: ASYNC110 - /proc has no event to wait on
+                await trio.sleep(0.005)
         assert box.stdin is not None
         await box.stdin.aclose()  # the orphans' cue to exit
         assert await _zombie_count_settles(pid_ns, 0 if init else 3) == (0 if init else 3)
