@@ -207,6 +207,14 @@ def _owner_alive(name: str) -> bool:
     return _start_time(pid) == start
 
 
+def _leaves_of(parent: str) -> list[str] | None:
+    """The leaf directories in a supervisor's parent cgroup, or None if it is not there."""
+    try:
+        return [e.path for e in os.scandir(parent) if e.is_dir(follow_symlinks=False)]
+    except OSError:
+        return None
+
+
 def cleanup_after_supervisor(name: str, v2_parent: str = "", timeout: float = 2.0) -> None:
     """Remove the cgroups of a supervisor that died: kill what is left in its leaves, rmdir them and its parents.
 
@@ -228,9 +236,8 @@ def cleanup_after_supervisor(name: str, v2_parent: str = "", timeout: float = 2.
     parents: list[str] = []
     for hierarchy in ([v2] if v2 is not None else []) + v1:
         parent = os.path.join(v2_parent if hierarchy.v2 and v2_parent else hierarchy.own, name)
-        try:
-            found = [e.path for e in os.scandir(parent) if e.is_dir(follow_symlinks=False)]
-        except OSError:
+        found = _leaves_of(parent)
+        if found is None:
             continue
         parents.append(parent)
         leaves += found
@@ -380,9 +387,8 @@ class Cgroups:
                 if name == self.name or _owner_alive(name):
                     continue
                 parent = os.path.join(hierarchy.own, name)
-                try:
-                    leaves = [e.path for e in os.scandir(parent) if e.is_dir(follow_symlinks=False)]
-                except OSError:
+                leaves = _leaves_of(parent)
+                if leaves is None:
                     continue
                 for leaf in leaves:
                     removed += _rmdir(leaf)

@@ -413,18 +413,8 @@ def _fork_and_wait(rt: Rt, status_index: int, candidates: tuple[bytes, ...], arg
 
 def _execve(rt: Rt, candidates: tuple[bytes, ...], argv: tuple[bytes, ...],
             env: dict[bytes, bytes]) -> None:
-    """execve each candidate like execvp(3): a later hit wins over ENOENT, EACCES is kept."""
-    first: OSError | None = None
-    for path in candidates:
-        try:
-            os.execve(path, argv, env)
-        except OSError as e:
-            if e.errno not in (errno.ENOENT, errno.ENOTDIR, errno.EACCES) or len(candidates) == 1:
-                raise
-            if first is None or (e.errno == errno.EACCES and first.errno != errno.EACCES):
-                first = e
-    assert first is not None
-    raise first
+    """execve each candidate like execvp(3) (``_init.first_to_start``)."""
+    _init.first_to_start(candidates, lambda path: os.execve(path, argv, env))
 
 
 OPS: dict[str, Callable[..., None]] = {

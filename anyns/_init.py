@@ -44,7 +44,8 @@ from ._protocol import TYPE_CHECKING
 from ._sys import _libc
 
 if TYPE_CHECKING:
-    from typing import NoReturn
+    from collections.abc import Callable
+    from typing import Any, NoReturn
 
 _SIGCHLD = int(_signal.SIGCHLD)
 _SIGKILL = int(_signal.SIGKILL)
@@ -61,6 +62,33 @@ _COMM = _libc.comm_name(b"anyns-init")
 _SI_KERNEL = 0x80
 
 
+def first_to_start(candidates: tuple[bytes, ...], start: Callable[[bytes], Any], look_first: bool = False) -> Any:
+    """``start(path)`` for each candidate in turn, like execvp(3); the first that works wins.
+
+    ENOENT and ENOTDIR move on to the next (an EACCES is the error kept if
+    none works), any other error stops. ``look_first``: skip paths that do not
+    exist without trying them (a failed posix_spawn still costs a clone).
+
+    Raises:
+        OSError: no candidate could be started.
+    """
+    first: OSError | None = None
+    for path in candidates:
+        if look_first and len(candidates) > 1 and not os.path.exists(path):
+            if first is None:
+                first = OSError(errno.ENOENT, os.strerror(errno.ENOENT), path)
+            continue
+        try:
+            return start(path)
+        except OSError as e:
+            if e.errno not in (errno.ENOENT, errno.ENOTDIR, errno.EACCES) or len(candidates) == 1:
+                raise
+            if first is None or (e.errno == errno.EACCES and first.errno != errno.EACCES):
+                first = e
+    assert first is not None
+    raise first
+
+
 def spawn_program(candidates: tuple[bytes, ...], argv: tuple[bytes, ...], env: dict[bytes, bytes]) -> int:
     """Start the program as pid 2 and return its pid; the caller then serves as its init.
 
@@ -75,25 +103,14 @@ def spawn_program(candidates: tuple[bytes, ...], argv: tuple[bytes, ...], env: d
     # Blocked before the spawn, so no signal meant for the program is lost
     # before the loop runs; the program starts with an empty mask.
     _signal.pthread_sigmask(_signal.SIG_BLOCK, _WAITED)
-    first: OSError | None = None
-    for path in candidates:
-        if len(candidates) > 1 and not os.path.exists(path):
-            # Look before spawning: a failed posix_spawn still costs a clone
-            # (and a pid: the program would not be pid 2).
-            if first is None:
-                first = OSError(errno.ENOENT, os.strerror(errno.ENOENT), path)
-            continue
-        try:
-            return os.posix_spawn(path, argv, env, setsigmask=())
-        except OSError as e:
-            if e.errno not in (errno.ENOENT, errno.ENOTDIR, errno.EACCES) or len(candidates) == 1:
-                first = e
-                break
-            if first is None or (e.errno == errno.EACCES and first.errno != errno.EACCES):
-                first = e
-    _signal.pthread_sigmask(_signal.SIG_SETMASK, ())
-    assert first is not None
-    raise first
+    try:
+        # Looking first: a failed posix_spawn costs a clone, and a pid (the program would not be pid 2).
+        pid: int = first_to_start(candidates, lambda path: os.posix_spawn(path, argv, env, setsigmask=()),
+                                  look_first=True)
+    except OSError:
+        _signal.pthread_sigmask(_signal.SIG_SETMASK, ())
+        raise
+    return pid
 
 
 def fork_program(candidates: tuple[bytes, ...], argv: tuple[bytes, ...], env: dict[bytes, bytes]) -> int:
@@ -125,14 +142,10 @@ def fork_program(candidates: tuple[bytes, ...], argv: tuple[bytes, ...], env: di
             if select.select((me,), (), (), 0)[0]:  # we died before the prctl
                 os._exit(127)
             _signal.pthread_sigmask(_signal.SIG_SETMASK, ())
-            err = errno.ENOENT
-            for path in candidates:
-                try:
-                    os.execve(path, argv, env)
-                except OSError as e:
-                    if e.errno not in (errno.ENOENT, errno.ENOTDIR) or err == errno.ENOENT:
-                        err = e.errno or err
-            os.write(ready_w, b"%d" % err)
+            try:
+                first_to_start(candidates, lambda path: os.execve(path, argv, env))
+            except OSError as e:
+                os.write(ready_w, b"%d" % (e.errno or errno.ENOEXEC))
         finally:
             os._exit(127)
     os.close(ready_w)

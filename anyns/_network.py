@@ -64,8 +64,7 @@ class NetlinkThread:
         try:
             self._thread.start()
         except RuntimeError as e:  # "can't start new thread": no task to spare; the next attach tries again
-            self._error = NetworkError(f"netlink: starting the netlink thread failed: {e} (hint: the process "
-                                       "limit was reached: a pids cgroup, ulimit -u, or /proc/sys/kernel/pid_max)")
+            self._error = _no_thread(e)
             self._ready.set()
 
     def _main(self, netns: str | None) -> None:
@@ -93,7 +92,10 @@ class NetlinkThread:
     async def call(self, fn: Callable[[IPRoute], T]) -> T:
         """Run ``fn(ipr)`` in the thread; wait for it without blocking trio (not cancellable)."""
         if not self._ready.is_set():
-            await trio.to_thread.run_sync(self._ready.wait)
+            try:
+                await trio.to_thread.run_sync(self._ready.wait)
+            except RuntimeError as e:  # "can't start new thread": a trio worker
+                raise _no_thread(e) from e
         if self._error is not None:
             if isinstance(self._error, NetworkError):
                 raise self._error
@@ -119,6 +121,11 @@ class NetlinkThread:
             return  # it never started
         self._jobs.put(None)
         await trio.to_thread.run_sync(self._thread.join)
+
+
+def _no_thread(e: RuntimeError) -> NetworkError:
+    return NetworkError(f"netlink: starting a thread failed: {e} (hint: the process limit was reached: "
+                        "a pids cgroup, ulimit -u, or /proc/sys/kernel/pid_max)")
 
 
 def _enter_netns(path: str) -> None:

@@ -500,12 +500,14 @@ class Supervisor(metaclass=NoPublicConstructor):
         userns = Namespaces.USER in effective_namespaces(container.spec)
         flags &= ~Namespaces.USER
         leaf = container._leaf
-        host = _probe_host(self._newroot, HostRootfs(etc=()), self._cgroups) if leaf is not None else None
         rootless = self._rootless and userns
-        if self._rootless and leaf is not None:
-            raise UnsupportedError("rootless: exec into a container with limits is not supported")
-        plan_id, plan = self._plan(("exec", spec, int(flags), leaf is not None, userns, rootless),
-                                   lambda: compile_exec_plan(spec, flags, host, userns, rootless))
+
+        def compile_() -> Plan:
+            # The cgroup facts of the host layout, when the exec joins the container's cgroup.
+            host = _probe_host(self._newroot, HostRootfs(etc=()), self._cgroups) if leaf is not None else None
+            return compile_exec_plan(spec, flags, host, userns, rootless)
+
+        plan_id, plan = self._plan(("exec", spec, int(flags), leaf is not None, userns, rootless), compile_)
         # Our own duplicate of the pidfd: the task that owns the container may
         # reap it and close its fd while this request waits, and that fd number
         # could then name something else (a new zygote's pidfd: the host).
@@ -647,11 +649,7 @@ class Supervisor(metaclass=NoPublicConstructor):
                     raise error from e
             bridge = container.spec.network
             if isinstance(bridge, Bridge):
-                try:
-                    host_end, address = await self._networking.attach(bridge, container.pid)
-                except RuntimeError as e:  # "can't start new thread" (a worker or the netlink thread)
-                    raise NetworkError(f"network: {e} (hint: the process limit was reached: a pids cgroup, "
-                                       "ulimit -u, or /proc/sys/kernel/pid_max)") from e
+                host_end, address = await self._networking.attach(bridge, container.pid)
                 container._network = (bridge, host_end, address)
                 container.addresses = (address,)
             os.write(go, b"1")

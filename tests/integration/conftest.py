@@ -2,9 +2,26 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+
 import pytest
+
+from anyns import testing
 
 
 @pytest.fixture(autouse=True)
 def _guard(integration_guard: None) -> None:
     """Apply ``integration_guard`` (tests/conftest.py) to every test here."""
+
+
+@pytest.fixture
+def busybox_and_ip(skip_or_fail: Callable[[str], None]) -> None:
+    """Skip (or fail) unless a static busybox (overlay roots) and ip/nsenter (counting veths) are here."""
+    try:
+        testing.find_static_busybox()
+    except testing.BusyboxMissing as e:
+        skip_or_fail(str(e))
+    for tool in ("/usr/sbin/ip", "/usr/bin/nsenter"):
+        if not os.path.exists(tool):
+            skip_or_fail(f"{tool} is needed to see the veths")

@@ -12,7 +12,6 @@ import select
 import signal
 import textwrap
 import time
-from collections.abc import Callable
 
 import pytest
 import trio
@@ -175,18 +174,7 @@ def _exit_times(pidfds: list[int], timeout: float) -> dict[int, float]:
     return seen
 
 
-@pytest.fixture
-def _tools(skip_or_fail: Callable[[str], None]) -> None:
-    try:
-        testing.find_static_busybox()
-    except testing.BusyboxMissing as e:
-        skip_or_fail(str(e))
-    for tool in ("/usr/sbin/ip", "/usr/bin/nsenter"):
-        if not os.path.exists(tool):
-            skip_or_fail(f"{tool} is needed to see the veths")
-
-
-@pytest.mark.usefixtures("_tools")
+@pytest.mark.usefixtures("busybox_and_ip")
 async def test_supervisor_killed_with_200_mixed_containers_leaves_nothing(
     sup: anyns.Supervisor, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

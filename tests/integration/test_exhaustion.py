@@ -25,6 +25,7 @@ import contextlib
 import errno
 import json
 import os
+import select
 import subprocess
 import sys
 import textwrap
@@ -218,7 +219,12 @@ def _pids_hierarchy() -> str | None:
 
 
 def _remove_when_empty(path: str, timeout: float) -> bool:
-    """rmdir ``path`` once its processes are gone (they die with their supervisor); False if not in time."""
+    """rmdir ``path`` once its processes are gone (they die with their supervisor); False if not in time.
+
+    It waits on the pidfds of what the cgroup still holds; only when it lists
+    nothing and is still busy (the kernel finishing an exit; a v1 cgroup has no
+    "empty" event) does it poll.
+    """
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -229,8 +235,16 @@ def _remove_when_empty(path: str, timeout: float) -> bool:
         except OSError as e:
             if e.errno != errno.EBUSY or time.monotonic() > deadline:
                 return False
-        # Polled: a v1 cgroup has no event for "empty", and a task leaves it only once reaped.
-        time.sleep(0.005)
+        pidfds = []
+        with open(os.path.join(path, "cgroup.procs")) as f:
+            for pid in f.read().split():
+                with contextlib.suppress(ProcessLookupError):
+                    pidfds.append(os.pidfd_open(int(pid)))
+        try:
+            select.select(pidfds, [], [], max(0.0, min(0.005 if not pidfds else 1.0, deadline - time.monotonic())))
+        finally:
+            for fd in pidfds:
+                os.close(fd)
 
 
 @pytest.fixture

@@ -176,8 +176,8 @@ async def _started(sup: anyns.Supervisor, nursery: trio.Nursery, spec: anyns.Con
     return box
 
 
-async def _ready(box: anyns.Container, line: bytes = b"ready\n") -> None:
-    """Wait for ``line`` on the container's stdout (a PIPE), then close our end."""
+async def _ready(box: anyns.Container, line: bytes = b"ready\n") -> bytes:
+    """Wait for ``line`` on the container's stdout (a PIPE), then close our end; return what came before it."""
     assert box.stdout is not None
     data = b""
     with trio.fail_after(10):
@@ -186,6 +186,7 @@ async def _ready(box: anyns.Container, line: bytes = b"ready\n") -> None:
             assert chunk, f"EOF after {data!r}, expected {line!r}"
             data += chunk
     await box.stdout.aclose()
+    return data.removesuffix(line)
 
 
 # --------------------------------------------------------------------------- memory
@@ -374,12 +375,7 @@ async def test_container_is_born_in_its_leaf(sup: anyns.Supervisor) -> None:
     spec = sh_spec("cat /proc/self/cgroup; echo ready; exec sleep 1000", limits=Limits(memory="64M", pids=16))
     async with trio.open_nursery() as nursery:
         box = await _started(sup, nursery, spec, stdout=anyns.PIPE)
-        assert box.stdout is not None
-        inside = b""
-        with trio.fail_after(10):
-            while not inside.endswith(b"ready\n"):
-                inside += await box.stdout.receive_some()
-        await box.stdout.aclose()
+        inside = await _ready(box)
 
         parent_name = f"anyns-{os.getpid()}-{_start_time(os.getpid())}"
         leaf = leaf_dirs(box.pid)
@@ -396,7 +392,7 @@ async def test_container_is_born_in_its_leaf(sup: anyns.Supervisor) -> None:
         assert sup._zygote is not None
         zygote = cgroup_dirs(sup._zygote.process.pid)
         assert zygote[""] == cgroup_dirs(os.getpid())[""] != leaf[""]
-        assert inside.decode().splitlines()[:-1] == read(f"/proc/{box.pid}/cgroup").decode().splitlines()
+        assert inside.decode().splitlines() == read(f"/proc/{box.pid}/cgroup").decode().splitlines()
         box.kill()
 
 
@@ -418,16 +414,11 @@ async def test_cgroup_namespace_is_rooted_at_the_leaf(sup: anyns.Supervisor) -> 
                    namespaces=anyns.Namespaces.DEFAULT | anyns.Namespaces.CGROUP)
     async with trio.open_nursery() as nursery:
         box = await _started(sup, nursery, spec, stdout=anyns.PIPE)
-        assert box.stdout is not None
-        inside = b""
-        with trio.fail_after(10):
-            while not inside.endswith(b"ready\n"):
-                inside += await box.stdout.receive_some()
-        await box.stdout.aclose()
+        inside = await _ready(box)
         leaf = leaf_dirs(box.pid)
         assert "" in leaf
         done = await box.exec(["cat", "/proc/self/cgroup"], capture_stdout=True)
-        for view in (_cgroup_paths(inside.removesuffix(b"ready\n")), _cgroup_paths(done.stdout)):
+        for view in (_cgroup_paths(inside), _cgroup_paths(done.stdout)):
             assert {name: view[name] for name in leaf} == dict.fromkeys(leaf, "/"), view
         assert os.readlink(f"/proc/{box.pid}/ns/cgroup") != os.readlink("/proc/self/ns/cgroup")
         box.kill()

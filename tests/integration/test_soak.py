@@ -15,15 +15,11 @@ hand: ``python -m benchmarks.soak``.
 from __future__ import annotations
 
 import importlib
-import os
 import pathlib
 import sys
-from collections.abc import Callable
 from typing import Any
 
 import pytest
-
-from anyns import testing
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # at the end: the anyns under test stays the one already imported
@@ -35,15 +31,8 @@ RSS_BOUND_KIB = 20 * 1024
 
 
 @pytest.fixture(autouse=True)
-def _tools(skip_or_fail: Callable[[str], None]) -> None:
+def _tools(busybox_and_ip: None) -> None:
     """The overlay kind needs a static busybox; counting veths needs ip and nsenter."""
-    try:
-        testing.find_static_busybox()
-    except testing.BusyboxMissing as e:
-        skip_or_fail(str(e))
-    for tool in ("/usr/sbin/ip", "/usr/bin/nsenter"):
-        if not os.path.exists(tool):
-            skip_or_fail(f"{tool} is needed to count the soak's veths")
 
 
 def _explain(report: Any) -> str:
