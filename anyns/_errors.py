@@ -69,6 +69,11 @@ class SetupError(AnynsError):
         errno: the error number, or 0 when the failure was not a syscall error.
         strerror: the text of the error.
         hint: advice when a host setting is the likely cause, else None.
+        resource: what ran out when the failure is an exhaustion that passes
+            (``"fds"``, ``"pids"``, ``"namespaces"``, ``"memory"``, ``"mounts"``),
+            else None: the same spawn may work later, e.g. once other
+            containers have exited. ``open_supervisor(max_containers=N)``
+            makes spawns wait instead.
     """
 
     def __init__(
@@ -86,6 +91,7 @@ class SetupError(AnynsError):
         self.errno = errno
         self.strerror = strerror
         self.hint = hint
+        self.resource = exhausted_resource(step, syscall, errno)
         where = f" {path!r}" if path else ""
         code = f"[Errno {errno}] " if errno else ""
         text = f"{step}: {syscall}{where} failed: {code}{strerror}"
@@ -172,6 +178,48 @@ def read_setting(path: str) -> str | None:
         return None
 
 
+#: What each (syscall, errno) of a spawn means ran out; see SetupError.resource.
+_NAMESPACE_CALLS = ("clone3", "unshare", "setns")
+
+
+def exhausted_resource(step: str, syscall: str, errno: int) -> str | None:
+    """The resource whose exhaustion caused a setup failure, or None if it was not one.
+
+    ``clone3`` answers ENOMEM also when the pid namespace to join has no init
+    any more; the supervisor reports that case as the container's exit.
+    """
+    if errno in (_errno.EMFILE, _errno.ENFILE):
+        return "fds"
+    if errno == _errno.EAGAIN and (syscall in ("clone3", "fork", "posix_spawn") or step == "exec"):
+        return "pids"
+    if errno == _errno.ENOSPC and syscall in _NAMESPACE_CALLS:
+        return "namespaces"
+    if errno == _errno.ENOSPC and syscall in ("mount", "move_mount", "open_tree"):
+        return "mounts"
+    if errno == _errno.ENOMEM and syscall in (*_NAMESPACE_CALLS, "mount", "fork", "posix_spawn"):
+        return "memory"
+    return None
+
+
+#: the kernel's per-kind namespace limits, for the hint when one is reached
+_NAMESPACE_LIMITS = ("user", "mnt", "pid", "net", "ipc", "uts", "cgroup", "time")
+
+
+def _namespace_limit_hint() -> str:
+    """Name the limits, with the lowest values first: the one that was reached is usually among them."""
+    values = []
+    for kind in _NAMESPACE_LIMITS:
+        value = read_setting(f"/proc/sys/user/max_{kind}_namespaces")
+        if value is not None and value.isdigit():
+            values.append((int(value), f"user.max_{kind}_namespaces={value}"))
+    lowest = ", ".join(text for _, text in sorted(values)[:2])
+    return (
+        "a namespace limit was reached (the lowest here: " + (lowest or "unknown") + "; see "
+        "/proc/sys/user/max_*_namespaces); the kernel frees an exited container's namespaces a few ms "
+        "later; open_supervisor(max_containers=N) makes spawns wait instead of failing"
+    )
+
+
 def diagnose(step: str, syscall: str, errno: int, path: str | None) -> str | None:
     """Return advice for a setup failure whose cause is often the host, else None.
 
@@ -190,11 +238,15 @@ def diagnose(step: str, syscall: str, errno: int, path: str | None) -> str | Non
         if errno == _errno.EAGAIN:
             return ("no task could be made for the program: a pids limit (Limits.pids; the init takes one "
                     "task), RLIMIT_NPROC, or /proc/sys/kernel/pid_max")
-    if syscall == "clone3" and errno == _errno.ENOMEM:
-        return "the pid namespace to join has no init process any more (its container exited), or memory is short"
+    if syscall == "clone3" and errno == _errno.ENOMEM and step == "clone":
+        return ("the pid namespace to join has no init process any more (its container exited), or the kernel "
+                "had no memory for a new namespace")
+    if syscall in _NAMESPACE_CALLS and errno == _errno.ENOSPC:
+        return _namespace_limit_hint()
+    if syscall in _NAMESPACE_CALLS and errno == _errno.ENOMEM:
+        return ("the kernel had no memory for a new namespace (or a memory cgroup limit was reached); "
+                "spawns work again once memory is freed")
     if syscall == "clone3":
-        if errno == _errno.ENOSPC:
-            return "a namespace limit was reached: see /proc/sys/user/max_*_namespaces"
         if errno == _errno.EPERM:
             if read_setting("/proc/sys/kernel/unprivileged_userns_clone") == "0":
                 return "user namespaces are disabled: kernel.unprivileged_userns_clone=0"

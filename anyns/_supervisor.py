@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import functools
 import itertools
+import math
 import os
 import shutil
 import signal
@@ -215,7 +216,8 @@ def _join_fds(spec: ContainerSpec, plan: Plan) -> tuple[list[int], list[int]]:
 class Supervisor(metaclass=NoPublicConstructor):
     """Starts containers through a zygote and owns them; made by ``open_supervisor()``."""
 
-    def __init__(self, nursery: trio.Nursery, cgroup_parent: str | None = None) -> None:
+    def __init__(self, nursery: trio.Nursery, cgroup_parent: str | None = None,
+                 max_containers: int | None = None) -> None:
         self._nursery = nursery
         self._cgroups = _open_cgroups(cgroup_parent)
         self._zygote: ZygoteConnection | None = None
@@ -223,6 +225,9 @@ class Supervisor(metaclass=NoPublicConstructor):
         self._layouts: dict[object, HostLayout] = {}
         self._newroot = _newroot_dir()
         self._running: set[Container] = set()
+        #: back-pressure: a container holds a token from before its spawn until it is reaped
+        self._capacity = trio.CapacityLimiter(max_containers) if max_containers is not None else None
+        self._last_reap = -math.inf
         #: namespaces kept with Container.keep_namespace, released when the supervisor closes
         self._kept: set[PersistedNamespace] = set()
         self._networking = Networking()
@@ -367,8 +372,25 @@ class Supervisor(metaclass=NoPublicConstructor):
             raise TypeError(f"expected an anyns.ContainerSpec, got {type(spec).__name__}")
         io = Io.of(stdin, capture_stdout, capture_stderr, stdout, stderr, check,
                    started=task_status is not trio.TASK_STATUS_IGNORED)
-        with _typed_fd_exhaustion():
-            return await self._run(spec, io, task_status)
+        if self._capacity is None:
+            with _typed_fd_exhaustion():
+                return await self._run(spec, io, task_status)
+        async with self._capacity:  # at max_containers: wait here until one is reaped
+            delay = 0.005
+            while True:
+                try:
+                    with _typed_fd_exhaustion():
+                        return await self._run(spec, io, task_status)
+                except SetupError as e:
+                    # The kernel frees a reaped container's namespaces later, from a
+                    # workqueue: until then they count against user.max_*_namespaces.
+                    # Wait for that too, but only as long as a reap can explain it,
+                    # so a limit that never frees up still fails.
+                    recent = trio.current_time() - self._last_reap < NAMESPACE_RELEASE_GRACE
+                    if e.resource != "namespaces" or not recent:
+                        raise
+                await trio.sleep(delay)
+                delay = min(delay * 2, 0.05)
 
     async def _run(self, spec: ContainerSpec, io: Io, task_status: trio.TaskStatus[Container]) -> CompletedContainer:
         if self._rootless:
@@ -793,6 +815,7 @@ class Supervisor(metaclass=NoPublicConstructor):
                 os.close(container._tty_fd)
                 container._tty_fd = -1
             self._running.discard(container)
+            self._last_reap = trio.current_time()
             container._finished.set()
 
     async def _aclose(self) -> None:
@@ -951,23 +974,48 @@ def _cgroup_error(e: _cgroups.CgroupWriteError) -> SetupError:
     return error
 
 
+#: seconds after a reap during which a spawn refused for want of namespaces is
+#: retried (with max_containers): the kernel's cleanup of a network namespace
+#: takes tens of ms, more under churn
+NAMESPACE_RELEASE_GRACE = 1.0
+
+
+def check_max_containers(value: object) -> None:
+    """``open_supervisor(max_containers=...)``: a positive int or None, else SpecError."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise SpecError(f"open_supervisor: max_containers must be a positive int or None, not {value!r}")
+
+
 @asynccontextmanager
-async def open_supervisor(*, cgroup_parent: str | None = None) -> AsyncIterator[Supervisor]:
+async def open_supervisor(
+    *, cgroup_parent: str | None = None, max_containers: int | None = None,
+) -> AsyncIterator[Supervisor]:
     """Start a supervisor (and its zygote); on exit, kill and reap every container it started.
 
     Args:
         cgroup_parent: a cgroup v2 directory (delegated to this user, with the
             controllers enabled) under which containers with ``limits`` get
             their cgroups; default: beside the supervisor's own cgroup.
+        max_containers: back-pressure. At most this many containers exist at
+            once (from the start of their spawn until they are reaped); a
+            ``run`` beyond that waits for one to end before it spawns. Use it
+            when the host's limits (pids, fds, ``user.max_*_namespaces``,
+            memory) are lower than the bursts you start: spawns then wait
+            instead of failing with a ``SetupError`` whose ``resource`` says
+            what ran out. A spawn refused for want of namespaces within a
+            second of a reap is retried, as the kernel frees a container's
+            namespaces a little after it exits. Exec'd processes are not
+            counted. Default: no limit.
 
     Example::
 
         async with anyns.open_supervisor() as sup:
             done = await sup.run(anyns.ContainerSpec(argv=["hostname"]), capture_stdout=True)
     """
+    check_max_containers(max_containers)
     with _single_exceptions():
         async with trio.open_nursery() as nursery:
-            supervisor: Supervisor = Supervisor._create(nursery, cgroup_parent)
+            supervisor: Supervisor = Supervisor._create(nursery, cgroup_parent, max_containers)
             try:
                 supervisor._connection()  # start the zygote now, from this thread
                 yield supervisor

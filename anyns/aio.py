@@ -35,7 +35,7 @@ from ._container import CompletedContainer
 from ._errors import ZygoteError
 from ._spec import ContainerSpec
 from ._stdio import PIPE
-from ._supervisor import Supervisor
+from ._supervisor import Supervisor, check_max_containers
 from ._supervisor import open_supervisor as _open_trio_supervisor
 
 __all__ = ["AsyncioSupervisor", "open_supervisor"]
@@ -54,7 +54,8 @@ class _Call:
 class _TrioThread:
     """A trio loop in its own thread, holding one anyns Supervisor."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_containers: int | None) -> None:
+        self._max_containers = max_containers
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._token: trio.lowlevel.TrioToken | None = None
@@ -73,7 +74,8 @@ class _TrioThread:
             self._ready.set()
 
     async def _serve(self) -> None:
-        async with _open_trio_supervisor() as supervisor, trio.open_nursery() as nursery:
+        async with (_open_trio_supervisor(max_containers=self._max_containers) as supervisor,
+                    trio.open_nursery() as nursery):
             self.supervisor = supervisor
             self._nursery = nursery
             self._token = trio.lowlevel.current_trio_token()
@@ -169,9 +171,13 @@ class AsyncioSupervisor:
 
 
 @asynccontextmanager
-async def open_supervisor() -> AsyncIterator[AsyncioSupervisor]:
-    """Start a supervisor for asyncio code; on exit, kill and reap every container it started."""
-    bridge = _TrioThread()
+async def open_supervisor(*, max_containers: int | None = None) -> AsyncIterator[AsyncioSupervisor]:
+    """Start a supervisor for asyncio code; on exit, kill and reap every container it started.
+
+    ``max_containers``: as for ``anyns.open_supervisor``, spawns beyond it wait.
+    """
+    check_max_containers(max_containers)
+    bridge = _TrioThread(max_containers)
     try:
         await bridge.started()
         yield AsyncioSupervisor(bridge)

@@ -14,9 +14,9 @@ the same supervisor and the same zygote.
   ``finally``), then sets ``pids.max`` to ``pids.current`` plus 0, 1, 2 ...
   before each spawn, and back to ``max`` after it.
 
-Running out of memory for a new namespace is not tested: there is no way to
-make the kernel refuse one safely (a memory cgroup small enough would OOM-kill
-the supervisor first; global sysctls are not ours to change).
+Running out of namespaces (``user.max_*_namespaces``) is tested in
+``test_namespace_exhaustion.py``, with the back-pressure of
+``open_supervisor(max_containers=...)``.
 """
 
 from __future__ import annotations

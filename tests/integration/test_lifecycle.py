@@ -211,3 +211,62 @@ async def test_zygote_module_imports_no_trio(sup: anyns.Supervisor) -> None:
 def read_text(path: str) -> str:
     with open(path) as f:
         return f.read()
+
+
+async def test_max_containers_makes_spawns_wait_for_a_reap() -> None:
+    """With ``max_containers=3``, 12 concurrent runs all finish, never more than 3 containers exist at once,
+    and a fourth ``nursery.start`` returns only once one of the three running containers has been reaped."""
+    async with anyns.open_supervisor(max_containers=3) as sup:
+        peak = 0
+
+        async def one() -> None:
+            nonlocal peak
+            done = await sup.run(sh_spec("sleep 0.05; echo ok"), capture_stdout=True)
+            assert done.stdout == b"ok\n"
+
+        async def watch() -> None:
+            nonlocal peak
+            while True:
+                peak = max(peak, len(sup._running))
+                await trio.sleep(0.001)
+
+        async with trio.open_nursery() as outer:
+            outer.start_soon(watch)
+            async with trio.open_nursery() as nursery:
+                for _ in range(12):
+                    nursery.start_soon(one)
+            outer.cancel_scope.cancel()
+        assert peak == 3
+
+        async with trio.open_nursery() as nursery:
+            boxes = [await nursery.start(partial(sup.run, check=False), SLEEP) for _ in range(3)]
+            fourth: list[anyns.Container] = []
+            started = trio.Event()
+
+            async def start_fourth() -> None:
+                fourth.append(await nursery.start(partial(sup.run, check=False), SLEEP))
+                started.set()
+
+            nursery.start_soon(start_fourth)
+            await trio.sleep(0.3)
+            assert fourth == [] and len(sup._running) == 3  # waiting, not spawned
+            boxes[0].kill()
+            with trio.fail_after(10):
+                await started.wait()
+            assert boxes[0].returncode == -signal.SIGKILL
+            for box in (*boxes[1:], *fourth):
+                box.kill()
+
+
+async def test_a_spawn_waiting_for_capacity_can_be_cancelled() -> None:
+    """Cancelled while it waits for ``max_containers``, a run spawns nothing and holds no capacity."""
+    async with anyns.open_supervisor(max_containers=1) as sup, trio.open_nursery() as nursery:
+        box = await nursery.start(partial(sup.run, check=False), SLEEP)
+        with trio.move_on_after(0.2) as scope:
+            await sup.run(SLEEP)
+        assert scope.cancelled_caught and len(sup._running) == 1
+        box.kill()
+        await box.wait()
+        with trio.fail_after(10):
+            done = await sup.run(sh_spec("echo again"), capture_stdout=True)
+        assert done.stdout == b"again\n"

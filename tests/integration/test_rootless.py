@@ -15,7 +15,6 @@ import contextlib
 import json
 import os
 import shutil
-import stat
 import subprocess
 import sys
 import tempfile
@@ -23,20 +22,12 @@ import textwrap
 from collections.abc import Iterator
 from typing import Any
 
+import _rootless
 import pytest
+from _rootless import NOBODY, copy_package, readable_by_all, skip_or_fail
 
 import anyns
 import anyns.testing
-
-NOBODY = 65534
-
-
-def skip_or_fail(reason: str) -> None:
-    """Skip, or fail under ANYNS_MUST_WORK=1 (as the shared fixture does; module-scoped fixtures can't use it)."""
-    if os.environ.get("ANYNS_MUST_WORK") == "1":
-        pytest.fail(f"ANYNS_MUST_WORK=1 but: {reason}", pytrace=False)
-    pytest.skip(reason)
-VENV = os.environ.get("ANYNS_ROOTLESS_VENV", "/tmp/anyns-rootless-venv")
 
 SCRIPT = textwrap.dedent(
     """
@@ -107,40 +98,10 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def _readable_by_all(path: str) -> None:
-    for top, dirs, files in os.walk(path):
-        for name in (*dirs, *files):
-            p = os.path.join(top, name)
-            mode = os.lstat(p).st_mode
-            if not stat.S_ISLNK(mode):
-                os.chmod(p, mode | stat.S_IROTH | (stat.S_IXOTH if stat.S_ISDIR(mode) or mode & stat.S_IXUSR else 0))
-    os.chmod(path, 0o755)
-
-
 @pytest.fixture(scope="module")
 def rootless_python() -> str:
     """A Python with trio, attrs and pyroute2 that uid 65534 can run (made once if missing)."""
-    python = os.path.join(VENV, "bin", "python")
-    if shutil.which("setpriv") is None:
-        skip_or_fail("setpriv (util-linux) is needed to drop to an unprivileged user")
-    if not os.path.exists(python):
-        base = "/usr/bin/python3"
-        if not os.path.exists(base):
-            skip_or_fail("no /usr/bin/python3 to make a venv an unprivileged user can run")
-        made = subprocess.run([base, "-m", "venv", VENV], capture_output=True, text=True)
-        if made.returncode != 0:
-            skip_or_fail(f"cannot make {VENV}: {made.stderr.strip()[-200:]}")
-        installed = subprocess.run([python, "-m", "pip", "install", "-q", "trio", "attrs", "pyroute2"],
-                                   capture_output=True, text=True, timeout=600)
-        if installed.returncode != 0:
-            shutil.rmtree(VENV, ignore_errors=True)
-            skip_or_fail(f"cannot install trio, attrs, pyroute2 into {VENV}: {installed.stderr.strip()[-200:]}")
-    _readable_by_all(VENV)
-    version = subprocess.run([python, "-c", "import sys; print(sys.version_info >= (3, 11))"],
-                             capture_output=True, text=True)
-    if version.stdout.strip() != "True":
-        skip_or_fail(f"{python} is older than Python 3.11")
-    return python
+    return _rootless.rootless_python()
 
 
 @pytest.fixture(scope="module")
@@ -148,8 +109,7 @@ def rootless_records(rootless_python: str) -> dict[str, dict[str, Any]]:
     """Run the script once as nobody; its JSON records by step."""
     path = tempfile.mkdtemp(prefix="anyns-rootless-", dir="/tmp")
     try:
-        shutil.copytree(os.path.dirname(anyns.__file__), os.path.join(path, "anyns"),
-                        ignore=shutil.ignore_patterns("__pycache__"))
+        copy_package(path)
         with open(os.path.join(path, "script.py"), "w") as f:
             f.write(SCRIPT)
         try:
@@ -159,7 +119,7 @@ def rootless_records(rootless_python: str) -> dict[str, dict[str, Any]]:
             raise
         with open(os.path.join(root, "marker"), "w") as f:
             f.write("inside\n")
-        _readable_by_all(path)
+        readable_by_all(path)
         for top, dirs, files in os.walk(root):  # the overlay's lower layer belongs to the unprivileged user
             for name in (*dirs, *files):
                 os.lchown(os.path.join(top, name), NOBODY, NOBODY)
@@ -279,11 +239,10 @@ def test_wide_maps_through_newuidmap_when_subids_are_granted(rootless_python: st
         skip_or_fail("newuidmap/newgidmap are missing (Debian package uidmap)")
     path = tempfile.mkdtemp(prefix="anyns-rootless-", dir="/tmp")
     try:
-        shutil.copytree(os.path.dirname(anyns.__file__), os.path.join(path, "anyns"),
-                        ignore=shutil.ignore_patterns("__pycache__"))
+        copy_package(path)
         with open(os.path.join(path, "script.py"), "w") as f:
             f.write(SUBID_SCRIPT)
-        _readable_by_all(path)
+        readable_by_all(path)
         with _granted_subids(400000, 65536):
             done = subprocess.run(
                 ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", rootless_python,

@@ -110,3 +110,53 @@ def test_diagnose_clone3_eperm_names_the_cause() -> None:
 def test_diagnose_unknown_is_none(step: str, syscall: str, number: int) -> None:
     """Causes without a known host setting get no hint."""
     assert _errors.diagnose(step, syscall, number, "/p") is None
+
+
+@pytest.mark.parametrize(("step", "syscall", "number", "resource"), [
+    ("clone", "clone3", errno.ENOSPC, "namespaces"),
+    ("namespaces", "unshare", errno.ENOSPC, "namespaces"),
+    ("namespaces", "setns", errno.ENOSPC, "namespaces"),
+    ("namespaces", "unshare", errno.ENOMEM, "memory"),
+    ("clone", "clone3", errno.EAGAIN, "pids"),
+    ("exec", "posix_spawn", errno.EAGAIN, "pids"),
+    ("exec", "execve", errno.EAGAIN, "pids"),
+    ("spawn", "pipe2", errno.EMFILE, "fds"),
+    ("clone", "recvmsg", errno.EMFILE, "fds"),
+    ("process", "stdio", errno.ENFILE, "fds"),
+    ("mounts", "mount", errno.ENOSPC, "mounts"),
+    ("mounts", "mount", errno.ENOENT, None),
+    ("exec", "execve", errno.ENOENT, None),
+    ("rootfs", "pivot_root", errno.EINVAL, None),
+    ("protocol", "recvmsg", 0, None),
+])
+def test_setup_error_names_the_exhausted_resource(step: str, syscall: str, number: int,
+                                                   resource: str | None) -> None:
+    """SetupError.resource says what ran out when the failure is an exhaustion that passes, else None;
+    it survives pickling (recomputed from the fields)."""
+    err = anyns.SetupError(step, syscall, None, number, "text")
+    assert err.resource == resource
+    assert pickle.loads(pickle.dumps(err)).resource == resource
+    assert anyns.ExecError(step, syscall, None, number, "text").resource == resource
+
+
+def test_namespace_limit_hint_names_the_lowest_limits() -> None:
+    """ENOSPC from a namespace call names the two lowest user.max_*_namespaces values (read from /proc) and
+    the back-pressure option; ENOMEM speaks of memory."""
+    hint = _errors.diagnose("namespaces", "unshare", errno.ENOSPC, None)
+    assert hint is not None and hint[0].islower()
+    with open("/proc/sys/user/max_net_namespaces") as f:
+        assert "user.max_" in hint and "max_containers" in hint
+        assert f.read().strip().isdigit()
+    hint = _errors.diagnose("namespaces", "unshare", errno.ENOMEM, None)
+    assert hint is not None and "memory" in hint
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5, "4", True])
+def test_max_containers_must_be_a_positive_int(value: object) -> None:
+    """open_supervisor(max_containers=...) refuses anything but a positive int or None, as a SpecError."""
+    from anyns._supervisor import check_max_containers
+
+    with pytest.raises(anyns.SpecError, match="max_containers"):
+        check_max_containers(value)
+    check_max_containers(None)
+    check_max_containers(1)
