@@ -67,6 +67,23 @@ def _setns(rt: Rt, index: int, nstype: int) -> None:
     _libc.setns(rt[_EXTRA + index], nstype)
 
 
+def _send_namespaces(rt: Rt, kinds: list[bytes]) -> None:
+    """Send the supervisor our namespace files (``Plan.sent_namespaces``) over the error channel, a socket."""
+    fds = [os.open(b"/proc/self/ns/" + kind, os.O_RDONLY | os.O_CLOEXEC) for kind in kinds]
+    channel = _socket.socket(fileno=rt[_ERRPIPE])
+    try:
+        channel.sendmsg((b"NS",), ((_socket.SOL_SOCKET, _socket.SCM_RIGHTS, b"".join(map(_pack_int, fds))),))
+    finally:
+        channel.detach()
+        for fd in fds:
+            os.close(fd)
+
+
+def _not_dumpable(rt: Rt) -> None:
+    # Neither our memory nor /proc/1/{environ,exe,mem} for the program (the same host uid, rootless).
+    _libc.prctl(C.PR_SET_DUMPABLE, 0)
+
+
 def _wait_go(rt: Rt, index: int) -> None:
     """Block until the supervisor has set up the network (one byte), or give up on EOF."""
     if os.read(rt[_EXTRA + index], 1) != b"1":
@@ -434,6 +451,8 @@ OPS: dict[str, Callable[..., None]] = {
     "setns": _setns,
     "setdomainname": _setdomainname,
     "wait_go": _wait_go,
+    "send_namespaces": _send_namespaces,
+    "not_dumpable": _not_dumpable,
     "mount": _mount,
     "attach_skeleton": _attach_skeleton,
     "mkpath": _mkpath,
@@ -481,6 +500,8 @@ _SYSCALL_OF = {
     "cgroup_enter": "write",
     "enter_time_namespace": "setns",
     "become_root": "setresuid",
+    "send_namespaces": "sendmsg",
+    "not_dumpable": "prctl",
     "mask_paths": "mount",
     "drop_bounding": "prctl",
     "seccomp_bpf": "prctl",

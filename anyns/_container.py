@@ -93,6 +93,14 @@ def namespaces_of(pid: int) -> Mapping[str, NamespaceId]:
     return result
 
 
+def _namespaces_from_files(fds: Mapping[str, int]) -> Mapping[str, NamespaceId]:
+    """A rootless container's namespaces: its own from the files it sent, the rest are ours (it shares them)."""
+    result = dict(namespaces_of(os.getpid()))
+    for kind, fd in fds.items():
+        result[kind] = NamespaceId(f"{kind}:[{os.fstat(fd).st_ino}]")
+    return result
+
+
 @final
 class PersistedNamespace(metaclass=NoPublicConstructor):
     """A namespace kept alive by a bind mount of its file (``persist_namespace``).
@@ -268,6 +276,10 @@ class Container(metaclass=NoPublicConstructor):
         #: (bridge, host end, address) while wired, for the supervisor to undo
         self._network: tuple[Any, str, ipaddress.IPv4Interface] | None = None
         self._namespaces: Mapping[str, NamespaceId] | None = None
+        #: a rootless container's namespace files by kind, sent by its child
+        #: (Plan.sent_namespaces): exec enters through them, ``namespaces``
+        #: reads them; its init is not dumpable, so /proc/PID/ns is closed to us
+        self._ns_fds: dict[str, int] = {}
         #: its cgroup (ContainerSpec.limits), shared with processes exec'd into it
         self._leaf: _cgroups.Leaf | None = None
         self._started_at = time.monotonic()
@@ -306,6 +318,23 @@ class Container(metaclass=NoPublicConstructor):
                 self._ns_pid = self.pid
         return self._ns_pid
 
+    def _adopt_sent_fds(self, tty: list[int], kinds: tuple[str, ...], namespaces: list[int]) -> None:
+        """Keep what the child sent on its error channel: a terminal's master end, its namespace files."""
+        for fd in tty[1:]:
+            os.close(fd)
+        if tty:
+            self._tty_fd = tty[0]
+        if len(namespaces) != len(kinds):  # not what the plan said: keep none
+            for fd in namespaces:
+                os.close(fd)
+            return
+        self._ns_fds = dict(zip(kinds, namespaces, strict=True))
+
+    def _close_namespace_fds(self) -> None:
+        fds, self._ns_fds = self._ns_fds, {}
+        for fd in fds.values():
+            os.close(fd)
+
     @property
     def namespaces(self) -> Mapping[str, NamespaceId]:
         """Its namespaces by kind, as ``/proc/PID/ns/KIND`` shows them on the host.
@@ -316,7 +345,10 @@ class Container(metaclass=NoPublicConstructor):
             try:
                 if self.returncode is not None:
                     raise ProcessLookupError
-                self._namespaces = namespaces_of(self.pid)
+                if self._ns_fds:
+                    self._namespaces = _namespaces_from_files(self._ns_fds)
+                else:
+                    self._namespaces = namespaces_of(self.pid)
             except ProcessLookupError:
                 raise AnynsError(f"namespaces: container pid {self.pid} has already exited") from None
         return self._namespaces

@@ -177,6 +177,10 @@ class Plan:
         dumpable: the child is born dumpable (the zygote is for the moment of
             the clone): an unprivileged supervisor can write its uid/gid maps
             only then (its /proc files are the user's, not root's).
+        sent_namespaces: the kinds of the namespace files the child sends the
+            supervisor, in this order, before it makes itself non-dumpable (a
+            rootless container: the supervisor could not open them later).
+            The error channel is then a socket, as for ``tty``.
     """
 
     clone_flags: int
@@ -187,6 +191,12 @@ class Plan:
     enter: tuple[tuple[int, int], ...] = ()
     cgroup: int = -1
     dumpable: bool = False
+    sent_namespaces: tuple[str, ...] = ()
+
+    @property
+    def channel_is_socket(self) -> bool:
+        """The error channel carries fds (a terminal, namespace files): a SEQPACKET socket, not a pipe."""
+        return self.tty or bool(self.sent_namespaces)
 
     def to_wire(self) -> dict[str, object]:
         """The JSON-able form the zygote receives (see ``_protocol``)."""
@@ -254,9 +264,6 @@ def compile_plan(spec: ContainerSpec, host: HostLayout) -> Plan:
         # a pipe: the child waits on it until the supervisor has written its maps and wired eth0
         extra_kinds += ("go",)
     if id_map is not None:
-        # Rootless, the child stays dumpable (it was born so for the supervisor
-        # to write its maps): an exec into it enters its namespaces through its
-        # pidfd, which a non-dumpable target refuses to an unprivileged caller.
         b.op("userns", "wait_go", None, extra_kinds.index("go"))
     for index, kind in enumerate(joined):
         if kind != "pid":
@@ -266,8 +273,18 @@ def compile_plan(spec: ContainerSpec, host: HostLayout) -> Plan:
         b.op("namespaces", "unshare", None, unshared)
     if unshared & Namespaces.TIME:
         b.op("namespaces", "enter_time_namespace", "time")
+    sent: tuple[str, ...] = ()
     if id_map is not None:
         _become_root(b, spec)
+    if id_map is not None and host.rootless:
+        # Born dumpable for the supervisor to write its maps, the child would
+        # stay so: its program (the same host uid) could read the init's
+        # memory and environment. Before it stops being dumpable, it hands the
+        # supervisor its namespace files: an unprivileged supervisor may not
+        # open those of a non-dumpable process, nor setns through its pidfd.
+        sent = sent_kinds(ns)
+        b.op("namespaces", "send_namespaces", None, sent)
+        b.op("userns", "not_dumpable", None)
     if spec.init and Namespaces.PID in ns:
         extra_kinds += ("status",)  # a pipe: the init writes the program's wait status on it (last extra fd)
 
@@ -275,7 +292,8 @@ def compile_plan(spec: ContainerSpec, host: HostLayout) -> Plan:
         # Another container's file system view: its root is already ours.
         _process_steps(b, spec, ns, extra_kinds)
         return Plan(clone_flags=clone_flags, ops=tuple(b.ops), extra_kinds=extra_kinds, enter=tuple(enter),
-                    tty=spec.tty, cgroup=cgroup, dumpable=id_map is not None and host.rootless)
+                    tty=spec.tty, cgroup=cgroup, dumpable=id_map is not None and host.rootless,
+                    sent_namespaces=sent)
 
     # A shared bind must stay a peer of its host mount: clone it now, while
     # the copied tree is still in the host's peer groups; it is attached in
@@ -348,7 +366,7 @@ def compile_plan(spec: ContainerSpec, host: HostLayout) -> Plan:
     _process_steps(b, spec, ns, extra_kinds)
     return Plan(clone_flags=clone_flags, ops=tuple(b.ops), skeleton=skeleton,
                 extra_kinds=extra_kinds, enter=tuple(enter), tty=spec.tty, cgroup=cgroup,
-                dumpable=id_map is not None and host.rootless)
+                dumpable=id_map is not None and host.rootless, sent_namespaces=sent)
 
 
 def _cgroup_steps(b: _Builder, spec: ContainerSpec, host: HostLayout, extra_kinds: tuple[str, ...]
@@ -456,6 +474,12 @@ def _security_steps(b: _Builder, spec: ContainerSpec) -> None:
         b.op("security", "no_new_privs", None)
 
 
+def sent_kinds(namespaces: Namespaces) -> tuple[str, ...]:
+    """The kinds of ``namespaces`` in the order a process enters them: the user namespace first."""
+    order = ("user", "mnt", "pid", "net", "ipc", "uts", "cgroup", "time")
+    return tuple(kind for kind in order if KIND_FLAGS[kind] & namespaces)
+
+
 def compile_exec_plan(spec: ContainerSpec, container_namespaces: Namespaces, host: HostLayout | None = None,
                       userns: bool = False, rootless: bool = False) -> Plan:
     """A process run inside a running container (``Container.exec``); pure.
@@ -472,14 +496,17 @@ def compile_exec_plan(spec: ContainerSpec, container_namespaces: Namespaces, hos
 
     ``rootless`` (an unprivileged supervisor, whose zygote may not enter
     namespaces its user namespace does not own): the child enters them all,
-    user first, with one setns; a pid namespace only takes children, so it
+    user first, through the namespace files the container sent when it was
+    made (``Plan.sent_namespaces``, the extra fds); a pid namespace only takes children, so it
     posix_spawns the program into it and waits for it (the init's code:
     signals passed on, the exact status reported).
     """
     if rootless:
         b = _Builder("/")
-        extra_kinds: tuple[str, ...] = ("container", "status")
-        b.op("namespaces", "setns", "all", 0, int(container_namespaces | Namespaces.USER))
+        kinds = sent_kinds(container_namespaces | Namespaces.USER)
+        extra_kinds: tuple[str, ...] = (*kinds, "status")
+        for index, kind in enumerate(kinds):  # the user namespace first: it owns the others
+            b.op("namespaces", "setns", kind, index, int(KIND_FLAGS[kind]))
         b.op("userns", "become_root", None)
         _exec_steps(b, spec, extra_kinds.index("status"), waiter=True)
         return Plan(clone_flags=0, ops=tuple(b.ops), extra_kinds=extra_kinds, tty=spec.tty)

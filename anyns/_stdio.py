@@ -154,37 +154,47 @@ async def collect_into(stream: trio.lowlevel.FdStream, into: dict[str, bytes], n
     into[name] = b"".join(chunks)
 
 
-async def read_channel(fd: int, is_socket: bool) -> tuple[bytes, list[int]]:
-    """Read the child's error channel to EOF: a failure record (or b""), and fds it sent.
+#: the messages a child sends on a socket channel with fds, before any failure record
+CHANNEL_TAGS = (b"TTY", b"NS")
 
-    A tty container's channel is a SEQPACKET socket, on which the child first
-    sends the terminal's master end; otherwise it is a pipe.
+
+async def read_channel(fd: int, is_socket: bool) -> tuple[bytes, dict[bytes, list[int]]]:
+    """Read the child's error channel to EOF: a failure record (or b""), and the fds it sent, by tag.
+
+    The channel is a SEQPACKET socket when the child sends fds (``Plan.channel_is_socket``):
+    the terminal's master end (``b"TTY"``), its namespace files (``b"NS"``). Otherwise it is a pipe.
     """
     if not is_socket:
-        return await read_to_eof(fd), []
+        return await read_to_eof(fd), {}
     sock = socket.socket(fileno=os.dup(fd))
     sock.setblocking(False)
     record: list[bytes] = []
-    fds: list[int] = []
+    sent: dict[bytes, list[int]] = {}
     try:
         while True:
             try:
                 data, ancdata, _flags, _addr = sock.recvmsg(
-                    _READ_CHUNK, socket.CMSG_SPACE(4 * 4), socket.MSG_CMSG_CLOEXEC
+                    _READ_CHUNK, socket.CMSG_SPACE(4 * 16), socket.MSG_CMSG_CLOEXEC
                 )
             except BlockingIOError:
                 await trio.lowlevel.wait_readable(sock)
                 continue
+            fds: list[int] = []
             for level, kind, payload in ancdata:
                 if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                     fds.extend(memoryview(payload[: len(payload) - len(payload) % 4]).cast("i").tolist())
+            if data in CHANNEL_TAGS:
+                sent.setdefault(data, []).extend(fds)
+                continue
+            for stray in fds:  # fds with a record: not ours to keep
+                os.close(stray)
             if not data:
-                return b"".join(record), fds
-            if data != b"TTY":
-                record.append(data)
+                return b"".join(record), sent
+            record.append(data)
     except BaseException:
-        for received in fds:
-            os.close(received)
+        for fds in sent.values():
+            for received in fds:
+                os.close(received)
         raise
     finally:
         trio.lowlevel.notify_closing(sock)

@@ -523,6 +523,11 @@ class Supervisor(metaclass=NoPublicConstructor):
         flags &= ~Namespaces.USER
         leaf = container._leaf
         rootless = self._rootless and userns
+        if rootless:  # exactly the namespaces whose files the container sent
+            flags = Namespaces(0)
+            for kind in container._ns_fds:
+                flags |= KIND_FLAGS[kind]
+            flags &= ~Namespaces.USER
 
         def compile_() -> Plan:
             # The cgroup facts of the host layout, when the exec joins the container's cgroup.
@@ -533,15 +538,21 @@ class Supervisor(metaclass=NoPublicConstructor):
         # Our own duplicate of the pidfd: the task that owns the container may
         # reap it and close its fd while this request waits, and that fd number
         # could then name something else (a new zygote's pidfd: the host).
-        with _typed_fd_exhaustion():
-            target = os.dup(container._pidfd)
+        # Rootless: duplicates of its namespace files, in the plan's order.
+        targets: list[int] = []
         owned: list[int] = []
         try:
+            with _typed_fd_exhaustion():
+                if rootless:
+                    for kind in plan.extra_kinds[:-1]:  # the last one is the status pipe
+                        targets.append(os.dup(container._ns_fds[kind]))
+                else:
+                    targets.append(os.dup(container._pidfd))
             if leaf is not None:  # the exec'd process joins the container's cgroup, and holds it
                 owned = self._cgroup_fds(leaf)
                 leaf.users += 1
             with _typed_fd_exhaustion():
-                return await self._launch(spec, plan_id, plan, [target, *owned], io, task_status, leaf=leaf,
+                return await self._launch(spec, plan_id, plan, [*targets, *owned], io, task_status, leaf=leaf,
                                           owned=owned)
         except SetupError as e:
             if (e.step, e.errno) in (("clone", errno.ENOMEM), ("namespaces", errno.ESRCH)):
@@ -550,7 +561,8 @@ class Supervisor(metaclass=NoPublicConstructor):
                 raise error from error.__cause__
             raise
         finally:
-            os.close(target)
+            for fd in targets:
+                os.close(fd)
             for fd in owned:
                 os.close(fd)
 
@@ -577,8 +589,8 @@ class Supervisor(metaclass=NoPublicConstructor):
         if plan.tty and not (started or io.capture_stdout):
             raise ValueError("tty=True needs 'await nursery.start(...)' (Container.tty) or capture_stdout=True")
         stdio = Stdio()
-        if plan.tty:
-            # A socket, not a pipe: the child sends the terminal's master end on it.
+        if plan.channel_is_socket:
+            # A socket, not a pipe: the child sends fds on it (a terminal's master end, namespace files).
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
             err_r, err_w = ours.detach(), theirs.detach()
         else:
@@ -616,14 +628,11 @@ class Supervisor(metaclass=NoPublicConstructor):
             os.set_blocking(err_r, False)
             if go >= 0:
                 await self._release_child(container, go, err_r)
-            if started or plan.tty:
+            if started or plan.channel_is_socket:
                 # nursery.start returns only once the program runs: wait for
                 # EOF on the error channel (it is close-on-exec) or a failure record.
-                failure, fds = await read_channel(err_r, plan.tty)
-                if fds:
-                    container._tty_fd = fds[0]
-                    for fd in fds[1:]:
-                        os.close(fd)
+                failure, sent = await read_channel(err_r, plan.channel_is_socket)
+                container._adopt_sent_fds(sent.get(b"TTY", []), plan.sent_namespaces, sent.get(b"NS", []))
                 if failure:
                     with trio.CancelScope(shield=True):
                         await container._wait_and_reap()
@@ -632,7 +641,7 @@ class Supervisor(metaclass=NoPublicConstructor):
                 container, stdio, io, task_status,
                 # Without nursery.start nobody needs the moment of exec: one
                 # wait (on the pidfd) instead of two, then the record if any.
-                -1 if (started or plan.tty) else err_r,
+                -1 if (started or plan.channel_is_socket) else err_r,
             )
         finally:
             for fd in (err_w, status_w, status_r):
@@ -814,6 +823,7 @@ class Supervisor(metaclass=NoPublicConstructor):
             if container._tty_fd >= 0:  # a terminal nobody took (its program failed to start)
                 os.close(container._tty_fd)
                 container._tty_fd = -1
+            container._close_namespace_fds()
             self._running.discard(container)
             self._last_reap = trio.current_time()
             container._finished.set()

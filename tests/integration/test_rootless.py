@@ -43,7 +43,8 @@ SCRIPT = textwrap.dedent(
             done = await sup.run(anyns.ContainerSpec(
                 argv=["sh", "-c", "id -u; id -g; cat /proc/self/uid_map; hostname; echo $$; test -c /dev/null "
                       "&& echo dev-ok; touch /tmp/x && echo tmp-ok; touch /data/y && echo data-ok; "
-                      "grep -E 'Seccomp:|NoNewPrivs:' /proc/self/status"],
+                      "grep -E 'Seccomp:|NoNewPrivs:' /proc/self/status; "
+                      "cat /proc/1/environ >/dev/null 2>&1 && echo init-readable || echo init-private"],
                 hostname="rootless-box", mounts=[anyns.Tmpfs("/data")]), capture_stdout=True, capture_stderr=True,
                 check=False)
             say(step="run", returncode=done.returncode, stdout=done.stdout.decode(), stderr=done.stderr.decode())
@@ -73,7 +74,8 @@ SCRIPT = textwrap.dedent(
             async with trio.open_nursery() as nursery:
                 box = await nursery.start(functools.partial(sup.run, check=False),
                                           anyns.ContainerSpec(argv=["sleep", "1000"]))
-                done = await box.exec(["sh", "-c", "id -u; readlink /proc/self/ns/pid; readlink /proc/1/ns/pid"],
+                done = await box.exec(["sh", "-c", "id -u; readlink /proc/self/ns/pid; readlink /proc/2/ns/pid; "
+                                             "readlink /proc/1/ns/pid 2>/dev/null || echo init-private"],
                                       capture_stdout=True, capture_stderr=True, check=False)
                 say(step="exec", returncode=done.returncode, stdout=done.stdout.decode(),
                     stderr=done.stderr.decode(), pid_ns=box.namespaces["pid"])
@@ -151,6 +153,9 @@ def test_a_container_runs_as_root_of_its_own_user_namespace(rootless_records: di
     assert lines[2].split() == ["0", str(NOBODY), "1"]
     assert lines[3:8] == ["rootless-box", "2", "dev-ok", "tmp-ok", "data-ok"]
     assert [line.split()[-1] for line in lines[8:10]] == ["1", "2"]  # NoNewPrivs, Seccomp (filter)
+    # The init (a copy of the host's Python, the same host uid as the program) is not dumpable: the
+    # program cannot read its environment or memory.
+    assert lines[10] == "init-private"
 
 
 def test_loopback_and_a_directory_root_work_rootless(rootless_records: dict[str, dict[str, Any]]) -> None:
@@ -170,11 +175,14 @@ def test_an_overlay_root_works_rootless(rootless_records: dict[str, dict[str, An
 
 
 def test_exec_and_signals_work_rootless(rootless_records: dict[str, dict[str, Any]]) -> None:
-    """exec runs as root inside the container's pid namespace; terminate() reaches the program through the init."""
+    """exec runs as root inside the container's pid namespace (entered through the namespace files the container
+    sent, its init being not dumpable); ``namespaces`` is read from them; terminate() reaches the program through
+    the init."""
     exec_ = rootless_records["exec"]
     assert exec_["returncode"] == 0, exec_["stderr"]
-    uid, own_ns, init_ns = exec_["stdout"].split()
-    assert uid == "0" and own_ns == init_ns == exec_["pid_ns"]
+    uid, own_ns, program_ns, init = exec_["stdout"].split()
+    assert uid == "0" and own_ns == program_ns == exec_["pid_ns"]
+    assert init == "init-private"  # not dumpable: not even root of the container sees into it
     assert rootless_records["terminate"]["returncode"] == -15
 
 

@@ -130,3 +130,30 @@ def test_every_plan_ends_with_hardening_then_pdeathsig_then_exec(spec: anyns.Con
     assert order[-1] in ("execve", "spawn_with_init")
     hardened = attrs.evolve(spec, seccomp=anyns.DEFAULT_SECCOMP)
     assert "seccomp" in calls(_plan.compile_plan(hardened, LAYOUT))
+
+
+def test_a_rootless_child_sends_its_namespaces_then_stops_being_dumpable() -> None:
+    """Rootless (born dumpable for its maps): after becoming root inside it sends its namespace files, user
+    first, and only then turns non-dumpable, before any mount and long before the program; the channel is
+    a socket. A root supervisor's child does neither (the zygote made it non-dumpable)."""
+    rootless = _plan.compile_plan(anyns.ContainerSpec(argv=["/bin/true"], namespaces=USERNS),
+                                  attrs.evolve(LAYOUT, rootless=True))
+    order = calls(rootless)
+    assert rootless.dumpable and rootless.channel_is_socket
+    assert rootless.sent_namespaces == ("user", "mnt", "pid", "net", "ipc", "uts")
+    send = order.index("send_namespaces")
+    assert order.index("become_root") < send < order.index("not_dumpable") < order.index("mount")
+    assert rootless.ops[send][3] == (rootless.sent_namespaces,)
+    root = compile_(namespaces=USERNS)
+    assert not root.dumpable and not root.channel_is_socket and root.sent_namespaces == ()
+    assert "send_namespaces" not in calls(root) and "not_dumpable" not in calls(root)
+
+
+def test_a_rootless_exec_enters_the_sent_namespace_files_user_first() -> None:
+    """A rootless exec has one setns per namespace file (extra fds in sent order, user first), then becomes
+    root; its last extra fd is the status pipe of the waiter."""
+    plan = _plan.compile_exec_plan(anyns.ContainerSpec(argv=["sh"]), Namespaces.DEFAULT, None, True, True)
+    assert plan.extra_kinds == ("user", "mnt", "pid", "net", "ipc", "uts", "status")
+    setns = [op for op in plan.ops if op[1] == "setns"]
+    assert [(op[2], op[3][0]) for op in setns] == [(kind, i) for i, kind in enumerate(plan.extra_kinds[:-1])]
+    assert calls(plan).index("become_root") > calls(plan).index("setns")
