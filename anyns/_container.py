@@ -517,7 +517,9 @@ class Container(metaclass=NoPublicConstructor):
         still end a frozen container.
 
         Raises:
-            UnsupportedError: it has no cgroup (``limits=anyns.Limits()`` gives it one), or no freezer here.
+            UnsupportedError: it has no cgroup (``limits=anyns.Limits()`` gives it one),
+                or no freezer here, or it is a process from ``Container.exec``
+                (it shares its container's cgroup: pause the container).
             AnynsError: it has exited.
         """
         return self._freeze(True)
@@ -533,6 +535,9 @@ class Container(metaclass=NoPublicConstructor):
         if self._leaf is None:
             raise UnsupportedError(f"{verb}: the container has no cgroup to freeze; "
                                    "give its spec limits=anyns.Limits()")
+        if self._shares_cgroup:
+            raise UnsupportedError(f"{verb}: this process was exec'd into a container and shares its cgroup, "
+                                   f"so the freezer would {verb} the whole container: {verb} the container")
         try:
             _cgroups.freeze(self._leaf, frozen)
         except _cgroups.Unavailable as e:

@@ -62,20 +62,53 @@ def _lib() -> ctypes.CDLL:
         lib.seccomp_rule_add_array.argtypes = (ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint,
                                                ctypes.POINTER(scmp_arg_cmp))
         lib.seccomp_rule_add_array.restype = ctypes.c_int
+        lib.seccomp_arch_native.argtypes = ()
+        lib.seccomp_arch_native.restype = ctypes.c_uint32
+        lib.seccomp_arch_resolve_name.argtypes = (ctypes.c_char_p,)
+        lib.seccomp_arch_resolve_name.restype = ctypes.c_uint32
+        lib.seccomp_arch_add.argtypes = (ctypes.c_void_p, ctypes.c_uint32)
+        lib.seccomp_arch_add.restype = ctypes.c_int
         lib.seccomp_export_bpf.argtypes = (ctypes.c_void_p, ctypes.c_int)
         lib.seccomp_export_bpf.restype = ctypes.c_int
         _LIB = lib
     return _LIB
 
 
+#: the architectures whose programs a native one also runs (Docker's default profile
+#: lists the same): without them in the filter, a 32-bit program dies of SIGSYS.
+COMPANION_ARCHES = {"x86_64": ("x86", "x32"), "aarch64": ("arm",), "s390x": ("s390",)}
+
+
+def _arch_name(token: int) -> str | None:
+    """libseccomp's name of architecture ``token`` (an AUDIT_ARCH_* value), for the ones we pair."""
+    for name in (*COMPANION_ARCHES, *(a for arches in COMPANION_ARCHES.values() for a in arches)):
+        if _lib().seccomp_arch_resolve_name(name.encode()) == token:
+            return name
+    return None
+
+
 class Filter:
-    """A libseccomp filter context: ``rule(...)`` calls, then ``export_bpf()``; a context manager."""
+    """A libseccomp filter context: ``rule(...)`` calls, then ``export_bpf()``; a context manager.
+
+    It covers the native architecture and the ones its kernel also runs
+    (``COMPANION_ARCHES``); each rule is translated for each of them.
+    """
 
     def __init__(self, default_action: int) -> None:
         self._lib = _lib()
         self._ctx = self._lib.seccomp_init(default_action)
         if not self._ctx:
             raise OSError(ctypes.get_errno() or 12, "seccomp_init failed")
+        native = _arch_name(self._lib.seccomp_arch_native())
+        #: the architectures the filter covers, native first
+        self.arches: list[str] = [native or "native"]
+        for name in COMPANION_ARCHES.get(native or "", ()):
+            token = self._lib.seccomp_arch_resolve_name(name.encode())
+            rc = self._lib.seccomp_arch_add(self._ctx, token) if token else -22
+            if rc < 0 and rc != -17:  # EEXIST: already there
+                self.release()
+                raise OSError(-rc, f"seccomp_arch_add({name}) failed: {os.strerror(-rc)}")
+            self.arches.append(name)
 
     def __enter__(self) -> Filter:
         return self

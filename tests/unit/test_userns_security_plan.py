@@ -157,3 +157,25 @@ def test_a_rootless_exec_enters_the_sent_namespace_files_user_first() -> None:
     setns = [op for op in plan.ops if op[1] == "setns"]
     assert [(op[2], op[3][0]) for op in setns] == [(kind, i) for i, kind in enumerate(plan.extra_kinds[:-1])]
     assert calls(plan).index("become_root") > calls(plan).index("setns")
+
+
+def test_the_filter_covers_the_companion_architectures() -> None:
+    """On x86_64 the BPF checks for AUDIT_ARCH_X86_64 and AUDIT_ARCH_I386 (x32 shares the first), so a 32-bit
+    program is filtered, not killed for its architecture."""
+    import errno
+    import platform
+    import struct
+
+    from anyns._security import seccomp_bpf
+    from anyns._sys import _seccomp
+
+    if platform.machine() != "x86_64":
+        pytest.skip("x86_64 only")
+    try:
+        bpf = seccomp_bpf(anyns.DEFAULT_DENIED, errno.EPERM, False)
+    except _seccomp.Unavailable as e:
+        pytest.skip(str(e))
+    constants = {struct.unpack_from("<HBBI", bpf, i)[3] for i in range(0, len(bpf), 8)}
+    assert {0xC000003E, 0x40000003} <= constants
+    with _seccomp.Filter(_seccomp.SCMP_ACT_ALLOW) as f:
+        assert f.arches == ["x86_64", "x86", "x32"]
