@@ -70,6 +70,9 @@ def part_argv(part: str, json_path: Path, quick: bool, draw: bool = True) -> lis
         argv.append("--no-plot")
     if part == "scale":
         argv.append("--gc-freeze")
+    if part == "spawn":
+        # the variants in the same run: bwrap's work only (no hardening), and with a user namespace
+        argv += ["--network", "loopback,lean,userns"]
     if part == "bridge":
         argv += ["--network", "loopback,bridge", "--tools", "anyns,bwrap"]
         if not quick:
@@ -85,24 +88,6 @@ MAINS: dict[str, Callable[[Sequence[str] | None], int]] = {
     "bridge": spawn.main,
     "soak": soak.main,
 }
-
-
-def user_namespaces() -> dict[str, Any]:
-    """Whether anyns can make a user namespace; the suite cannot measure that variant until it does."""
-    try:
-        import anyns
-
-        anyns.ContainerSpec(argv=[common.PAYLOAD], namespaces=anyns.Namespaces.DEFAULT | anyns.Namespaces.USER)
-    except Exception as exc:
-        return {
-            "measured": False,
-            "reason": f"anyns does not support user namespaces yet: {type(exc).__name__}: {exc}",
-        }
-    return {
-        "measured": False,
-        "reason": "not a part of the suite's default run: `python -m benchmarks.spawn --network loopback,userns` "
-        "measures it beside the defaults and bwrap",
-    }
 
 
 # --------------------------------------------------------------------------
@@ -147,6 +132,12 @@ def spawn_rows(data: dict[str, Any], part: str = "spawn") -> list[Row]:
                 target,
             )
         )
+        for variant, label in (("anyns-lean", "anyns-lean (no hardening)"), ("anyns+userns", "anyns+userns")):
+            if part == "spawn" and _by(ms, tool=variant, concurrency=c) is not None:
+                out.append((part, f"start+reap /s, C={c}: {label} (peer: bwrap; anyns)", rate(variant, c),
+                            f"{rate('bwrap', c)}; {rate('anyns', c)}",
+                            f"{fmt(r.get(f'{variant}/bwrap'), '.2f', 'x')}; "
+                            f"{fmt(r.get(f'{variant}/anyns'), '.2f', 'x')}", ""))
     return out
 
 
@@ -391,9 +382,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not info["ok"]:
             why = info["error"].splitlines()[-1] if info["error"] else f"exit status {info['exit_status']}"
             rows.append((part, "FAILED", "", "", "", why))
-    userns = user_namespaces()
-    why_not = "Namespaces.USER is a SpecError (below)" if "SpecError" in userns["reason"] else "spawn --network userns"
-    rows.append(("userns", "user-namespace variant", "not in this run", "", "", why_not))
 
     plot_info: dict[str, Any] = {"path": None, "skipped": None}
     if args.no_plot:
@@ -416,7 +404,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         "quick": args.quick,
         "machine": machine,
         "parts": parts,
-        "user_namespaces": userns,
         "plot": plot_info,
         "summary": [dict(zip(("part", "measure", "anyns", "peer", "ratio", "target"), r, strict=True)) for r in rows],
     }
@@ -440,7 +427,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"  plot     {plot_info['path']}")
     else:
         print(f"  plot     skipped: {plot_info['skipped']}")
-    print(f"  userns   not measured: {userns['reason']}", flush=True)
     return 0 if all(info["ok"] for info in parts.values()) else 1
 
 
