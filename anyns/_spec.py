@@ -564,8 +564,20 @@ def parse_size(where: str, value: Any) -> int:
     return number
 
 
+#: the least memory limit: setting a container up (its copy of the zygote's
+#: Python, the init) takes about 1 MiB, and below that the OOM killer ends it
+#: before its program ever runs (Docker's floor is 6 MiB)
+MIN_MEMORY: Final = 2 << 20
+
+
 def _to_memory(value: Any) -> int | None:
-    return None if value is None else parse_size("limits.memory", value)
+    if value is None:
+        return None
+    size = parse_size("limits.memory", value)
+    if size < MIN_MEMORY:
+        raise _fail("limits.memory", f"at least 2M is needed to set a container up (the init and its setup take "
+                                     f"about 1M), got {value!r}")
+    return size
 
 
 _MAX_ID: Final = (1 << 32) - 2  # (uid_t)-1 means "no change" to setresuid
@@ -743,8 +755,8 @@ class Limits:
 
     Args:
         memory: bytes, or a size such as ``"256M"`` or ``"1.5G"`` (powers of
-            1024). Swap is not allowed beyond it: past it the OOM killer ends
-            the container (``CompletedContainer.oom_killed``).
+            1024), at least 2M. Swap is not allowed beyond it: past it the OOM
+            killer ends the container (``CompletedContainer.oom_killed``).
         pids: how many tasks (processes and threads) may exist at once; more
             forks fail with EAGAIN.
         cpu: how many CPUs' worth of time per period, such as ``0.5`` (the

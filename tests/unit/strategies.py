@@ -54,6 +54,6 @@ def specs(draw: st.DrawFn) -> anyns.ContainerSpec:
         mounts=draw(st.lists(bind | tmpfs, max_size=4)),
         env=draw(env),
         cwd=draw(st.just("/") | abs_path),
-        limits=draw(st.none() | st.builds(anyns.Limits, memory=st.none() | st.integers(1 << 20, 1 << 40),
+        limits=draw(st.none() | st.builds(anyns.Limits, memory=st.none() | st.integers(2 << 20, 1 << 40),
                                           pids=st.none() | st.integers(2, 4096))),
     )

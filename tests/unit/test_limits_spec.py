@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 import anyns
 from anyns import Limits
+from anyns._spec import parse_size
 
 KiB, MiB, GiB, TiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40
 
@@ -34,7 +35,17 @@ KiB, MiB, GiB, TiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40
 ])
 def test_memory_sizes(memory: object, expected: int) -> None:
     """An int is bytes; a string takes k, M, G, T (powers of 1024, any case, optional "B"/"iB") and decimals."""
-    assert Limits(memory=memory).memory == expected
+    assert parse_size("limits.memory", memory) == expected
+    if expected >= 2 * MiB:
+        assert Limits(memory=memory).memory == expected
+
+
+@pytest.mark.parametrize("memory", ["64k", "1M", (2 * MiB) - 1, "1.99M"])
+def test_memory_below_2m_is_refused(memory: object) -> None:
+    """Below 2M the setup itself would be OOM-killed before the program ran: a SpecError that says so."""
+    with pytest.raises(anyns.SpecError, match="at least 2M"):
+        Limits(memory=memory)
+    assert Limits(memory="2M").memory == 2 * MiB
 
 
 @pytest.mark.parametrize("memory", [
@@ -52,7 +63,7 @@ def test_invalid_memory_is_spec_error(memory: object) -> None:
 def test_memory_number_and_unit(number: int, unit: str) -> None:
     """f"{n}{unit}" is n times the unit's power of 1024."""
     scale = {"": 1, "k": KiB, "m": MiB, "g": GiB}[unit[:1].lower()]
-    assert Limits(memory=f"{number}{unit}").memory == number * scale
+    assert parse_size("limits.memory", f"{number}{unit}") == number * scale
 
 
 @pytest.mark.parametrize("pids", [1, 64, (1 << 31) - 1])
@@ -89,9 +100,9 @@ def test_default_is_no_limit() -> None:
 
 def test_limits_are_frozen_hashable_keyword_only_values() -> None:
     """Equal limits (however the size was written) are equal and hash alike; fields cannot change; keywords only."""
-    a, b = Limits(memory="1M", pids=8, cpu=0.5), Limits(memory=MiB, pids=8, cpu=0.5)
+    a, b = Limits(memory="2M", pids=8, cpu=0.5), Limits(memory=2 * MiB, pids=8, cpu=0.5)
     assert a == b and hash(a) == hash(b)
-    assert a != Limits(memory="1M", pids=9, cpu=0.5)
+    assert a != Limits(memory="2M", pids=9, cpu=0.5)
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
         a.pids = 9  # type: ignore[misc]
     with pytest.raises(TypeError):
