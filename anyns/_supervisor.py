@@ -29,6 +29,7 @@ import trio
 from . import _cgroups, _protocol
 from ._container import CompletedContainer, Container, NoPublicConstructor, PersistedNamespace
 from ._errors import (
+    AnynsError,
     ContainerFailed,
     NetworkError,
     SetupError,
@@ -524,6 +525,8 @@ class Supervisor(metaclass=NoPublicConstructor):
         leaf = container._leaf
         rootless = self._rootless and userns
         if rootless:  # exactly the namespaces whose files the container sent
+            if "user" not in container._ns_fds:
+                raise AnynsError(f"exec: container pid {container.pid} sent no namespace files to enter it by")
             flags = Namespaces(0)
             for kind in container._ns_fds:
                 flags |= KIND_FLAGS[kind]
