@@ -79,6 +79,12 @@ def _send_namespaces(rt: Rt, kinds: list[bytes]) -> None:
             os.close(fd)
 
 
+def _check_alive(rt: Rt, index: int) -> None:
+    """Fail (ESRCH) if the container whose pidfd is extra fd ``index`` has exited: its namespaces are a shell."""
+    if select.select((rt[_EXTRA + index],), (), (), 0)[0]:
+        raise OSError(errno.ESRCH, "the container has exited")
+
+
 def _not_dumpable(rt: Rt) -> None:
     # Neither our memory nor /proc/1/{environ,exe,mem} for the program (the same host uid, rootless).
     _libc.prctl(C.PR_SET_DUMPABLE, 0)
@@ -453,6 +459,7 @@ OPS: dict[str, Callable[..., None]] = {
     "wait_go": _wait_go,
     "send_namespaces": _send_namespaces,
     "not_dumpable": _not_dumpable,
+    "check_alive": _check_alive,
     "mount": _mount,
     "attach_skeleton": _attach_skeleton,
     "mkpath": _mkpath,
@@ -502,6 +509,7 @@ _SYSCALL_OF = {
     "become_root": "setresuid",
     "send_namespaces": "sendmsg",
     "not_dumpable": "prctl",
+    "check_alive": "poll",
     "mask_paths": "mount",
     "drop_bounding": "prctl",
     "seccomp_bpf": "prctl",

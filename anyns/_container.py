@@ -409,10 +409,13 @@ class Container(metaclass=NoPublicConstructor):
 
         Raises:
             SpecError: an unknown namespace kind.
+            UnsupportedError: the supervisor is rootless.
             AnynsError: the container has exited.
         """
         if self.returncode is not None:
             raise AnynsError(f"keep_namespace: container pid {self.pid} has exited")
+        if self._ns_fds:  # rootless: its /proc/PID/ns is closed to us, and a bind mount needs CAP_SYS_ADMIN
+            raise UnsupportedError("keep_namespace: a rootless supervisor cannot bind-mount a namespace on the host")
         kept = persist_namespace(self.pid, kind, path)
         self._supervisor._kept.add(kept)
         return kept

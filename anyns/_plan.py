@@ -282,6 +282,8 @@ def compile_plan(spec: ContainerSpec, host: HostLayout) -> Plan:
         # memory and environment. Before it stops being dumpable, it hands the
         # supervisor its namespace files: an unprivileged supervisor may not
         # open those of a non-dumpable process, nor setns through its pidfd.
+        # Joined namespaces are not among them: a rootless Join is refused (UnsupportedError) for now.
+        assert not joined, "a rootless container cannot join namespaces"
         sent = sent_kinds(ns)
         b.op("namespaces", "send_namespaces", None, sent)
         b.op("userns", "not_dumpable", None)
@@ -504,9 +506,12 @@ def compile_exec_plan(spec: ContainerSpec, container_namespaces: Namespaces, hos
     if rootless:
         b = _Builder("/")
         kinds = sent_kinds(container_namespaces | Namespaces.USER)
-        extra_kinds: tuple[str, ...] = (*kinds, "status")
+        extra_kinds: tuple[str, ...] = (*kinds, "container", "status")
         for index, kind in enumerate(kinds):  # the user namespace first: it owns the others
             b.op("namespaces", "setns", kind, index, int(KIND_FLAGS[kind]))
+        # The files keep the namespaces of a container that has died (not yet
+        # reaped): entered, they must still have their init (its pidfd).
+        b.op("namespaces", "check_alive", None, extra_kinds.index("container"))
         b.op("userns", "become_root", None)
         _exec_steps(b, spec, extra_kinds.index("status"), waiter=True)
         return Plan(clone_flags=0, ops=tuple(b.ops), extra_kinds=extra_kinds, tty=spec.tty)

@@ -66,6 +66,14 @@ def capability_numbers(names: Iterable[str]) -> int:
 # --------------------------------------------------------------------------- host half
 
 
+def _clone_flags_argument() -> int:
+    """Which argument of clone(2) holds the flags: the first, but the second on s390 (CLONE_BACKWARDS2).
+
+    The companion architectures in a filter (``_seccomp.COMPANION_ARCHES``) agree with their native one.
+    """
+    return 1 if os.uname().machine.startswith("s390") else 0
+
+
 def seccomp_bpf(denied: Iterable[str], err: int, keep_admin: bool) -> bytes:
     """The filter as classic BPF, compiled by libseccomp for this machine's architecture.
 
@@ -83,8 +91,8 @@ def seccomp_bpf(denied: Iterable[str], err: int, keep_admin: bool) -> bytes:
         if not keep_admin:
             for name in _ADMIN_CALLS:
                 f.rule(action, name)
-            for flag in _CLONE_NAMESPACES:  # clone's flags are its first argument on x86_64 and arm64
-                f.rule(action, "clone", (0, S.SCMP_CMP_MASKED_EQ, flag, flag))
+            for flag in _CLONE_NAMESPACES:
+                f.rule(action, "clone", (_clone_flags_argument(), S.SCMP_CMP_MASKED_EQ, flag, flag))
             f.rule(S.act_errno(_errno.ENOSYS), "clone3")  # its flags are behind a pointer: let libc fall back
         return f.export_bpf()
 

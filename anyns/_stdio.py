@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import subprocess
@@ -10,6 +11,8 @@ from typing import IO, Any, Final
 
 import attrs
 import trio
+
+from ._errors import SetupError, diagnose
 
 PIPE: Final = subprocess.PIPE
 DEVNULL: Final = subprocess.DEVNULL
@@ -173,7 +176,7 @@ async def read_channel(fd: int, is_socket: bool) -> tuple[bytes, dict[bytes, lis
     try:
         while True:
             try:
-                data, ancdata, _flags, _addr = sock.recvmsg(
+                data, ancdata, flags, _addr = sock.recvmsg(
                     _READ_CHUNK, socket.CMSG_SPACE(4 * 16), socket.MSG_CMSG_CLOEXEC
                 )
             except BlockingIOError:
@@ -183,6 +186,13 @@ async def read_channel(fd: int, is_socket: bool) -> tuple[bytes, dict[bytes, lis
             for level, kind, payload in ancdata:
                 if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                     fds.extend(memoryview(payload[: len(payload) - len(payload) % 4]).cast("i").tolist())
+            if flags & socket.MSG_CTRUNC:
+                # Some of the fds were dropped: no room in our table (EMFILE), or more than we take.
+                for partial in fds:
+                    os.close(partial)
+                raise SetupError("clone", "recvmsg", None, errno.EMFILE,
+                                 "the fds the child sent did not all arrive (MSG_CTRUNC)",
+                                 diagnose("clone", "recvmsg", errno.EMFILE, None))
             if data in CHANNEL_TAGS:
                 sent.setdefault(data, []).extend(fds)
                 continue

@@ -15,6 +15,7 @@ import functools
 import itertools
 import math
 import os
+import select
 import shutil
 import signal
 import socket
@@ -228,7 +229,8 @@ class Supervisor(metaclass=NoPublicConstructor):
         self._running: set[Container] = set()
         #: back-pressure: a container holds a token from before its spawn until it is reaped
         self._capacity = trio.CapacityLimiter(max_containers) if max_containers is not None else None
-        self._last_reap = -math.inf
+        #: when a container whose program ran was last reaped (not a failed setup, not an exec)
+        self._last_exit = -math.inf
         #: namespaces kept with Container.keep_namespace, released when the supervisor closes
         self._kept: set[PersistedNamespace] = set()
         self._networking = Networking()
@@ -374,24 +376,39 @@ class Supervisor(metaclass=NoPublicConstructor):
         io = Io.of(stdin, capture_stdout, capture_stderr, stdout, stderr, check,
                    started=task_status is not trio.TASK_STATUS_IGNORED)
         if self._capacity is None:
-            with _typed_fd_exhaustion():
-                return await self._run(spec, io, task_status)
+            return await self._run_counted(spec, io, task_status)
         async with self._capacity:  # at max_containers: wait here until one is reaped
             delay = 0.005
+            first_refusal = None
             while True:
                 try:
-                    with _typed_fd_exhaustion():
-                        return await self._run(spec, io, task_status)
+                    return await self._run_counted(spec, io, task_status)
                 except SetupError as e:
-                    # The kernel frees a reaped container's namespaces later, from a
+                    if e.resource != "namespaces":
+                        raise
+                    # The kernel frees an exited container's namespaces later, from a
                     # workqueue: until then they count against user.max_*_namespaces.
-                    # Wait for that too, but only as long as a reap can explain it,
-                    # so a limit that never frees up still fails.
-                    recent = trio.current_time() - self._last_reap < NAMESPACE_RELEASE_GRACE
-                    if e.resource != "namespaces" or not recent:
+                    # Wait for that too, but only while an exit explains it and for
+                    # at most NAMESPACE_RELEASE_GRACE: a limit that stays full fails.
+                    now = trio.current_time()
+                    first_refusal = now if first_refusal is None else first_refusal
+                    if (now - self._last_exit >= NAMESPACE_RELEASE_GRACE
+                            or now - first_refusal >= NAMESPACE_RELEASE_GRACE):
                         raise
                 await trio.sleep(delay)
                 delay = min(delay * 2, 0.05)
+
+    async def _run_counted(self, spec: ContainerSpec, io: Io,
+                           task_status: trio.TaskStatus[Container]) -> CompletedContainer:
+        """``_run``, noting when a container whose program ran has been reaped (its namespaces are on their way)."""
+        try:
+            with _typed_fd_exhaustion():
+                done = await self._run(spec, io, task_status)
+        except ContainerFailed:
+            self._last_exit = trio.current_time()
+            raise
+        self._last_exit = trio.current_time()
+        return done
 
     async def _run(self, spec: ContainerSpec, io: Io, task_status: trio.TaskStatus[Container]) -> CompletedContainer:
         if self._rootless:
@@ -548,7 +565,7 @@ class Supervisor(metaclass=NoPublicConstructor):
             with _typed_fd_exhaustion():
                 if rootless:
                     for kind in plan.extra_kinds[:-1]:  # the last one is the status pipe
-                        targets.append(os.dup(container._ns_fds[kind]))
+                        targets.append(os.dup(container._pidfd if kind == "container" else container._ns_fds[kind]))
                 else:
                     targets.append(os.dup(container._pidfd))
             if leaf is not None:  # the exec'd process joins the container's cgroup, and holds it
@@ -558,8 +575,10 @@ class Supervisor(metaclass=NoPublicConstructor):
                 return await self._launch(spec, plan_id, plan, [*targets, *owned], io, task_status, leaf=leaf,
                                           owned=owned)
         except SetupError as e:
-            if (e.step, e.errno) in (("clone", errno.ENOMEM), ("namespaces", errno.ESRCH)):
-                # clone3 into a pid namespace whose init is gone; setns into a reaped process
+            if (e.step, e.errno) in (("clone", errno.ENOMEM), ("namespaces", errno.ESRCH)) or (
+                    e.errno == errno.ENOMEM and _has_exited(container)):
+                # clone3 (or, rootless, a fork) into a pid namespace whose init is
+                # gone; setns into a reaped process, or into a dead one's namespaces
                 error = _exited(container, e.syscall)
                 raise error from error.__cause__
             raise
@@ -828,7 +847,6 @@ class Supervisor(metaclass=NoPublicConstructor):
                 container._tty_fd = -1
             container._close_namespace_fds()
             self._running.discard(container)
-            self._last_reap = trio.current_time()
             container._finished.set()
 
     async def _aclose(self) -> None:
@@ -987,10 +1005,17 @@ def _cgroup_error(e: _cgroups.CgroupWriteError) -> SetupError:
     return error
 
 
-#: seconds after a reap during which a spawn refused for want of namespaces is
-#: retried (with max_containers): the kernel's cleanup of a network namespace
-#: takes tens of ms, more under churn
+#: with max_containers, how long a spawn refused for want of namespaces is
+#: retried: within this long of a container's exit, and for at most this long
+#: (the kernel's cleanup of a network namespace takes tens of ms, more under churn)
 NAMESPACE_RELEASE_GRACE = 1.0
+
+
+def _has_exited(container: Container) -> bool:
+    """Whether the container's process has exited (its pidfd is readable), reaped or not."""
+    if container.returncode is not None or container._pidfd < 0:
+        return True
+    return bool(select.select((container._pidfd,), (), (), 0)[0])
 
 
 def check_max_containers(value: object) -> None:
@@ -1016,8 +1041,8 @@ async def open_supervisor(
             memory) are lower than the bursts you start: spawns then wait
             instead of failing with a ``SetupError`` whose ``resource`` says
             what ran out. A spawn refused for want of namespaces within a
-            second of a reap is retried, as the kernel frees a container's
-            namespaces a little after it exits. Exec'd processes are not
+            second of a container's exit is retried for up to a second, as
+            the kernel frees a container's namespaces a little after it exits. Exec'd processes are not
             counted. Default: no limit.
 
     Example::

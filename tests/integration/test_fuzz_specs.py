@@ -298,13 +298,13 @@ class Fields:
         return accepted, refused
 
     def limits(self) -> Field:
-        memory = st.none() | st.integers(1 << 20, 1 << 40) | st.sampled_from(["64M", "1.5G", 1, 4096, (1 << 62) - 1])
+        memory = st.none() | st.integers(2 << 20, 1 << 40) | st.sampled_from(["64M", "1.5G", "2M", (1 << 62) - 1])
         pids = st.none() | st.integers(2, 64) | st.just((1 << 31) - 1)
         cpu = st.none() | st.floats(0.01, 4) | st.just(1e6)
         accepted = st.builds(lambda m, p, c: make(anyns.Limits, memory=m, pids=p, cpu=c), memory, pids, cpu)
         refused = st.one_of(
-            st.sampled_from([0, -1, 1 << 62, 1 << 70, math.nan, math.inf, "abc", "nan", "inf", "-1", "", True,
-                             b"1M"]).map(lambda m: make(anyns.Limits, memory=m)),
+            st.sampled_from([0, -1, 1, 4096, "1M", 1 << 62, 1 << 70, math.nan, math.inf, "abc", "nan", "inf", "-1",
+                             "", True, b"1M"]).map(lambda m: make(anyns.Limits, memory=m)),
             st.sampled_from([0, -1, 1 << 31, 1.5, "8", True]).map(lambda p: make(anyns.Limits, pids=p)),
             st.sampled_from([0, 0.0099, -1.0, 2e6, math.nan, "0.5", True]).map(lambda c: make(anyns.Limits, cpu=c)),
             junk.map(Value),

@@ -262,9 +262,14 @@ async def test_a_spawn_waiting_for_capacity_can_be_cancelled() -> None:
     """Cancelled while it waits for ``max_containers``, a run spawns nothing and holds no capacity."""
     async with anyns.open_supervisor(max_containers=1) as sup, trio.open_nursery() as nursery:
         box = await nursery.start(partial(sup.run, check=False), SLEEP)
-        with trio.move_on_after(0.2) as scope:
-            await sup.run(SLEEP)
-        assert scope.cancelled_caught and len(sup._running) == 1
+        before = set(children_of_me())
+        spawned_while_waiting: set[int] = set()
+        with trio.move_on_after(0.3) as scope:
+            async with trio.open_nursery() as waiting:
+                waiting.start_soon(sup.run, SLEEP)
+                await trio.sleep(0.2)
+                spawned_while_waiting = set(children_of_me()) - before  # a spawn would be our child
+        assert scope.cancelled_caught and spawned_while_waiting == set() and len(sup._running) == 1
         box.kill()
         await box.wait()
         with trio.fail_after(10):

@@ -615,7 +615,6 @@ async def test_exec_joins_the_container_cgroup(sup: anyns.Supervisor) -> None:
         assert leaf_dirs(proc.pid) == leaf
         with pytest.raises(anyns.UnsupportedError, match="shares its cgroup"):
             proc.pause()  # it would freeze the whole container
-        assert box.statistics().pids_current == init_tasks(spec) + 2 and box.returncode is None
         assert box.statistics().pids_current == init_tasks(spec) + 2  # its sleep and the exec'd one
         assert proc.pid in leaf_pids(leaf)
         await proc.stop(grace=0)  # the exec'd process goes first: the container keeps its leaf

@@ -31,7 +31,7 @@ import anyns.testing
 
 SCRIPT = textwrap.dedent(
     """
-    import functools, json, os, sys
+    import functools, json, os, select, sys
     import anyns, trio
 
     def say(**record):
@@ -81,6 +81,22 @@ SCRIPT = textwrap.dedent(
                     stderr=done.stderr.decode(), pid_ns=box.namespaces["pid"])
                 box.terminate()
                 say(step="terminate", returncode=await box.wait())
+
+            # An exec into a container that has died but is not reaped yet (no checkpoint in between):
+            # the namespace files the supervisor holds keep its namespaces, but nothing may run there.
+            for name, namespaces in (("dead-exec", anyns.Namespaces.DEFAULT),
+                                     ("dead-exec-no-pidns", anyns.Namespaces.DEFAULT & ~anyns.Namespaces.PID)):
+                async with trio.open_nursery() as nursery:
+                    box = await nursery.start(functools.partial(sup.run, check=False),
+                                              anyns.ContainerSpec(argv=["sleep", "1000"], namespaces=namespaces))
+                    os.kill(box.pid, 9)
+                    select.select([box._pidfd], [], [], 5)  # dead, and the loop has not run: not reaped
+                    try:
+                        done = await box.exec(["echo", "ran in a dead container"], capture_stdout=True,
+                                              check=False)
+                        say(step=name, error=None, stdout=done.stdout.decode())
+                    except anyns.AnynsError as e:
+                        say(step=name, error=type(e).__name__, message=str(e))
 
             for what, spec in (("bridge", anyns.ContainerSpec(argv=["true"], network=anyns.Bridge())),
                                ("limits", anyns.ContainerSpec(argv=["true"], limits=anyns.Limits(pids=8))),
@@ -184,6 +200,15 @@ def test_exec_and_signals_work_rootless(rootless_records: dict[str, dict[str, An
     assert uid == "0" and own_ns == program_ns == exec_["pid_ns"]
     assert init == "init-private"  # not dumpable: not even root of the container sees into it
     assert rootless_records["terminate"]["returncode"] == -15
+
+
+def test_exec_into_a_dead_container_says_it_has_exited(rootless_records: dict[str, dict[str, Any]]) -> None:
+    """Killed but not reaped yet: its namespace files still hold its namespaces, yet an exec fails (nothing
+    runs in a dead container), saying it has exited, with or without a pid namespace of its own."""
+    for step in ("dead-exec", "dead-exec-no-pidns"):
+        record = rootless_records[step]
+        assert record["error"] is not None, record
+        assert "has exited" in record["message"], record
 
 
 def test_what_needs_privileges_fails_early_and_says_so(rootless_records: dict[str, dict[str, Any]]) -> None:

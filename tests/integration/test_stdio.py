@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from functools import partial
 
 import pytest
@@ -121,3 +122,27 @@ async def test_pipe_requires_nursery_start(sup: anyns.Supervisor) -> None:
         await sup.run(["true"])  # type: ignore[arg-type]
     done = await sh(sup, "echo still-works")
     assert done.stdout == b"still-works\n"
+
+
+async def test_a_channel_message_whose_fds_did_not_all_arrive_is_a_typed_error() -> None:
+    """More fds than the supervisor takes (or no room for them: EMFILE) sets MSG_CTRUNC: read_channel closes
+    what did arrive and raises a SetupError with resource "fds", rather than keep a partial set."""
+    import socket as socket_module
+
+    from anyns._stdio import read_channel
+
+    ours, theirs = socket_module.socketpair(socket_module.AF_UNIX, socket_module.SOCK_SEQPACKET)
+    sent = [os.open("/dev/null", os.O_RDONLY) for _ in range(20)]
+    try:
+        theirs.sendmsg([b"NS"], [(socket_module.SOL_SOCKET, socket_module.SCM_RIGHTS,
+                                  b"".join(fd.to_bytes(4, sys.byteorder) for fd in sent))])
+        theirs.close()
+        before = set(os.listdir("/proc/self/fd"))
+        with pytest.raises(anyns.SetupError) as info:
+            await read_channel(ours.fileno(), True)
+        assert info.value.resource == "fds" and "MSG_CTRUNC" in str(info.value)
+        assert set(os.listdir("/proc/self/fd")) == before  # the 16 that arrived are closed again
+    finally:
+        ours.close()
+        for fd in sent:
+            os.close(fd)

@@ -150,13 +150,16 @@ def test_a_rootless_child_sends_its_namespaces_then_stops_being_dumpable() -> No
 
 
 def test_a_rootless_exec_enters_the_sent_namespace_files_user_first() -> None:
-    """A rootless exec has one setns per namespace file (extra fds in sent order, user first), then becomes
-    root; its last extra fd is the status pipe of the waiter."""
+    """A rootless exec has one setns per namespace file (extra fds in sent order, user first), checks the
+    container's pidfd, then becomes root; its last extra fd is the status pipe of the waiter."""
     plan = _plan.compile_exec_plan(anyns.ContainerSpec(argv=["sh"]), Namespaces.DEFAULT, None, True, True)
-    assert plan.extra_kinds == ("user", "mnt", "pid", "net", "ipc", "uts", "status")
+    assert plan.extra_kinds == ("user", "mnt", "pid", "net", "ipc", "uts", "container", "status")
     setns = [op for op in plan.ops if op[1] == "setns"]
-    assert [(op[2], op[3][0]) for op in setns] == [(kind, i) for i, kind in enumerate(plan.extra_kinds[:-1])]
-    assert calls(plan).index("become_root") > calls(plan).index("setns")
+    assert [(op[2], op[3][0]) for op in setns] == [(kind, i) for i, kind in enumerate(plan.extra_kinds[:-2])]
+    order = calls(plan)
+    # then, before anything else, that the container is alive (its pidfd): the files outlive it
+    assert order[len(setns)] == "check_alive" and plan.ops[len(setns)][3] == (plan.extra_kinds.index("container"),)
+    assert order.index("become_root") > order.index("check_alive")
 
 
 def test_the_filter_covers_the_companion_architectures() -> None:
