@@ -82,8 +82,9 @@ def _privileges() -> Finding:
     caps = next((line.split()[1] for line in status.splitlines() if line.startswith("CapEff:")), "0")
     if int(caps, 16) & (1 << 21):  # CAP_SYS_ADMIN
         return Finding("privileges", "ok", f"uid {os.getuid()}, CAP_SYS_ADMIN")
-    return Finding("privileges", "FAIL", "no CAP_SYS_ADMIN: run as root (rootless mode needs user namespaces, "
-                                         "which anyns does not support yet)")
+    return Finding("privileges", "warn", f"uid {os.getuid()} without CAP_SYS_ADMIN: rootless mode (each container "
+                                         "in a user namespace that maps your uid to root); Bridge networking "
+                                         "needs root")
 
 
 def _pidfd() -> Finding:
@@ -106,14 +107,43 @@ def _detached_trees() -> Finding:
 
 
 def _userns() -> Finding:
-    limit = read_setting("/proc/sys/user/max_user_namespaces")
-    if limit == "0":
-        return Finding("user namespaces", "warn", "user.max_user_namespaces=0: user namespaces are disabled")
-    if read_setting("/proc/sys/kernel/apparmor_restrict_unprivileged_userns") == "1":
-        return Finding("user namespaces", "warn", "kernel.apparmor_restrict_unprivileged_userns=1 (Ubuntu 24.04)")
-    if read_setting("/proc/sys/kernel/unprivileged_userns_clone") == "0":
-        return Finding("user namespaces", "warn", "kernel.unprivileged_userns_clone=0")
-    return Finding("user namespaces", "ok", f"allowed (max {limit})")
+    """User namespaces: the kernel's limit and the sysctls (AppArmor, Debian's) that restrict them."""
+    settings = {
+        "user.max_user_namespaces": read_setting("/proc/sys/user/max_user_namespaces"),
+        "kernel.unprivileged_userns_clone": read_setting("/proc/sys/kernel/unprivileged_userns_clone"),
+        "kernel.apparmor_restrict_unprivileged_userns":
+            read_setting("/proc/sys/kernel/apparmor_restrict_unprivileged_userns"),
+    }
+    shown = "; ".join(f"{name}={value}" for name, value in settings.items() if value is not None)
+    wide = "newuidmap present: /etc/subuid ranges give wide maps" if shutil.which("newuidmap") else \
+        "no newuidmap: rootless maps only the user's own uid (apt-get install uidmap)"
+    if settings["user.max_user_namespaces"] == "0":
+        return Finding("user namespaces", "warn", f"disabled ({shown}): Namespaces.USER and rootless mode "
+                                                  "will not work")
+    if settings["kernel.apparmor_restrict_unprivileged_userns"] == "1":
+        return Finding("user namespaces", "warn", f"AppArmor restricts them for unprivileged users ({shown}; "
+                                                  "Ubuntu 24.04): rootless mode will not work, root can still "
+                                                  "use Namespaces.USER")
+    if settings["kernel.unprivileged_userns_clone"] == "0":
+        return Finding("user namespaces", "warn", f"root only ({shown}): rootless mode will not work")
+    return Finding("user namespaces", "ok", f"allowed, also rootless ({shown}); {wide}")
+
+
+def _overlayfs() -> Finding:
+    """Whether OverlayRootfs can work: the overlay filesystem (and userxattr in a user namespace, 5.11+)."""
+    filesystems = read_setting("/proc/filesystems") or ""
+    loaded = any(line.split()[-1:] == ["overlay"] for line in filesystems.splitlines())
+    modules = f"/lib/modules/{os.uname().release}/kernel/fs/overlayfs"
+    if not loaded and not (os.path.isdir(modules) and any(n.startswith("overlay.ko") for n in os.listdir(modules))):
+        return Finding("overlayfs", "warn", "no overlay filesystem in this kernel or its modules: "
+                                            "OverlayRootfs will not work")
+    release = os.uname().release.split("-")[0].split(".")
+    try:
+        userxattr = (int(release[0]), int(release[1])) >= (5, 11)
+    except (IndexError, ValueError):
+        userxattr = False
+    inside = "also in a user namespace (userxattr)" if userxattr else "not in a user namespace (needs Linux 5.11)"
+    return Finding("overlayfs", "ok", f"OverlayRootfs works, {inside}")
 
 
 def _seccomp() -> Finding:
@@ -148,11 +178,20 @@ def _cgroups() -> Finding:
             missing.append(name)
     core = ("CLONE_INTO_CGROUP, cgroup.kill, freeze on v2" if v2 is not None
             else "no v2: placement by the child, freezer v1")
-    text = f"{layout}; limits: {', '.join(homes) or 'none'}; {core}; {describe(([v2] if v2 else []) + v1)}"
+    delegated = True
+    if os.geteuid() == 0:
+        delegation = "as root, anyns makes its own anyns-* cgroups"
+    elif v2 is not None and os.access(v2.own, os.W_OK):
+        delegation = "your v2 cgroup is delegated to you: open_supervisor(cgroup_parent=...) under it"
+    else:
+        delegated = False
+        delegation = "not delegated to you: limits need root, or a delegated v2 cgroup (cgroup_parent=)"
+    text = (f"{layout}; limits: {', '.join(homes) or 'none'}; {core}; {delegation}; "
+            f"{describe(([v2] if v2 else []) + v1)}")
     if missing:
         return Finding("cgroups", "warn", f"{text}; no controller for {', '.join(missing)} "
                                           "(those limits raise UnsupportedError)")
-    return Finding("cgroups", "ok", text)
+    return Finding("cgroups", "ok" if delegated else "warn", text)
 
 
 def _masked_proc() -> Finding:
@@ -187,9 +226,33 @@ def _tools() -> Finding:
 
 
 CHECKS: tuple[Callable[[], Finding], ...] = (
-    _kernel, _features, _privileges, _pidfd, _detached_trees, _userns, _seccomp, _cgroups, _masked_proc, _limits,
-    _tools,
+    _kernel, _features, _privileges, _pidfd, _detached_trees, _userns, _overlayfs, _seccomp, _cgroups, _masked_proc,
+    _limits, _tools,
 )
+
+#: what a user can do, and the findings it depends on (any of them not "ok" says why it may not work)
+FEATURES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("containers (namespaces, pivot_root, /proc)", ("kernel", "pidfd", "container")),
+    ("hardening (seccomp filter)", ("seccomp",)),
+    ("limits, statistics, pause/resume (cgroups)", ("cgroups",)),
+    ("user namespaces (Namespaces.USER, user_ns=) and rootless mode", ("user namespaces", "/proc")),
+    ("overlay roots (OverlayRootfs)", ("overlayfs",)),
+    ("prebuilt HostRootfs roots (fast path)", ("mount API",)),
+    ("Bridge networking", ("privileges",)),
+)
+
+
+def summary(findings: list[Finding]) -> tuple[list[str], list[str]]:
+    """What will work here, and what will not (or may not) and why, from the findings."""
+    by_name = {f.name: f for f in findings}
+    works, not_here = [], []
+    for feature, needs in FEATURES:
+        problems = [by_name[n] for n in needs if n in by_name and by_name[n].level != "ok"]
+        if problems:
+            not_here.append(f"{feature}: " + "; ".join(f"{p.name}: {p.detail}" for p in problems))
+        else:
+            works.append(feature)
+    return works, not_here
 
 
 async def _live() -> Finding:
@@ -214,6 +277,12 @@ def doctor() -> int:
     width = max(len(f.name) for f in findings)
     for f in findings:
         print(f"{f.level:>4}  {f.name:<{width}}  {f.detail}")
+    works, not_here = summary(findings)
+    print("\nWill work here: " + ("; ".join(works) if works else "nothing"))
+    if not_here:
+        print("Will not work, or may not, here:")
+        for line in not_here:
+            print(f"  - {line}")
     return 1 if any(f.level == "FAIL" for f in findings) else 0
 
 

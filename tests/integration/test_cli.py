@@ -151,6 +151,28 @@ def test_doctor_finds_a_working_host() -> None:
     assert done.returncode == 0, text
     assert "FAIL" not in text
     assert any(line.split()[:2] == ["ok", "container"] for line in text.splitlines())
+    # the issue's list: features, cgroup layout and delegation, user-namespace settings, overlayfs
+    for words in ("clone3", "CLONE_INTO_CGROUP", "pidfd", "mount_setattr", "idmapped mounts", "time namespaces",
+                  "as root, anyns makes its own", "user.max_user_namespaces=", "overlayfs"):
+        assert words in text, words
+    assert any(layout in text for layout in ("unified v2", "hybrid v1 + v2", "v1 only"))
+    # and, plainly, what will work: as root here, containers, limits and bridges at least
+    works = next(line for line in text.splitlines() if line.startswith("Will work here: "))
+    for feature in ("containers", "limits", "Bridge networking"):
+        assert feature in works, works
+
+
+def test_doctor_says_what_a_rootless_user_cannot_do() -> None:
+    """doctor's summary, pure: a finding that is not ok puts the features that need it under "will not work",
+    with its reason; the others still work."""
+    from anyns._doctor import Finding, summary
+
+    findings = [Finding(name, "ok", "fine") for name in ("kernel", "pidfd", "container", "seccomp", "cgroups",
+                                                          "user namespaces", "/proc", "overlayfs", "mount API")]
+    findings.append(Finding("privileges", "warn", "uid 1000 without CAP_SYS_ADMIN"))
+    works, not_here = summary(findings)
+    assert not_here == ["Bridge networking: privileges: uid 1000 without CAP_SYS_ADMIN"]
+    assert "containers (namespaces, pivot_root, /proc)" in works
 
 
 def test_run_json_status() -> None:
