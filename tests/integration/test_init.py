@@ -184,7 +184,8 @@ async def test_stop_kills_a_program_ignoring_sigterm_after_the_grace(sup: anyns.
 
 async def test_a_python_program_sees_sigint_as_keyboardinterrupt(sup: anyns.Supervisor) -> None:
     """SIGINT forwarded to a Python program raises KeyboardInterrupt there, as on a terminal."""
-    code = ("import sys, time\nprint('ready', flush=True)\ntry:\n    time.sleep(100)\n"
+    # 'ready' is printed inside the try: SIGINT may come the moment it is read
+    code = ("import sys, time\ntry:\n    print('ready', flush=True)\n    time.sleep(100)\n"
             "except KeyboardInterrupt:\n    print('interrupted', flush=True)\n    sys.exit(3)\n")
     async with trio.open_nursery() as nursery:
         box = await nursery.start(partial(sup.run, anyns.ContainerSpec(argv=[PYTHON, "-c", code]),
