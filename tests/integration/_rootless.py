@@ -9,10 +9,13 @@ a directory that user can read.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import stat
 import subprocess
+import tempfile
+from collections.abc import Iterator
 
 import pytest
 
@@ -40,10 +43,25 @@ def readable_by_all(path: str) -> None:
     os.chmod(path, 0o755)
 
 
-def copy_package(path: str) -> None:
-    """Copy the anyns package under test into ``path`` (made readable by all with the rest of ``path``)."""
-    shutil.copytree(os.path.dirname(anyns.__file__), os.path.join(path, "anyns"),
-                    ignore=shutil.ignore_patterns("__pycache__"))
+@contextlib.contextmanager
+def staged(script: str, prefix: str) -> Iterator[str]:
+    """A directory uid 65534 can read, holding the anyns package under test and ``script`` as ``script.py``;
+    removed afterwards. What the caller adds later must be made readable too (``readable_by_all``)."""
+    path = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+    try:
+        shutil.copytree(os.path.dirname(anyns.__file__), os.path.join(path, "anyns"),
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        with open(os.path.join(path, "script.py"), "w") as f:
+            f.write(script)
+        readable_by_all(path)
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def script_env(path: str) -> dict[str, str]:
+    """The environment a staged script runs with: the staged package first, no inherited variables."""
+    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": path, "HOME": path}
 
 
 def rootless_python() -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pathlib
 from collections.abc import Callable
 
 import pytest
@@ -25,3 +26,18 @@ def busybox_and_ip(skip_or_fail: Callable[[str], None]) -> None:
     for tool in ("/usr/sbin/ip", "/usr/bin/nsenter"):
         if not os.path.exists(tool):
             skip_or_fail(f"{tool} is needed to see the veths")
+
+
+@pytest.fixture
+def make_busybox_root(skip_or_fail: Callable[[str], None]) -> Callable[[pathlib.Path], pathlib.Path]:
+    """``make(dest)``: a tiny root filesystem directory at ``dest`` (``anyns.testing.busybox_rootfs``);
+    skips (fails under ANYNS_MUST_WORK=1) without a static busybox."""
+
+    def make(dest: pathlib.Path) -> pathlib.Path:
+        try:
+            return pathlib.Path(testing.busybox_rootfs(dest))
+        except testing.BusyboxMissing as e:
+            skip_or_fail(f"{e} (Debian package busybox-static)")
+            raise
+
+    return make

@@ -56,13 +56,9 @@ def host_tmpfs(path: pathlib.Path, skip_or_fail: Callable[[str], None]) -> Itera
 
 
 @pytest.fixture
-def busybox(tmp_path: pathlib.Path, skip_or_fail: Callable[[str], None]) -> pathlib.Path:
+def busybox(tmp_path: pathlib.Path, make_busybox_root: Callable[[pathlib.Path], pathlib.Path]) -> pathlib.Path:
     """A tiny root filesystem directory (anyns.testing.busybox_rootfs)."""
-    try:
-        return pathlib.Path(anyns.testing.busybox_rootfs(tmp_path / "root"))
-    except anyns.testing.BusyboxMissing as e:
-        skip_or_fail(str(e))
-        raise
+    return make_busybox_root(tmp_path / "root")
 
 
 async def runs_fine(sup: anyns.Supervisor, **fields: object) -> None:

@@ -24,13 +24,12 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import textwrap
 from typing import Any
 
 import _rootless
 import pytest
-from _rootless import copy_package, readable_by_all
+from _rootless import script_env, staged
 
 LIMIT = 4  # network namespaces in U
 
@@ -223,21 +222,11 @@ SCRIPT = textwrap.dedent(
 def records() -> dict[str, list[dict[str, Any]]]:
     """Run the scenario once; its JSON records by step (a step may repeat)."""
     python = _rootless.rootless_python()
-    path = tempfile.mkdtemp(prefix="anyns-nslimit-", dir="/tmp")
-    try:
-        copy_package(path)
-        with open(os.path.join(path, "script.py"), "w") as f:
-            f.write(SCRIPT)
-        readable_by_all(path)
+    with staged(SCRIPT, "anyns-nslimit-") as path:
         done = subprocess.run(
             [sys.executable, "-c", LAUNCHER, str(LIMIT), python, "-P", os.path.join(path, "script.py"), str(LIMIT)],
-            capture_output=True, text=True, timeout=180, cwd=path,
-            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": path, "HOME": path},
+            capture_output=True, text=True, timeout=180, cwd=path, env=script_env(path),
         )
-    finally:
-        import shutil
-
-        shutil.rmtree(path, ignore_errors=True)
     if done.returncode == 125:
         _rootless.skip_or_fail(f"no user namespace for the test: {done.stderr.strip()}")
     assert done.returncode == 0, done.stderr[-3000:]

@@ -48,18 +48,10 @@ def state_files() -> dict[str, list[str]]:
     return {d: sorted(tree(d)) for d in STATE_DIRS if os.path.isdir(d)}
 
 
-def _busybox(dest: pathlib.Path, skip_or_fail: Callable[[str], None]) -> pathlib.Path:
-    try:
-        return pathlib.Path(anyns.testing.busybox_rootfs(dest))
-    except anyns.testing.BusyboxMissing as e:
-        skip_or_fail(str(e))
-        raise
-
-
 @pytest.fixture
-def lower(tmp_path: pathlib.Path, skip_or_fail: Callable[[str], None]) -> pathlib.Path:
+def lower(tmp_path: pathlib.Path, make_busybox_root: Callable[[pathlib.Path], pathlib.Path]) -> pathlib.Path:
     """A busybox root to use as a lower layer, with a file of an unusual mode."""
-    root = _busybox(tmp_path / "lower", skip_or_fail)
+    root = make_busybox_root(tmp_path / "lower")
     (root / "etc" / "motd").write_text("from the lower layer\n")
     (root / "etc" / "motd").chmod(0o640)
     return root

@@ -17,13 +17,9 @@ import anyns.testing
 
 
 @pytest.fixture
-def busybox_root(tmp_path: pathlib.Path, skip_or_fail: Callable[[str], None]) -> pathlib.Path:
+def busybox_root(tmp_path: pathlib.Path, make_busybox_root: Callable[[pathlib.Path], pathlib.Path]) -> pathlib.Path:
     """A minimal root filesystem (anyns.testing.busybox_rootfs) with a marker file."""
-    try:
-        root = pathlib.Path(anyns.testing.busybox_rootfs(tmp_path / "root"))
-    except anyns.testing.BusyboxMissing as e:
-        skip_or_fail(f"{e} (Debian package busybox-static)")
-        raise
+    root = make_busybox_root(tmp_path / "root")
     (root / "marker").write_text("inside the root\n")
     return root
 

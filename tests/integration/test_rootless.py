@@ -17,14 +17,13 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import textwrap
 from collections.abc import Iterator
 from typing import Any
 
 import _rootless
 import pytest
-from _rootless import NOBODY, copy_package, readable_by_all, skip_or_fail
+from _rootless import NOBODY, readable_by_all, script_env, skip_or_fail, staged
 
 import anyns
 import anyns.testing
@@ -125,11 +124,7 @@ def rootless_python() -> str:
 @pytest.fixture(scope="module")
 def rootless_records(rootless_python: str) -> dict[str, dict[str, Any]]:
     """Run the script once as nobody; its JSON records by step."""
-    path = tempfile.mkdtemp(prefix="anyns-rootless-", dir="/tmp")
-    try:
-        copy_package(path)
-        with open(os.path.join(path, "script.py"), "w") as f:
-            f.write(SCRIPT)
+    with staged(SCRIPT, "anyns-rootless-") as path:
         try:
             root = anyns.testing.busybox_rootfs(os.path.join(path, "root"))
         except anyns.testing.BusyboxMissing as e:
@@ -137,7 +132,7 @@ def rootless_records(rootless_python: str) -> dict[str, dict[str, Any]]:
             raise
         with open(os.path.join(root, "marker"), "w") as f:
             f.write("inside\n")
-        readable_by_all(path)
+        readable_by_all(root)
         for top, dirs, files in os.walk(root):  # the overlay's lower layer belongs to the unprivileged user
             for name in (*dirs, *files):
                 os.lchown(os.path.join(top, name), NOBODY, NOBODY)
@@ -145,11 +140,8 @@ def rootless_records(rootless_python: str) -> dict[str, dict[str, Any]]:
         done = subprocess.run(
             ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", rootless_python,
              "-P", os.path.join(path, "script.py"), root],
-            capture_output=True, text=True, timeout=120, cwd=path,
-            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": path, "HOME": path},
+            capture_output=True, text=True, timeout=120, cwd=path, env=script_env(path),
         )
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
     assert done.returncode == 0, done.stderr[-3000:]
     return {r["step"]: r for r in (json.loads(line) for line in done.stdout.splitlines())}
 
@@ -270,21 +262,12 @@ def test_wide_maps_through_newuidmap_when_subids_are_granted(rootless_python: st
     container gets our uid as root plus the whole range (like podman): a file can be chowned to uid 1000 inside."""
     if shutil.which("newuidmap") is None or shutil.which("newgidmap") is None:
         skip_or_fail("newuidmap/newgidmap are missing (Debian package uidmap)")
-    path = tempfile.mkdtemp(prefix="anyns-rootless-", dir="/tmp")
-    try:
-        copy_package(path)
-        with open(os.path.join(path, "script.py"), "w") as f:
-            f.write(SUBID_SCRIPT)
-        readable_by_all(path)
-        with _granted_subids(400000, 65536):
-            done = subprocess.run(
-                ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", rootless_python,
-                 "-P", os.path.join(path, "script.py")],
-                capture_output=True, text=True, timeout=120, cwd=path,
-                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": path, "HOME": path},
-            )
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
+    with staged(SUBID_SCRIPT, "anyns-rootless-") as path, _granted_subids(400000, 65536):
+        done = subprocess.run(
+            ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", rootless_python,
+             "-P", os.path.join(path, "script.py")],
+            capture_output=True, text=True, timeout=120, cwd=path, env=script_env(path),
+        )
     assert done.returncode == 0, done.stderr[-3000:]
     record = json.loads(done.stdout)
     assert record["returncode"] == 0, record["stderr"]

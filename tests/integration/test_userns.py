@@ -148,13 +148,9 @@ async def test_limits_in_a_user_namespace(sup: anyns.Supervisor) -> None:
 
 
 async def test_dir_rootfs_and_tty_in_a_user_namespace(sup: anyns.Supervisor, tmp_path: Path,
-                                                      skip_or_fail: Callable[[str], None]) -> None:
+                                                      make_busybox_root: Callable[[Path], Path]) -> None:
     """A directory root made by host root (in a 0700 tmp dir) works inside; so does a terminal from its devpts."""
-    try:
-        root = Path(anyns.testing.busybox_rootfs(tmp_path / "root"))
-    except anyns.testing.BusyboxMissing as e:
-        skip_or_fail(f"{e} (Debian package busybox-static)")
-        raise
+    root = make_busybox_root(tmp_path / "root")
     (root / "marker").write_text("inside\n")
     spec = anyns.ContainerSpec(argv=["/bin/sh", "-c", "cat /marker; id -u"], rootfs=anyns.DirRootfs(root),
                                env={"PATH": "/bin"}, namespaces=NS)
@@ -165,14 +161,10 @@ async def test_dir_rootfs_and_tty_in_a_user_namespace(sup: anyns.Supervisor, tmp
 
 
 async def test_overlay_root_in_a_user_namespace(sup: anyns.Supervisor, tmp_path: Path,
-                                                skip_or_fail: Callable[[str], None]) -> None:
+                                                make_busybox_root: Callable[[Path], Path]) -> None:
     """An OverlayRootfs in a user namespace (userxattr): the lower layer is read, new files are made in the upper
     one; lower files owned by unmapped ids (host root's) cannot be changed (EACCES: that needs idmapped layers)."""
-    try:
-        lower = Path(anyns.testing.busybox_rootfs(tmp_path / "lower"))
-    except anyns.testing.BusyboxMissing as e:
-        skip_or_fail(f"{e} (Debian package busybox-static)")
-        raise
+    lower = make_busybox_root(tmp_path / "lower")
     (lower / "marker").write_text("lower\n")
     script = "cat /marker; echo new > /created && cat /created; echo x >> /marker 2>/dev/null || echo refused"
     done = await sup.run(anyns.ContainerSpec(argv=["/bin/sh", "-c", script], rootfs=anyns.OverlayRootfs([lower]),
