@@ -201,17 +201,17 @@ def exhausted_resource(step: str, syscall: str, errno: int) -> str | None:
     return None
 
 
-#: the kernel's per-kind namespace limits, for the hint when one is reached
-_NAMESPACE_LIMITS = ("user", "mnt", "pid", "net", "ipc", "uts", "cgroup", "time")
-
-
 def _namespace_limit_hint() -> str:
     """Name the limits, with the lowest values first: the one that was reached is usually among them."""
+    try:  # the kernel's own list: user.max_<kind>_namespaces, one per kind it has
+        names = [n for n in os.listdir("/proc/sys/user") if n.startswith("max_") and n.endswith("_namespaces")]
+    except OSError:
+        names = []
     values = []
-    for kind in _NAMESPACE_LIMITS:
-        value = read_setting(f"/proc/sys/user/max_{kind}_namespaces")
+    for name in names:
+        value = read_setting(f"/proc/sys/user/{name}")
         if value is not None and value.isdigit():
-            values.append((int(value), f"user.max_{kind}_namespaces={value}"))
+            values.append((int(value), f"user.{name}={value}"))
     lowest = ", ".join(text for _, text in sorted(values)[:2])
     return (
         "a namespace limit was reached (the lowest here: " + (lowest or "unknown") + "; see "

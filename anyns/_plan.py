@@ -72,6 +72,7 @@ import attrs
 from ._security_defaults import CAPABILITIES
 from ._spec import (
     DEFAULT_PATH,
+    ENTRY_ORDER,
     KIND_FLAGS,
     RLIMITS,
     Bind,
@@ -478,8 +479,7 @@ def _security_steps(b: _Builder, spec: ContainerSpec) -> None:
 
 def sent_kinds(namespaces: Namespaces) -> tuple[str, ...]:
     """The kinds of ``namespaces`` in the order a process enters them: the user namespace first."""
-    order = ("user", "mnt", "pid", "net", "ipc", "uts", "cgroup", "time")
-    return tuple(kind for kind in order if KIND_FLAGS[kind] & namespaces)
+    return tuple(kind for kind in ENTRY_ORDER if KIND_FLAGS[kind] & namespaces)
 
 
 def compile_exec_plan(spec: ContainerSpec, container_namespaces: Namespaces, host: HostLayout | None = None,

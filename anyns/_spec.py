@@ -433,6 +433,8 @@ KIND_FLAGS: Final = {
     "mnt": Namespaces.MOUNT, "pid": Namespaces.PID, "net": Namespaces.NET, "ipc": Namespaces.IPC,
     "uts": Namespaces.UTS, "cgroup": Namespaces.CGROUP, "time": Namespaces.TIME, "user": Namespaces.USER,
 }
+#: the order a process enters namespaces in: the user namespace first, as it owns the others
+ENTRY_ORDER: Final = ("user", *(kind for kind in KIND_FLAGS if kind != "user"))
 
 
 def _check_join_source(instance: Join, attribute: attrs.Attribute[Any], value: Any) -> None:

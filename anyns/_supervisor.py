@@ -375,8 +375,9 @@ class Supervisor(metaclass=NoPublicConstructor):
             raise TypeError(f"expected an anyns.ContainerSpec, got {type(spec).__name__}")
         io = Io.of(stdin, capture_stdout, capture_stderr, stdout, stderr, check,
                    started=task_status is not trio.TASK_STATUS_IGNORED)
-        if self._capacity is None:
-            return await self._run_counted(spec, io, task_status)
+        if self._capacity is None:  # nothing to retry, so no exits to note
+            with _typed_fd_exhaustion():
+                return await self._run(spec, io, task_status)
         async with self._capacity:  # at max_containers: wait here until one is reaped
             delay = 0.005
             first_refusal = None
@@ -575,8 +576,7 @@ class Supervisor(metaclass=NoPublicConstructor):
                 return await self._launch(spec, plan_id, plan, [*targets, *owned], io, task_status, leaf=leaf,
                                           owned=owned)
         except SetupError as e:
-            if (e.step, e.errno) in (("clone", errno.ENOMEM), ("namespaces", errno.ESRCH)) or (
-                    e.errno == errno.ENOMEM and _has_exited(container)):
+            if e.errno in (errno.ENOMEM, errno.ESRCH) and _has_exited(container):
                 # clone3 (or, rootless, a fork) into a pid namespace whose init is
                 # gone; setns into a reaped process, or into a dead one's namespaces
                 error = _exited(container, e.syscall)
