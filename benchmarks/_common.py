@@ -679,3 +679,13 @@ def apply_defaults(args: argparse.Namespace, **defaults: tuple[Any, Any]) -> Non
     for name, (quick, default) in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, quick if args.quick else default)
+
+
+def save_figure(fig: Any, out: Path) -> None:
+    """Lay out a matplotlib figure, write it to ``out`` (making its directory) and free it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)

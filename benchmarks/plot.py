@@ -21,7 +21,7 @@ from typing import Any
 if not __package__:  # python benchmarks/plot.py: import this directory as the benchmarks package
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import RESULTS
+from benchmarks._common import RESULTS, save_figure
 
 DEFAULT_SPAWN = RESULTS / "spawn.json"
 DEFAULT_OUT = RESULTS / "throughput.png"
@@ -82,10 +82,7 @@ def plot(data: dict[str, Any], out: Path) -> str | None:
         f" {mc.get('time', '')[:10]}",
         fontsize=9,
     )
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
+    save_figure(fig, out)
     return None
 
 

@@ -715,10 +715,7 @@ def plot(report: Report, out: Path) -> str | None:
         f"{report.seconds:.0f} s",
         fontsize=11,
     )
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
+    common.save_figure(fig, out)
     return None
 
 
