@@ -101,37 +101,68 @@ def _cgroup_enter(rt: Rt, index: int) -> None:
     _cgroups.enter_in_child(rt[_EXTRA + index])
 
 
-def _mask_paths(rt: Rt, masked: tuple[bytes, ...], readonly: tuple[bytes, ...], devnull: bytes) -> None:
+def _mask_paths(rt: Rt, masked: tuple[bytes, ...], readonly: tuple[bytes, ...]) -> None:
     """Cover ``masked`` (/dev/null on a file, an empty read-only tmpfs on a directory); make ``readonly`` so.
 
+    Each path is resolved beneath the mount it lies in (``_open_beneath``):
+    under /proc that is the procfs this child made, which nothing else can
+    change. The /dev/null bound on masked files is the host's, checked to be
+    the null device (1:3) through the fd that is bound (runc's fix of
+    CVE-2025-31133), never a path inside a root someone else may write.
     Paths this kernel or root does not have are skipped.
     """
-    for path in masked:
+    devnull = os.open(b"/dev/null", os.O_PATH | os.O_CLOEXEC)
+    try:
+        st = os.fstat(devnull)
+        if (st.st_mode & 0o170000) != 0o020000 or st.st_rdev != os.makedev(1, 3):
+            raise OSError(errno.EINVAL, "the host's /dev/null is not the null device (1:3)", b"/dev/null")
+        source = b"/proc/self/fd/%d" % devnull
+        for path in masked:
+            _mask_one(path, source)
+        for path in readonly:
+            _readonly_one(path)
+    finally:
+        os.close(devnull)
+
+
+def _mask_one(path: bytes, devnull: bytes) -> None:
+    try:
+        target = _open_beneath(path, 0)
+    except FileNotFoundError:
+        return
+    try:
+        at = b"/proc/self/fd/%d" % target
+        if (os.fstat(target).st_mode & 0o170000) == 0o040000:
+            _libc.mount(b"tmpfs", at, b"tmpfs", C.MS_RDONLY | C.MS_NOSUID | C.MS_NODEV | C.MS_NOEXEC,
+                        b"size=4k,mode=0555")
+        else:
+            _libc.mount(devnull, at, None, C.MS_BIND, None)
+    except OSError as e:
+        e.anyns_path = path  # type: ignore[attr-defined]
+        raise
+    finally:
+        os.close(target)
+
+
+def _readonly_one(path: bytes) -> None:
+    try:
+        target = _open_beneath(path, 0)
+    except FileNotFoundError:
+        return
+    try:
+        tree = _libc.open_tree(target, b"", C.OPEN_TREE_CLONE | C.OPEN_TREE_CLOEXEC | C.AT_RECURSIVE
+                               | C.AT_EMPTY_PATH)
         try:
-            mode = os.lstat(path).st_mode
-        except FileNotFoundError:
-            continue
-        try:
-            if (mode & 0o170000) == 0o040000:
-                _libc.mount(b"tmpfs", path, b"tmpfs", C.MS_RDONLY | C.MS_NOSUID | C.MS_NODEV | C.MS_NOEXEC,
-                            b"size=4k,mode=0555")
-            else:
-                _libc.mount(devnull, path, None, C.MS_BIND, None)
-        except OSError as e:
-            e.anyns_path = path  # type: ignore[attr-defined]
-            raise
-    for path in readonly:
-        try:
-            os.lstat(path)
-        except FileNotFoundError:
-            continue
-        try:
-            _libc.mount(path, path, None, C.MS_BIND | C.MS_REC, None)
-            _libc.mount_setattr(C.AT_FDCWD, path, C.AT_RECURSIVE, C.MOUNT_ATTR_RDONLY | C.MOUNT_ATTR_NOSUID
-                                | C.MOUNT_ATTR_NODEV | C.MOUNT_ATTR_NOEXEC, 0, 0)
-        except OSError as e:
-            e.anyns_path = path  # type: ignore[attr-defined]
-            raise
+            _libc.mount_setattr(tree, b"", C.AT_EMPTY_PATH | C.AT_RECURSIVE, C.MOUNT_ATTR_RDONLY
+                                | C.MOUNT_ATTR_NOSUID | C.MOUNT_ATTR_NODEV | C.MOUNT_ATTR_NOEXEC, 0, 0)
+            _libc.move_mount(tree, b"", target, b"", C.MOVE_MOUNT_F_EMPTY_PATH | C.MOVE_MOUNT_T_EMPTY_PATH)
+        finally:
+            os.close(tree)
+    except OSError as e:
+        e.anyns_path = path  # type: ignore[attr-defined]
+        raise
+    finally:
+        os.close(target)
 
 
 def _setsid(rt: Rt) -> None:
@@ -154,9 +185,15 @@ def _no_new_privs(rt: Rt) -> None:
     _security.no_new_privs_in_child()
 
 
-def _hold_path(rt: Rt, path: bytes, fd: int) -> None:
-    """Open host ``path`` (O_PATH) at fd number ``fd`` while still host root; later steps use /proc/self/fd/FD."""
-    opened = os.open(path, os.O_PATH | os.O_CLOEXEC)
+def _hold_path(rt: Rt, path: bytes, fd: int, follow: int) -> None:
+    """Open host ``path`` (O_PATH) at fd number ``fd`` while still host root; later steps use /proc/self/fd/FD.
+
+    ``follow`` 0: no symlink on the way may be followed (``Bind(follow_symlinks=False)``).
+    """
+    if follow:
+        opened = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    else:
+        opened = _libc.openat2(C.AT_FDCWD, path, os.O_PATH | os.O_CLOEXEC, C.RESOLVE_NO_SYMLINKS)
     if opened != fd:
         busy = opened > fd  # open() takes the lowest free number: fd is taken
         if not busy:
@@ -180,10 +217,22 @@ def _set_user(rt: Rt, uid: int, gid: int, groups: tuple[int, ...]) -> None:
     _userns.set_user_in_child(uid, gid, groups)
 
 
-def _bind_device(rt: Rt, source: bytes, target: bytes) -> None:
-    """A device node in a user namespace: an empty file with the host's node bound on it."""
-    os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666))
-    _libc.mount(source, target, None, C.MS_BIND, None)
+def _bind_device(rt: Rt, path: bytes, source: bytes) -> None:
+    """A device node: an empty file in the new /dev with the host's node bound on it (bubblewrap's ``--dev``).
+
+    The /dev tmpfs itself is nodev: a node the container makes with
+    CAP_MKNOD opens nothing. The bound nodes keep the host /dev's flags.
+    """
+    parent, name = _parent_beneath(path)
+    try:
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666,
+                     dir_fd=parent)
+    finally:
+        os.close(parent)
+    try:
+        _libc.mount(source, b"/proc/self/fd/%d" % fd, None, C.MS_BIND, None)
+    finally:
+        os.close(fd)
 
 
 def _setdomainname(rt: Rt, name: bytes) -> None:
@@ -196,12 +245,34 @@ def _mount(rt: Rt, source: bytes | None, target: bytes, fstype: bytes | None, fl
 
 
 def _attach_skeleton(rt: Rt, skeleton: list[int], newroot: bytes) -> None:
-    """Attach a private copy of the zygote's prebuilt root tree at ``newroot``."""
+    """Attach a private copy of the zygote's prebuilt root tree at ``newroot``; it is the root anchor."""
     tree = _libc.open_tree(
         skeleton[0], b"", C.OPEN_TREE_CLONE | C.OPEN_TREE_CLOEXEC | C.AT_RECURSIVE | C.AT_EMPTY_PATH
     )
-    _libc.move_mount(tree, b"", C.AT_FDCWD, newroot, C.MOVE_MOUNT_F_EMPTY_PATH)
-    os.close(tree)
+    try:
+        _libc.move_mount(tree, b"", C.AT_FDCWD, newroot, C.MOVE_MOUNT_F_EMPTY_PATH)
+    except BaseException:
+        os.close(tree)
+        raise
+    _ANCHORS[b"/"] = tree
+
+
+def _bind_root(rt: Rt, source: bytes, newroot: bytes, attr_set: int) -> None:
+    """A directory as the root: a detached recursive copy, made nodev (and read-only) before it is
+    attached at ``newroot``; the copy's fd is the root anchor."""
+    tree = _open_source(source, C.OPEN_TREE_CLONE | C.OPEN_TREE_CLOEXEC | C.AT_RECURSIVE, 1)
+    try:
+        _libc.mount_setattr(tree, b"", C.AT_EMPTY_PATH | C.AT_RECURSIVE, attr_set, 0, 0)
+        _libc.move_mount(tree, b"", C.AT_FDCWD, newroot, C.MOVE_MOUNT_F_EMPTY_PATH)
+    except BaseException:
+        os.close(tree)
+        raise
+    _ANCHORS[b"/"] = tree
+
+
+def _root_anchor(rt: Rt, path: bytes) -> None:
+    """The root is in place at ``path`` (a directory of our own, an overlay's mount point): anchor it."""
+    _ANCHORS[b"/"] = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
 
 
 def _mkpath(rt: Rt, root: bytes, rel: bytes, as_file: int) -> None:
@@ -240,6 +311,19 @@ def _stat(rt: Rt, path: bytes) -> None:
 #: detached copies of shared bind sources, made before the tree turns slave
 #: (each child is its own process: this list is private to it)
 _TREES: list[int] = []
+#: container path -> O_PATH fd of a mount this child made there (``/``, ``/dev``,
+#: ``/proc``). Every later step below such a path is resolved from the fd, never
+#: from a path string: a second container that can write a ``DirRootfs``
+#: directory may swap any directory in it for a symlink between two steps
+#: (runc's CVE-2019-16884, CVE-2019-19921, CVE-2025-31133), and the fd still
+#: names the mount this child made.
+_ANCHORS: dict[bytes, int] = {}
+#: no symlink (nor /proc magic link) followed, nothing above the anchor reached
+_BENEATH = C.RESOLVE_BENEATH | C.RESOLVE_NO_SYMLINKS | C.RESOLVE_NO_MAGICLINKS
+#: openat2 answers EAGAIN when a rename raced the lookup: how often to look again
+_RETRIES = 16
+#: ``create`` of ``_open_beneath``: make a missing directory, or a missing file
+_CREATE_DIR, _CREATE_FILE = 1, 2
 
 
 def _open_tree(rt: Rt, source: bytes, recursive: int) -> None:
@@ -248,65 +332,172 @@ def _open_tree(rt: Rt, source: bytes, recursive: int) -> None:
     _TREES.append(_libc.open_tree(C.AT_FDCWD, source, flags))
 
 
-def _attach_tree(rt: Rt, index: int, source: bytes, root: bytes, rel: bytes) -> None:
-    """Attach the kept copy ``index`` on ``root/rel``, resolved like ``_mount_beneath``."""
-    fd = _open_beneath(root, rel, os.path.isdir(source))
-    try:
-        _libc.move_mount(_TREES[index], b"", fd, b"", C.MOVE_MOUNT_F_EMPTY_PATH | C.MOVE_MOUNT_T_EMPTY_PATH)
-    finally:
-        os.close(fd)
+def _anchor_of(path: bytes) -> tuple[int, bytes]:
+    """The anchor fd container path ``path`` lies under (the longest such path) and the rest of ``path``."""
+    best = None
+    for key in _ANCHORS:
+        if (path == key or path.startswith(key.rstrip(b"/") + b"/")) and (best is None or len(key) > len(best)):
+            best = key
+    if best is None:
+        raise OSError(errno.EINVAL, "no mount of this container to resolve the path beneath", path)
+    return _ANCHORS[best], path[len(best):].strip(b"/") or b"."
 
 
-def _open_beneath(root: bytes, rel: bytes, is_dir: bool) -> int:
-    """Create ``root/rel`` if missing (a directory, or a file if not ``is_dir``) and open it O_PATH.
+def _open_beneath(path: bytes, create: int) -> int:
+    """An O_PATH fd of container path ``path``, resolved beneath its anchor without following a symlink.
 
-    No symlink is followed on the way: the result lies inside ``root``. The
-    mount point usually exists already (the zygote's root skeleton has it), so
-    it is opened first and only made when missing.
+    ``create``: 0, or make it when missing: ``_CREATE_DIR`` a directory,
+    ``_CREATE_FILE`` a file (missing parents are directories), never through
+    a symlink (``_skeleton.make_path_beneath``).
     """
-    try:
-        return _walk_beneath(root, rel)
-    except FileNotFoundError:
-        _mkpath((), root, rel, not is_dir)
-        return _walk_beneath(root, rel)
-
-
-def _walk_beneath(root: bytes, rel: bytes) -> int:
-    """Open ``root/rel`` O_PATH one component at a time, never following a symlink."""
-    fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        for part in rel.split(b"/"):
-            if part:
-                next_fd = os.open(part, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
-                os.close(fd)
-                fd = next_fd
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def _mount_beneath(rt: Rt, source: bytes, root: bytes, rel: bytes, fstype: bytes | None, flags: int,
-                   data: bytes | None, create: int) -> None:
-    """Mount on ``root/rel`` without following any symlink on the way, creating it if missing.
-
-    ``create``: 1 a directory, 3 a directory or a file like ``source``. The
-    mount goes onto ``/proc/self/fd/N`` of the opened mount point, so no link
-    can redirect it onto the host (runc CVE-2021-30465).
-    """
-    is_dir = True
-    if create == 3:
+    anchor, rel = _anchor_of(path)
+    for _ in range(_RETRIES):
         try:
-            is_dir = (os.stat(source).st_mode & 0o170000) == 0o040000
+            return _libc.openat2(anchor, rel, os.O_PATH | os.O_CLOEXEC, _BENEATH)
         except OSError as e:
-            e.anyns_path = source  # type: ignore[attr-defined]  # the error names the source
-            e.syscall = "stat"  # type: ignore[attr-defined]
-            raise
-    fd = _open_beneath(root, rel, is_dir)
+            if e.errno == errno.EAGAIN:
+                continue
+            if e.errno != errno.ENOENT or not create:
+                raise
+        _skeleton.make_path_beneath(anchor, rel, create == _CREATE_FILE)
+        create = 0
+    raise OSError(errno.EAGAIN, "the path kept changing while it was resolved", path)
+
+
+def _parent_beneath(path: bytes) -> tuple[int, bytes]:
+    """An fd of the directory holding container path ``path`` (resolved beneath) and its last name."""
+    parent, _, name = path.rpartition(b"/")
+    if not name or name in (b".", b".."):
+        raise OSError(errno.EINVAL, "not a name in a directory", path)
+    return _open_beneath(parent or b"/", 0), name
+
+
+def _open_source(source: bytes, flags: int, follow: int) -> int:
+    """A detached copy (open_tree) of host path ``source``; ``follow`` 0: no symlink on the way."""
     try:
-        _libc.mount(source, b"/proc/self/fd/%d" % fd, fstype, flags, data)
+        if follow:
+            return _libc.open_tree(C.AT_FDCWD, source, flags)
+        fd = _libc.openat2(C.AT_FDCWD, source, os.O_PATH | os.O_CLOEXEC, C.RESOLVE_NO_SYMLINKS)
+        try:
+            return _libc.open_tree(fd, b"", flags | C.AT_EMPTY_PATH)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        e.anyns_path = source  # type: ignore[attr-defined]  # the error names the source
+        raise
+
+
+def _attach(tree: int, path: bytes, attr_set: int, propagation: int, recursive: int) -> None:
+    """Attach detached mount ``tree`` on container path ``path`` (made like the tree's root if missing).
+
+    Its attributes are set while it is still detached; its propagation once
+    it is attached, through the same fd. Closes ``tree``.
+    """
+    try:
+        at_rec = C.AT_RECURSIVE if recursive else 0
+        if attr_set:
+            _libc.mount_setattr(tree, b"", C.AT_EMPTY_PATH | at_rec, attr_set, 0, 0)
+        is_dir = (os.fstat(tree).st_mode & 0o170000) == 0o040000
+        target = _open_beneath(path, _CREATE_DIR if is_dir else _CREATE_FILE)
+        try:
+            _libc.move_mount(tree, b"", target, b"", C.MOVE_MOUNT_F_EMPTY_PATH | C.MOVE_MOUNT_T_EMPTY_PATH)
+        finally:
+            os.close(target)
+        if propagation:
+            _libc.mount_setattr(tree, b"", C.AT_EMPTY_PATH | at_rec, 0, 0, propagation)
     finally:
-        os.close(fd)
+        os.close(tree)
+
+
+def _attach_tree(rt: Rt, index: int, path: bytes, recursive: int, attr_set: int, propagation: int) -> None:
+    """Attach the kept copy ``index`` (a shared or slave bind) on container path ``path``."""
+    _attach(_TREES[index], path, attr_set, propagation, recursive)
+
+
+def _bind_at(rt: Rt, path: bytes, source: bytes, recursive: int, attr_set: int, propagation: int,
+             follow: int) -> None:
+    """Bind host ``source`` on container path ``path``: a detached copy, its attributes set, then attached.
+
+    The mount point is resolved beneath the container's mounts without
+    following a symlink, and the copy moved onto that fd: no link can send a
+    mount onto the host (runc CVE-2021-30465).
+    """
+    flags = C.OPEN_TREE_CLONE | C.OPEN_TREE_CLOEXEC | (C.AT_RECURSIVE if recursive else 0)
+    _attach(_open_source(source, flags, follow), path, attr_set, propagation, recursive)
+
+
+def _mount_at(rt: Rt, path: bytes, source: bytes, fstype: bytes | None, flags: int, data: bytes | None) -> None:
+    """mount(2) on container path ``path``, a directory resolved (and made) beneath, through its fd."""
+    target = _open_beneath(path, _CREATE_DIR)
+    try:
+        _libc.mount(source, b"/proc/self/fd/%d" % target, fstype, flags, data)
+    finally:
+        os.close(target)
+
+
+def _fsmount_at(rt: Rt, path: bytes, fstype: bytes, options: tuple[bytes, ...], attr_flags: int) -> None:
+    """A new ``fstype`` (fsopen, fsconfig, fsmount) attached on container path ``path``, which it anchors.
+
+    Made detached, so the fd names this mount whatever happens to the path
+    later; what goes below it (device nodes, masks) is resolved from it.
+    """
+    fs = _libc.fsopen(fstype, C.FSOPEN_CLOEXEC)
+    try:
+        for option in options:
+            key, _, value = option.partition(b"=")
+            _libc.fsconfig(fs, C.FSCONFIG_SET_STRING, key, value, 0)
+        _libc.fsconfig(fs, C.FSCONFIG_CMD_CREATE, None, None, 0)
+        mnt = _libc.fsmount(fs, C.FSMOUNT_CLOEXEC, attr_flags)
+    finally:
+        os.close(fs)
+    try:
+        target = _open_beneath(path, _CREATE_DIR)
+        try:
+            _libc.move_mount(mnt, b"", target, b"", C.MOVE_MOUNT_F_EMPTY_PATH | C.MOVE_MOUNT_T_EMPTY_PATH)
+        finally:
+            os.close(target)
+    except BaseException:
+        os.close(mnt)
+        raise
+    _ANCHORS[path] = mnt
+
+
+def _bind_anchor(rt: Rt, path: bytes, source: bytes) -> None:
+    """A recursive bind of host ``source`` on container path ``path``, which it anchors (the host's /proc)."""
+    tree = _open_source(source, C.OPEN_TREE_CLONE | C.OPEN_TREE_CLOEXEC | C.AT_RECURSIVE, 1)
+    try:
+        target = _open_beneath(path, _CREATE_DIR)
+        try:
+            _libc.move_mount(tree, b"", target, b"", C.MOVE_MOUNT_F_EMPTY_PATH | C.MOVE_MOUNT_T_EMPTY_PATH)
+        finally:
+            os.close(target)
+    except BaseException:
+        os.close(tree)
+        raise
+    _ANCHORS[path] = tree
+
+
+def _mkdir_at(rt: Rt, path: bytes) -> None:
+    """mkdir container path ``path`` in a directory resolved beneath."""
+    parent, name = _parent_beneath(path)
+    try:
+        os.mkdir(name, 0o755, dir_fd=parent)
+    finally:
+        os.close(parent)
+
+
+def _symlink_at(rt: Rt, path: bytes, target: bytes) -> None:
+    """symlink container path ``path`` -> ``target`` in a directory resolved beneath."""
+    parent, name = _parent_beneath(path)
+    try:
+        os.symlink(target, name, dir_fd=parent)
+    finally:
+        os.close(parent)
+
+
+def _chdir_root(rt: Rt) -> None:
+    """Into the new root, through its anchor (pivot_root(".", ".") comes next)."""
+    os.fchdir(_ANCHORS[b"/"])
 
 
 def _mount_setattr(rt: Rt, path: bytes, attr_set: int) -> None:
@@ -315,21 +506,6 @@ def _mount_setattr(rt: Rt, path: bytes, attr_set: int) -> None:
 
 def _mkdir(rt: Rt, path: bytes) -> None:
     os.mkdir(path, 0o755)
-
-
-def _ensure_dir(rt: Rt, path: bytes) -> None:
-    """A mount point in a foreign root: must be a real directory, never a symlink out."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        os.mkdir(path, 0o755)
-        return
-    if (st.st_mode & 0o170000) != 0o040000:
-        raise OSError(errno.ENOTDIR, "mount point is not a directory (or is a symlink)", path)
-
-
-def _mknod(rt: Rt, path: bytes, mode: int, major: int, minor: int) -> None:
-    os.mknod(path, 0o020000 | mode, os.makedev(major, minor))
 
 
 def _symlink(rt: Rt, target: bytes, path: bytes) -> None:
@@ -464,15 +640,21 @@ OPS: dict[str, Callable[..., None]] = {
     "attach_skeleton": _attach_skeleton,
     "mkpath": _mkpath,
     "mountpoint": _mountpoint,
-    "mount_beneath": _mount_beneath,
+    "bind_root": _bind_root,
+    "root_anchor": _root_anchor,
+    "bind_at": _bind_at,
+    "mount_at": _mount_at,
+    "fsmount_at": _fsmount_at,
+    "bind_anchor": _bind_anchor,
+    "mkdir_at": _mkdir_at,
+    "symlink_at": _symlink_at,
+    "chdir_root": _chdir_root,
     "makedirs": _makedirs,
     "stat": _stat,
     "open_tree": _open_tree,
     "attach_tree": _attach_tree,
     "mount_setattr": _mount_setattr,
     "mkdir": _mkdir,
-    "ensure_dir": _ensure_dir,
-    "mknod": _mknod,
     "symlink": _symlink,
     "chdir": _chdir,
     "pivot_root": _pivot_root,
@@ -495,10 +677,17 @@ OPS: dict[str, Callable[..., None]] = {
 #: the syscall an error names when an operation fails in a stdlib call
 #: (``_libc`` wrappers name theirs on the exception)
 _SYSCALL_OF = {
-    "ensure_dir": "mkdir",
     "mkpath": "mkdir",
     "mountpoint": "mkdir",
-    "mount_beneath": "mount",
+    "mount_at": "mount",
+    "bind_at": "open_tree",
+    "bind_root": "open_tree",
+    "bind_anchor": "open_tree",
+    "fsmount_at": "fsmount",
+    "mkdir_at": "mkdir",
+    "symlink_at": "symlink",
+    "chdir_root": "fchdir",
+    "root_anchor": "open",
     "attach_tree": "move_mount",
     "makedirs": "mkdir",
     "attach_skeleton": "move_mount",
@@ -543,8 +732,6 @@ _WARM_UP_CALLS = (
     ("mount_setattr", (_NOWHERE, 0)),
     ("mkpath", (b"/proc/self", b"anyns-warm-up/x", 1)),
     ("mkdir", (_NOWHERE,)),
-    ("ensure_dir", (_NOWHERE,)),
-    ("mknod", (_NOWHERE, 0o666, 1, 3)),
     ("symlink", (b"x", _NOWHERE)),
     ("chdir", (_NOWHERE,)),
     ("pivot_root", (_NOWHERE, _NOWHERE)),
@@ -553,8 +740,9 @@ _WARM_UP_CALLS = (
     ("interface_up", (b"anyns-none",)),
     ("attach_skeleton", ([-1], _NOWHERE)),  # EBADF
     ("execve", ((_NOWHERE,), (b"x",), {b"A": b"B"})),
-    ("mask_paths", ((_NOWHERE,), (_NOWHERE,), _NOWHERE)),  # nothing there: skipped
-    ("bind_device", (_NOWHERE, _NOWHERE)),  # ENOENT
+    ("mask_paths", ((_NOWHERE,), (_NOWHERE,))),  # no anchors in the zygote: EINVAL
+    ("bind_device", (_NOWHERE, _NOWHERE)),  # EINVAL
+    ("bind_at", (_NOWHERE, _NOWHERE, 1, 0, 0, 1)),  # ENOENT
     ("drop_bounding", ((64,),)),  # no such capability: nothing dropped
     ("setsid", ()),  # EPERM: the zygote leads its process group
 )

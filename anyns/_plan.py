@@ -17,7 +17,8 @@ A plan is a tuple of operations ``(step, call, path, args)``:
 
 The order (each line a step)::
 
-    cgroup       with ``limits``: move into the leaf's v1 cgroups (the
+    cgroup       with a cgroup (``limits``, or no pid namespace of its own:
+                 ``needs_cgroup``): move into the leaf's v1 cgroups (the
                  v2 one it was born in: clone3 CLONE_INTO_CGROUP), first, so
                  that all of its setup is accounted and a cgroup namespace is
                  rooted at the leaf
@@ -39,14 +40,22 @@ The order (each line a step)::
     rootfs       the new root: a copy of the zygote's prebuilt HostRootfs skeleton
                  (``_skeleton``: tmpfs, read-only host binds, mount points), a
                  bind of a directory, or an overlay with its own upper layer
-    dev          /dev: tmpfs, device nodes (bound from the host's in a user
-                 namespace, where mknod is refused), a devpts instance, /dev/shm
+    dev          /dev: a nodev tmpfs with the host's standard nodes bound on
+                 empty files (bubblewrap's --dev: a node made inside opens
+                 nothing), a devpts instance, /dev/shm
     tmp          /tmp: tmpfs
     proc         /proc for the new pid namespace (before the pivot: in a user
                  namespace proc can only be mounted while the host's is visible);
                  then the masked and read-only paths
-    mounts       the spec's mounts, in order, each resolved beneath the new
-                 root without following symlinks
+    mounts       the spec's mounts, in order: each a detached copy (open_tree)
+                 whose attributes are set before it is attached
+
+                 From the root on, every step names a container path that the
+                 child resolves beneath a mount it made (the root, /dev, /proc:
+                 ``_child._ANCHORS``) with openat2 and no symlink followed, and
+                 mounts onto the fd it got: a path string inside a root that
+                 another container may write is never resolved twice (runc's
+                 CVE-2019-16884, CVE-2019-19921, CVE-2025-31133)
     pivot_root   pivot_root(".", ".") and detach the old root (runc, LXC)
     hostname     sethostname, setdomainname
     network      lo up; with a Bridge, wait until the supervisor has wired eth0
@@ -85,6 +94,7 @@ from ._spec import (
     Tmpfs,
     effective_namespaces,
     joined_namespaces,
+    needs_cgroup,
     user_namespace_map,
 )
 from ._sys._consts import (
@@ -93,14 +103,13 @@ from ._sys._consts import (
     MOUNT_ATTR_NOEXEC,
     MOUNT_ATTR_NOSUID,
     MOUNT_ATTR_RDONLY,
-    MS_BIND,
+    MOUNT_ATTR_STRICTATIME,
     MS_NODEV,
     MS_NOEXEC,
     MS_NOSUID,
     MS_PRIVATE,
     MS_REC,
     MS_SLAVE,
-    MS_STRICTATIME,
     MS_UNBINDABLE,
 )
 
@@ -124,9 +133,6 @@ _DEFAULT_UMASK: Final = 0o022
 #: close-on-exec, above what the child has open (a few dozen), and far below
 #: any RLIMIT_NOFILE soft limit a container would run with (1024 at least)
 _HELD_FDS: Final = 100
-#: what ``mount_beneath`` creates when the mount point is missing (see ``_child``)
-_CREATE_DIR: Final = 1
-_CREATE_LIKE_SOURCE: Final = 3
 
 
 @attrs.frozen
@@ -142,7 +148,7 @@ class HostLayout:
         top_dirs: those of them that are real directories (bound read-only).
         etc_files: /etc entries that are files on the host.
         etc_dirs: /etc entries that are directories on the host.
-        cgroup_v2: whether a container with limits is born in a v2 leaf.
+        cgroup_v2: whether a container with a cgroup is born in a v2 leaf.
         cgroup_v1: the v1 hierarchies (by controllers) whose leaf such a
             container enters itself, in the order of the fds a spawn carries.
         rootless: the supervisor is an unprivileged user: it can write a
@@ -225,19 +231,12 @@ class _Builder:
         """How the child reaches host path ``path``: itself, or the fd it opened before leaving host root."""
         return self.held.get(path, path)
 
-    def at(self, path: str) -> str:
-        """The host-visible path of container path ``path`` before the pivot."""
-        return self.root + path if path != "/" else self.root
-
     def op(self, step: str, call: str, path: str | None, *args: Arg) -> None:
         self.ops.append((step, call, path, args))
 
-    def mount(self, step: str, source: str | None, path: str, fstype: str | None, flags: int,
-              data: str | None = None) -> None:
-        self.op(step, "mount", path, source, self.at(path), fstype, flags, data)
-
-    def setattr(self, step: str, path: str, attr_set: int) -> None:
-        self.op(step, "mount_setattr", path, self.at(path), attr_set)
+    def beneath(self, step: str, call: str, path: str, *args: Arg) -> None:
+        """An operation on container path ``path``, which the child resolves beneath the mounts it made."""
+        self.op(step, call, path, path, *args)
 
 
 def compile_plan(spec: ContainerSpec, host: HostLayout) -> Plan:
@@ -317,52 +316,47 @@ def compile_plan(spec: ContainerSpec, host: HostLayout) -> Plan:
         _overlay_rootfs(b, spec.rootfs, in_userns=id_map is not None)
     else:
         _dir_rootfs(b, spec.rootfs)
-    # A directory root must have the mount points already, as real directories.
-    ensure = skeleton is None
-
-    if ensure:
-        b.op("dev", "ensure_dir", "/dev", b.at("/dev"))
-    b.mount("dev", "tmpfs", "/dev", "tmpfs", MS_NOSUID | MS_STRICTATIME, "mode=0755,size=64k")
-    for name, major, minor in DEVICES:
-        if id_map is None:
-            b.op("dev", "mknod", f"/dev/{name}", b.at(f"/dev/{name}"), 0o666, major, minor)
-        else:  # mknod needs CAP_MKNOD in the host's user namespace: bind the host's node
-            b.op("dev", "bind_device", f"/dev/{name}", f"/dev/{name}", b.at(f"/dev/{name}"))
+    # From here on every path is a container path, resolved beneath a mount
+    # this child made (the root, then /dev and /proc), never re-resolved from a
+    # string: another container that can write a directory root may swap any
+    # of its directories for a symlink between two steps.
+    # /dev: a nodev tmpfs (a node made with CAP_MKNOD opens nothing) with the
+    # host's standard nodes bound on empty files, as bubblewrap's --dev.
+    b.beneath("dev", "fsmount_at", "/dev", "tmpfs", ("mode=0755", "size=64k"),
+              MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_STRICTATIME)
+    for name, _major, _minor in DEVICES:
+        b.beneath("dev", "bind_device", f"/dev/{name}", f"/dev/{name}")
     for name in ("pts", "shm"):
-        b.op("dev", "mkdir", f"/dev/{name}", b.at(f"/dev/{name}"))
+        b.beneath("dev", "mkdir_at", f"/dev/{name}")
     # gid 5 (tty) owns the terminals, if the user namespace (if any) maps it
     tty_gid = ",gid=5" if id_map is None or id_map.maps_gid(5) else ""
-    b.mount("dev", "devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC,
-            "newinstance,ptmxmode=0666,mode=0620" + tty_gid)
-    b.mount("dev", "shm", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+    b.beneath("dev", "mount_at", "/dev/pts", "devpts", "devpts", MS_NOSUID | MS_NOEXEC,
+              "newinstance,ptmxmode=0666,mode=0620" + tty_gid)
+    b.beneath("dev", "mount_at", "/dev/shm", "shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
     # No /dev/mqueue mount: mq_open(3) works without it, and a mount costs
     # twice (made here, torn down at exit) on every container.
     for target, name in _DEV_LINKS:
-        b.op("dev", "symlink", f"/dev/{name}", target, b.at(f"/dev/{name}"))
+        b.beneath("dev", "symlink_at", f"/dev/{name}", target)
 
-    if ensure:
-        b.op("tmp", "ensure_dir", "/tmp", b.at("/tmp"))
-    b.mount("tmp", "tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+    b.beneath("tmp", "mount_at", "/tmp", "tmpfs", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
 
-    if ensure:
-        b.op("proc", "ensure_dir", "/proc", b.at("/proc"))
     if id_map is not None and Namespaces.PID not in ns:
         # A user namespace may mount proc only for a pid namespace it owns:
         # without one of its own, the container sees the host's processes anyway.
-        b.mount("proc", "/proc", "/proc", None, MS_BIND | MS_REC)
+        b.beneath("proc", "bind_anchor", "/proc", "/proc")
     else:
-        b.mount("proc", "proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        b.beneath("proc", "fsmount_at", "/proc", "proc", (),
+                  MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC)
     if spec.masked_paths or spec.readonly_paths:
         # runc's masked and read-only paths, on the new /proc (and /sys, where there is one)
-        b.op("proc", "mask_paths", None, tuple(b.at(p) for p in spec.masked_paths),
-             tuple(b.at(p) for p in spec.readonly_paths), b.at("/dev/null"))
+        b.op("proc", "mask_paths", None, spec.masked_paths, spec.readonly_paths)
 
     for each in spec.mounts:
         _user_mount(b, each, shared.index(each) if each in shared else -1)
 
     # pivot_root(".", "."): the old root ends up stacked under the new one and
     # is detached lazily; no put_old directory is needed (runc, LXC, pivot_root(2)).
-    b.op("pivot_root", "chdir", "/", b.root)
+    b.op("pivot_root", "chdir_root", "/")
     b.op("pivot_root", "pivot_root", "/", ".", ".")
     b.op("pivot_root", "umount2", "/", ".", MNT_DETACH)
 
@@ -372,14 +366,15 @@ def compile_plan(spec: ContainerSpec, host: HostLayout) -> Plan:
                 dumpable=id_map is not None and host.rootless, sent_namespaces=sent)
 
 
-def _cgroup_steps(b: _Builder, spec: ContainerSpec, host: HostLayout, extra_kinds: tuple[str, ...]
+def _cgroup_steps(b: _Builder, spec: ContainerSpec | None, host: HostLayout, extra_kinds: tuple[str, ...]
                   ) -> tuple[tuple[str, ...], int]:
-    """With ``limits``: the leaf's fds (v2 directory, then each v1 cgroup.procs) and the v1 moves.
+    """With a cgroup (``needs_cgroup``): the leaf's fds (v2 directory, then each v1 cgroup.procs) and the v1 moves.
 
     Returns the extra kinds with the cgroup fds added, and the index of the v2
-    directory (-1 if none).
+    directory (-1 if none). ``spec`` None: the process has a cgroup (an exec
+    joining its container's).
     """
-    if spec.limits is None:
+    if spec is not None and not needs_cgroup(spec, host.rootless):
         return extra_kinds, -1
     cgroup = -1
     if host.cgroup_v2:
@@ -401,6 +396,7 @@ def _become_root(b: _Builder, spec: ContainerSpec) -> None:
     could not be bound into ours.
     """
     sources = [("mounts", m.source) for m in spec.mounts if isinstance(m, Bind)]
+    no_follow = {m.source for m in spec.mounts if isinstance(m, Bind) and not m.follow_symlinks}
     if isinstance(spec.rootfs, DirRootfs):
         sources.insert(0, ("rootfs", spec.rootfs.path))
     elif isinstance(spec.rootfs, OverlayRootfs):
@@ -409,7 +405,7 @@ def _become_root(b: _Builder, spec: ContainerSpec) -> None:
         if source in b.held:
             continue
         fd = _HELD_FDS + len(b.held)
-        b.op(step, "hold_path", source, source, fd)
+        b.op(step, "hold_path", source, source, fd, int(source not in no_follow))
         b.held[source] = f"/proc/self/fd/{fd}"
     b.op("userns", "become_root", None)
 
@@ -489,8 +485,8 @@ def compile_exec_plan(spec: ContainerSpec, container_namespaces: Namespaces, hos
     The zygote enters all of ``container_namespaces`` through the container's
     pidfd (the first extra fd), so the clone is born in its pid namespace with
     its root; the child then only sets up the process and execs ``spec.argv``
-    with ``spec.env`` in ``spec.cwd``. With ``limits`` it joins the
-    container's cgroup: born in its v2 leaf, it enters the v1 ones itself,
+    with ``spec.env`` in ``spec.cwd``. With ``host`` (given when the
+    container has a cgroup) it joins the container's cgroup: born in its v2 leaf, it enters the v1 ones itself,
     and a cgroup namespace is entered by the child after that (entered
     first, it would hide the leaf the clone goes into). With ``userns`` the
     child enters the container's user namespace itself (the zygote could
@@ -519,8 +515,8 @@ def compile_exec_plan(spec: ContainerSpec, container_namespaces: Namespaces, hos
     flags = int(container_namespaces)
     cgroup = -1
     extra_kinds = ("container",)
-    if spec.limits is not None and host is not None:
-        extra_kinds, cgroup = _cgroup_steps(b, spec, host, extra_kinds)
+    if host is not None:  # the container has a cgroup: the process joins it
+        extra_kinds, cgroup = _cgroup_steps(b, None, host, extra_kinds)
         if flags & Namespaces.CGROUP:
             flags &= ~int(Namespaces.CGROUP)
             b.op("namespaces", "setns", "cgroup", 0, int(Namespaces.CGROUP))
@@ -583,47 +579,42 @@ def _overlay_rootfs(b: _Builder, rootfs: OverlayRootfs, in_userns: bool = False)
         b.op("rootfs", "stat", layer, b.host(layer))
     lower = ":".join(b.host(layer) for layer in rootfs.lower)
     data = f"lowerdir={lower},upperdir={upper},workdir={work}" + (",userxattr" if in_userns else "")
-    b.op("rootfs", "mount", rootfs.lower[0], "overlay", f"{scratch}/root", "overlay", 0, data)
+    # nodev: the writable layer is the container's, and a node made there opens nothing
+    b.op("rootfs", "mount", rootfs.lower[0], "overlay", f"{scratch}/root", "overlay", MS_NODEV, data)
     b.root = f"{scratch}/root"
+    b.op("rootfs", "root_anchor", "/", b.root)
 
 
 def _dir_rootfs(b: _Builder, rootfs: DirRootfs) -> None:
-    # The host path is what goes wrong here, so errors name it.
-    b.op("rootfs", "mount", rootfs.path, b.host(rootfs.path), b.root, None, MS_BIND | MS_REC, None)
-    if rootfs.readonly:
-        b.op("rootfs", "mount_setattr", rootfs.path, b.root, _RO_ATTRS)
+    # The host path is what goes wrong here, so errors name it. nodev whether
+    # read-only or not: a node the container makes in it opens nothing.
+    attrs_ = _RO_ATTRS if rootfs.readonly else MOUNT_ATTR_NODEV
+    b.op("rootfs", "bind_root", rootfs.path, b.host(rootfs.path), b.root, attrs_)
 
 
 def _user_mount(b: _Builder, mount: Bind | Tmpfs, tree: int) -> None:
     """One of the spec's mounts; ``tree`` indexes the clone of a shared bind (else -1)."""
-    rel = mount.target.lstrip("/")
     if isinstance(mount, Tmpfs):
         data = f"mode={mount.mode:o}" + (f",size={mount.size}" if mount.size else "")
-        b.op("mounts", "mount_beneath", mount.target, "tmpfs", b.root, rel, "tmpfs", MS_NOSUID | MS_NODEV,
-             data, _CREATE_DIR)
+        b.beneath("mounts", "mount_at", mount.target, "tmpfs", "tmpfs", MS_NOSUID | MS_NODEV, data)
         return
-    if tree >= 0:
-        b.op("mounts", "attach_tree", mount.target, tree, b.host(mount.source), b.root, rel)
-    else:
-        flags = MS_BIND | (MS_REC if mount.recursive else 0)
-        b.op("mounts", "mount_beneath", mount.target, b.host(mount.source), b.root, rel, None, flags, None,
-             _CREATE_LIKE_SOURCE)
     attr = (
         (MOUNT_ATTR_RDONLY if mount.readonly else 0)
         | (MOUNT_ATTR_NOSUID if mount.nosuid else 0)
         | (MOUNT_ATTR_NODEV if mount.nodev else 0)
         | (MOUNT_ATTR_NOEXEC if mount.noexec else 0)
     )
-    if attr:
-        b.setattr("mounts", mount.target, attr)
     propagation = mount.propagation
     if propagation is None and mount.readonly:
         # A slave would receive mounts the host makes under the source later,
         # and those arrive read-write: a read-only bind is private unless asked.
         propagation = "private"
-    if propagation is not None and propagation != "shared":
-        flag = _PROPAGATION_FLAGS[propagation] | (MS_REC if mount.recursive else 0)
-        b.mount("mounts", None, mount.target, None, flag)
+    flag = _PROPAGATION_FLAGS[propagation] if propagation is not None and propagation != "shared" else 0
+    if tree >= 0:
+        b.beneath("mounts", "attach_tree", mount.target, tree, int(mount.recursive), attr, flag)
+    else:
+        b.beneath("mounts", "bind_at", mount.target, b.host(mount.source), int(mount.recursive), attr, flag,
+             int(mount.follow_symlinks or mount.source in b.held))
 
 
 def _exec_candidates(spec: ContainerSpec) -> tuple[str, ...]:

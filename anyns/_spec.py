@@ -289,6 +289,21 @@ class Bind:
     elsewhere. None follows ``ContainerSpec.root_propagation``, except that a
     read-only bind is then private: mounts the host added later would arrive
     read-write.
+
+    ``nodev`` and ``nosuid`` are on by default: a container keeps CAP_MKNOD
+    (Docker's set), and on a mount without ``nodev`` a device node it makes
+    (``b 8 0``) opens the host's disk; a setuid file a container leaves in a
+    shared directory runs as its owner for whoever starts it later. Set
+    ``nodev=False`` only to bind device nodes themselves (``/dev/fuse``), and
+    only for a program you trust: every node under such a bind is the host's
+    device. ``nosuid=False`` lets setuid files under it work (unless
+    ``no_new_privileges``).
+
+    ``follow_symlinks=False`` resolves ``source`` on the host without
+    following any symlink on the way (``openat2(RESOLVE_NO_SYMLINKS)``, once):
+    use it when the source lies in a directory a container can write, where a
+    link it planted would otherwise send the bind to any host path. A source
+    that is or passes through a symlink is then an error (ELOOP).
     """
 
     source: str = attrs.field(converter=_path)
@@ -296,9 +311,10 @@ class Bind:
     readonly: bool = attrs.field(default=False, kw_only=True)
     recursive: bool = attrs.field(default=True, kw_only=True)
     propagation: str | None = attrs.field(default=None, kw_only=True)
-    nosuid: bool = attrs.field(default=False, kw_only=True)
-    nodev: bool = attrs.field(default=False, kw_only=True)
+    nosuid: bool = attrs.field(default=True, kw_only=True)
+    nodev: bool = attrs.field(default=True, kw_only=True)
     noexec: bool = attrs.field(default=False, kw_only=True)
+    follow_symlinks: bool = attrs.field(default=True, kw_only=True)
 
     def __attrs_post_init__(self) -> None:
         _check_abs_path("Bind.source", self.source)
@@ -993,3 +1009,19 @@ def joined_namespaces(spec: ContainerSpec) -> dict[str, Any]:
     if isinstance(spec.network, JoinNetwork):
         joined["net"] = spec.network.source
     return joined
+
+
+def needs_cgroup(spec: ContainerSpec, rootless: bool = False) -> bool:
+    """Whether the container gets a cgroup of its own: with ``limits``, and without a pid namespace of its own.
+
+    A pid namespace ends with its pid 1, taking every process in it along.
+    Without one (``namespaces`` lacks PID, or ``join`` enters another's), a
+    background process would outlive the program and hold its stdout open:
+    the container's own cgroup is what kills it (``cgroup.kill`` when the
+    program exits). It holds only this container's processes, never those
+    of a container whose pid namespace it joined. An unprivileged
+    (``rootless``) supervisor can make no cgroups, so there only ``limits``
+    asks for one. The supervisor and the plan both ask this, so the plan's
+    cgroup fds and the spawn's agree.
+    """
+    return spec.limits is not None or (not rootless and Namespaces.PID not in effective_namespaces(spec))

@@ -54,6 +54,12 @@ MOUNT_ATTR_RDONLY = 0x00000001
 MOUNT_ATTR_NOSUID = 0x00000002
 MOUNT_ATTR_NODEV = 0x00000004
 MOUNT_ATTR_NOEXEC = 0x00000008
+MOUNT_ATTR_STRICTATIME = 0x00000020
+
+# openat2(2) resolve flags (include/uapi/linux/openat2.h), Linux 5.6
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
 
 # prctl(2)
 PR_SET_PDEATHSIG = 1
@@ -85,4 +91,5 @@ SYS_fsconfig = 431
 SYS_fsmount = 432
 SYS_clone3 = 435
 SYS_close_range = 436
+SYS_openat2 = 437
 SYS_mount_setattr = 442

@@ -237,6 +237,22 @@ def move_mount(from_dfd: int, from_path: bytes, to_dfd: int, to_path: bytes, fla
         raise _fail("move_mount", to_path)
 
 
+class open_how(ctypes.Structure):
+    """``struct open_how`` (include/uapi/linux/openat2.h)."""
+
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+def openat2(dfd: int, path: bytes, flags: int, resolve: int, mode: int = 0) -> int:
+    """openat2(2), Linux 5.6: open ``path`` below ``dfd`` under the ``RESOLVE_*`` rules."""
+    how = open_how(flags, mode, resolve)
+    fd: int = _syscall(ctypes.c_long(C.SYS_openat2), ctypes.c_int(dfd), ctypes.c_char_p(path), ctypes.byref(how),
+                       ctypes.c_size_t(ctypes.sizeof(how)))
+    if fd < 0:
+        raise _fail("openat2", path)
+    return fd
+
+
 def fsopen(fsname: bytes, flags: int) -> int:
     """fsopen(2), Linux 5.2."""
     fd: int = _syscall(ctypes.c_long(C.SYS_fsopen), ctypes.c_char_p(fsname), ctypes.c_uint(flags))

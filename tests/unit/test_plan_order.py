@@ -54,10 +54,8 @@ def test_steps_follow_the_documented_order(spec: anyns.ContainerSpec,
                                            layout: _plan.HostLayout) -> None:
     """Ops come in documented step order; pivot_root after all mounts; pdeathsig, then execve."""
     ops = compile_(spec, layout).ops
-    # A DirRootfs' mount-point checks run early under their own step names: the known
-    # deviation test_dir_rootfs_steps_follow_the_documented_order is about.
     # open_tree clones a shared/slave bind source early but reports as "mounts"
-    ranks = [STEP_ORDER.index(step) for step, call, _, _ in ops if call not in ("ensure_dir", "open_tree")]
+    ranks = [STEP_ORDER.index(step) for step, call, _, _ in ops if call != "open_tree"]
     assert ranks == sorted(ranks)
     pivot = first_index(ops, "pivot_root")
     assert "pivot_root" in [call for step, call, _, _ in ops if step == "pivot_root"]
@@ -70,7 +68,7 @@ def test_steps_follow_the_documented_order(spec: anyns.ContainerSpec,
 
 
 def test_dir_rootfs_steps_follow_the_documented_order() -> None:
-    """With a DirRootfs too, every op (mount-point checks included) is in documented order."""
+    """With a DirRootfs too, every op is in documented order (mount points are made by the step that uses them)."""
     ops = compile_(spec(rootfs=anyns.DirRootfs("/srv/root"))).ops
     steps = [step for step, _, _, _ in ops]
     assert steps == sorted(steps, key=STEP_ORDER.index)
@@ -173,7 +171,7 @@ def test_shared_bind_source_is_cloned_before_the_tree_turns_slave() -> None:
     attach = calls.index(("mounts", "attach_tree", "/b"))
 
     assert clone < rslave < attach
-    assert ("mounts", "mount_beneath", "/d") in calls
+    assert ("mounts", "bind_at", "/d") in calls
 
 
 def test_exec_candidates_follow_path() -> None:

@@ -33,7 +33,7 @@ def test_user_namespace_is_born_with_the_pid_namespace_and_waits_for_its_maps() 
     assert order[:2] == ["wait_go", "unshare"]
     assert plan.ops[0][3] == (plan.extra_kinds.index("go"),)
     assert plan.ops[1][3] == (int(USERNS) & ~int(Namespaces.USER | Namespaces.PID),)
-    assert order.index("become_root") < order.index("mount")  # every mount is made as root inside
+    assert order.index("become_root") < order.index("fsmount_at")  # every mount is made as root inside
     assert "mknod" not in order and order.count("bind_device") == len(_plan.DEVICES)
 
 
@@ -41,10 +41,10 @@ def test_user_namespace_map_implies_user_and_devpts_gid_only_when_mapped() -> No
     """user_ns=IdMap(...) implies USER; devpts gets gid=5 only if gid 5 is mapped inside."""
     plan = compile_(user_ns=IdMap(uid=(0, 1000, 1), gid=(0, 1000, 1)))
     assert plan.clone_flags & Namespaces.USER
-    devpts = next(op for op in plan.ops if op[1] == "mount" and op[3][2] == "devpts")
+    devpts = next(op for op in plan.ops if op[1] == "mount_at" and op[3][2] == "devpts")
     assert "gid=5" not in str(devpts[3][4])
     mapped = compile_(namespaces=USERNS)
-    devpts = next(op for op in mapped.ops if op[1] == "mount" and op[3][2] == "devpts")
+    devpts = next(op for op in mapped.ops if op[1] == "mount_at" and op[3][2] == "devpts")
     assert "gid=5" in str(devpts[3][4])
     plain = compile_()
     assert "become_root" not in calls(plain) and "hold_path" not in calls(plain)
@@ -60,9 +60,9 @@ def test_host_paths_are_held_before_becoming_root_and_used_through_proc_self_fd(
     assert order.index("unshare") < order.index("hold_path") and max(
         i for i, c in enumerate(order) if c == "hold_path") < order.index("become_root")
     fds = {op[2]: op[3][1] for op in holds}
-    root_mount = next(op for op in plan.ops if op[0] == "rootfs" and op[1] == "mount")
+    root_mount = next(op for op in plan.ops if op[0] == "rootfs" and op[1] == "bind_root")
     assert root_mount[3][0] == f"/proc/self/fd/{fds['/srv/root']}"
-    bind_sources = [op[3][0] for op in plan.ops if op[1] == "mount_beneath" and op[3][0] != "tmpfs"]
+    bind_sources = [op[3][1] for op in plan.ops if op[1] == "bind_at"]
     assert bind_sources == [f"/proc/self/fd/{fds['/data']}"] * 2 + [f"/proc/self/fd/{fds['/f']}"]
 
 
