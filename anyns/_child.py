@@ -353,7 +353,9 @@ def _open_beneath(path: bytes, create: int) -> int:
     anchor, rel = _anchor_of(path)
     for _ in range(_RETRIES):
         try:
-            return _libc.openat2(anchor, rel, os.O_PATH | os.O_CLOEXEC, _BENEATH)
+            # O_NOFOLLOW: a symlink as the last component is opened itself (a
+            # mount then covers the link, never its target); anywhere else it is ELOOP
+            return _libc.openat2(anchor, rel, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, _BENEATH)
         except OSError as e:
             if e.errno == errno.EAGAIN:
                 continue
@@ -400,6 +402,8 @@ def _attach(tree: int, path: bytes, attr_set: int, propagation: int, recursive: 
         is_dir = (os.fstat(tree).st_mode & 0o170000) == 0o040000
         target = _open_beneath(path, _CREATE_DIR if is_dir else _CREATE_FILE)
         try:
+            if is_dir and (os.fstat(target).st_mode & 0o170000) != 0o040000:  # a file, or a link
+                raise OSError(errno.ENOTDIR, "mount point is not a directory (or is a symlink)", path)
             _libc.move_mount(tree, b"", target, b"", C.MOVE_MOUNT_F_EMPTY_PATH | C.MOVE_MOUNT_T_EMPTY_PATH)
         finally:
             os.close(target)
@@ -409,7 +413,7 @@ def _attach(tree: int, path: bytes, attr_set: int, propagation: int, recursive: 
         os.close(tree)
 
 
-def _attach_tree(rt: Rt, index: int, path: bytes, recursive: int, attr_set: int, propagation: int) -> None:
+def _attach_tree(rt: Rt, path: bytes, index: int, recursive: int, attr_set: int, propagation: int) -> None:
     """Attach the kept copy ``index`` (a shared or slave bind) on container path ``path``."""
     _attach(_TREES[index], path, attr_set, propagation, recursive)
 

@@ -322,7 +322,7 @@ def compile_plan(spec: ContainerSpec, host: HostLayout) -> Plan:
     # of its directories for a symlink between two steps.
     # /dev: a nodev tmpfs (a node made with CAP_MKNOD opens nothing) with the
     # host's standard nodes bound on empty files, as bubblewrap's --dev.
-    b.beneath("dev", "fsmount_at", "/dev", "tmpfs", ("mode=0755", "size=64k"),
+    b.beneath("dev", "fsmount_at", "/dev", "tmpfs", ("source=tmpfs", "mode=0755", "size=64k"),
               MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_STRICTATIME)
     for name, _major, _minor in DEVICES:
         b.beneath("dev", "bind_device", f"/dev/{name}", f"/dev/{name}")
@@ -345,7 +345,7 @@ def compile_plan(spec: ContainerSpec, host: HostLayout) -> Plan:
         # without one of its own, the container sees the host's processes anyway.
         b.beneath("proc", "bind_anchor", "/proc", "/proc")
     else:
-        b.beneath("proc", "fsmount_at", "/proc", "proc", (),
+        b.beneath("proc", "fsmount_at", "/proc", "proc", ("source=proc",),
                   MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC)
     if spec.masked_paths or spec.readonly_paths:
         # runc's masked and read-only paths, on the new /proc (and /sys, where there is one)

@@ -170,14 +170,15 @@ async def test_writable_directory_bind(sup: anyns.Supervisor, tmp_path: pathlib.
 
 async def test_mount_flags_and_tmpfs_options_show_in_mountinfo(sup: anyns.Supervisor,
                                                                tmp_path: pathlib.Path) -> None:
-    """nosuid/nodev/noexec show in the bind's options (noexec is enforced); Tmpfs size and mode too."""
+    """nosuid/nodev/noexec show in the bind's options (noexec is enforced); nosuid=False, nodev=False
+    leave them out; Tmpfs size and mode too."""
     flagged, plain = tmp_path / "flagged", tmp_path / "plain"
     for d in (flagged, plain):
         d.mkdir()
         shutil.copy2("/usr/bin/true", d / "prog")
     mounts = [
         anyns.Bind(str(flagged), "/flagged", nosuid=True, nodev=True, noexec=True),
-        anyns.Bind(str(plain), "/plain"),
+        anyns.Bind(str(plain), "/plain", nosuid=False, nodev=False),
         anyns.Tmpfs("/scratch", size=2 << 20, mode=0o700),
         anyns.Tmpfs("/sticky", mode=0o1777),
     ]
