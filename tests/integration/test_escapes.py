@@ -275,3 +275,38 @@ async def test_a_racer_swapping_dev_for_a_symlink_never_reaches_the_host(
             os.rename(link, tmp_path / "tmp-real")
             os.unlink(real)
             os.rename(tmp_path / "tmp-real", real)
+
+
+@pytest.mark.parametrize("userns", [False, True], ids=["root", "userns"])
+async def test_a_planted_symlink_redirects_no_bind_with_follow_symlinks_false(
+    sup: anyns.Supervisor, tmp_path: pathlib.Path, userns: bool,
+) -> None:
+    """A container plants ``shared/data -> /etc`` in a directory it shares; the next bind of ``shared/data``.
+
+    With the default (``follow_symlinks=True``) the bind follows the link, as
+    ``mount --bind`` does: the second container sees the host's /etc. With
+    ``follow_symlinks=False`` the source is resolved without following any
+    link: a typed SetupError naming the source, and nothing of /etc inside.
+    In a user namespace the source is held open before becoming root inside:
+    the same rule applies there.
+    """
+    fields = {"namespaces": anyns.Namespaces.DEFAULT | anyns.Namespaces.USER} if userns else {}
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    await sh(sup, "rm -rf /s/data; ln -s /etc /s/data", check=True, mounts=(anyns.Bind(str(shared), "/s"),))
+    assert os.readlink(shared / "data") == "/etc"
+    followed = await sh(sup, "ls /data", check=True, mounts=(anyns.Bind(str(shared / "data"), "/data"),))
+    assert "passwd" in followed.stdout.decode()  # what a caller who trusts the directory gets
+    with pytest.raises(anyns.SetupError) as info:
+        await sh(sup, "ls /data", mounts=(anyns.Bind(str(shared / "data"), "/data", follow_symlinks=False),),
+                 **fields)
+    assert info.value.errno == errno.ELOOP
+    assert info.value.path == str(shared / "data")
+    assert info.value.step == "mounts"
+    # a real directory in its place binds as usual
+    os.unlink(shared / "data")
+    (shared / "data").mkdir()
+    (shared / "data" / "mine").write_text("ok")
+    done = await sh(sup, "cat /data/mine", check=True,
+                    mounts=(anyns.Bind(str(shared / "data"), "/data", follow_symlinks=False),), **fields)
+    assert done.stdout == b"ok"
