@@ -25,6 +25,17 @@ Which hierarchy does what:
   first step, before it makes any namespace, so its cgroup namespace (if
   asked for) is rooted there too.
 
+Devices (defence in depth; ``nodev`` on every mount a container can write is
+the first line): every leaf denies opening any device node but the standard
+ones (``DEVICE_RULES``, runc's default list: null, zero, full, random,
+urandom, tty, ptmx, the devpts terminals; making nodes is allowed, opening
+them is not), plus the device nodes the spec binds itself with
+``nodev=False``. With a v1 ``devices`` hierarchy (which exists alongside v2
+on hybrid hosts) the leaf there gets ``a`` in ``devices.deny`` and the rules
+in ``devices.allow``; on a v2-only host a ``BPF_PROG_TYPE_CGROUP_DEVICE``
+program that allows the same is attached to the v2 leaf (``device_program``),
+if the kernel lets us (else nothing: it is the second line).
+
 Child half: ``enter_in_child``, one write; nothing else here runs in the child.
 """
 
@@ -45,6 +56,21 @@ if TYPE_CHECKING:
 CONTROLLERS = ("memory", "pids", "cpu")
 #: v1 controllers used only when there is no v2 hierarchy (CPU time, freezing)
 _V1_ONLY_FALLBACK = ("cpuacct", "freezer")
+#: the v1 controller that limits which device nodes a leaf's processes may open or make
+DEVICES = "devices"
+#: what a leaf allows of devices (the rest is denied), as runc's default: make any node
+#: (mknod, ``m``), open only the standard ones. ``(type, major, minor, access)``; -1 is ``*``.
+DEVICE_RULES: tuple[tuple[str, int, int, str], ...] = (
+    ("c", -1, -1, "m"), ("b", -1, -1, "m"),
+    ("c", 1, 3, "rwm"),  # null
+    ("c", 1, 5, "rwm"),  # zero
+    ("c", 1, 7, "rwm"),  # full
+    ("c", 1, 8, "rwm"),  # random
+    ("c", 1, 9, "rwm"),  # urandom
+    ("c", 5, 0, "rwm"),  # tty
+    ("c", 5, 2, "rwm"),  # ptmx (the container's devpts has its own)
+    ("c", 136, -1, "rwm"),  # the terminals of devpts
+)
 _PREFIX = "anyns-"
 #: the CFS period anyns uses: cpu=0.5 is 50 ms of every 100 ms
 CPU_PERIOD_US = 100_000
@@ -120,8 +146,8 @@ def probe(mountinfo: str | None = None, self_cgroup: str | None = None) -> tuple
     """``(v2, [v1 …])``: the hierarchies anyns would use here, from this process's view.
 
     v1 hierarchies are those carrying memory, pids or cpu that v2 does not
-    offer (plus cpuacct and freezer when there is no v2). The arguments
-    stand in for the two /proc files in tests.
+    offer (plus cpuacct and freezer when there is no v2), and devices. The
+    arguments stand in for the two /proc files in tests.
     """
     mountinfo = _read("/proc/self/mountinfo") if mountinfo is None else mountinfo
     self_cgroup = _read("/proc/self/cgroup") if self_cgroup is None else self_cgroup
@@ -153,10 +179,11 @@ def probe(mountinfo: str | None = None, self_cgroup: str | None = None) -> tuple
                     offered = frozenset()
                 v2 = Hierarchy(point, v2_dir, offered & frozenset(CONTROLLERS), True)
         elif fstype == "cgroup":
-            carried = frozenset(options.split(",")) & frozenset((*CONTROLLERS, *_V1_ONLY_FALLBACK))
+            carried = frozenset(options.split(",")) & frozenset((*CONTROLLERS, *_V1_ONLY_FALLBACK, DEVICES))
             if carried and not any(p == point for p, _, _ in v1_mounts):
                 v1_mounts.append((point, root, carried))
     wanted = set(CONTROLLERS) - (v2.controllers if v2 is not None else frozenset())
+    wanted.add(DEVICES)  # v2 has no devices controller (a BPF program does its job there)
     if v2 is None:
         wanted |= set(_V1_ONLY_FALLBACK)
     v1: list[Hierarchy] = []
@@ -364,6 +391,10 @@ class Cgroups:
         self._parents: dict[str, str] | None = None  # hierarchy own dir -> our parent dir
         self._v2_enabled: frozenset[str] = frozenset()
         self._v2_refused: str | None = None
+        #: the device filter programs loaded (v2-only hosts), by their rules
+        self._device_programs: dict[tuple[tuple[str, int, int, str], ...], int] = {}
+        #: why no device filter can be attached here (the kernel refused once), or None
+        self.device_filter_refused: str | None = None
 
     @property
     def hierarchies(self) -> list[Hierarchy]:
@@ -397,13 +428,13 @@ class Cgroups:
 
     # ---- leaves
 
-    def _ensure_parents(self) -> dict[str, str]:
+    def _ensure_parents(self, purpose: str = "limits") -> dict[str, str]:
         if self._parents is not None:
             return self._parents
         with _LOCK:
-            return self._make_parents()
+            return self._make_parents(purpose)
 
-    def _make_parents(self) -> dict[str, str]:
+    def _make_parents(self, purpose: str) -> dict[str, str]:
         """Make (or share) our parent in each hierarchy and hold it; under ``_LOCK``."""
         parents: dict[str, str] = {}
         try:
@@ -415,7 +446,7 @@ class Cgroups:
                     pass
                 except OSError as e:
                     raise Unavailable(
-                        f"limits: cannot make a cgroup in {hierarchy.own}: {e.strerror}",
+                        f"{purpose}: cannot make a cgroup in {hierarchy.own}: {e.strerror}",
                         "cgroups need root, or a delegated cgroup "
                         "(systemd-run --scope -p Delegate=yes, then open_supervisor(cgroup_parent=...))",
                     ) from e
@@ -463,17 +494,20 @@ class Cgroups:
             return "v1"
         return None
 
-    def create(self, limits: Limits) -> Leaf:
-        """A new leaf with ``limits`` written.
+    def create(self, limits: Limits, purpose: str = "limits",
+               devices: tuple[tuple[str, int, int, str], ...] = ()) -> Leaf:
+        """A new leaf with ``limits`` written and devices denied but ``DEVICE_RULES`` and ``devices``.
+
+        ``purpose`` opens the message of an ``Unavailable``.
 
         Raises:
             Unavailable: a limit with no controller here, or no cgroup can be made.
             CgroupWriteError: a limit was refused.
         """
         if not self.hierarchies:
-            raise Unavailable("limits: no cgroup hierarchy is mounted here (/sys/fs/cgroup)",
+            raise Unavailable(f"{purpose}: no cgroup hierarchy is mounted here (/sys/fs/cgroup)",
                               "mount cgroup2 on /sys/fs/cgroup")
-        parents = self._ensure_parents()
+        parents = self._ensure_parents(purpose)
         for controller, value in (("memory", limits.memory), ("pids", limits.pids), ("cpu", limits.cpu)):
             if value is not None and self._home(controller) is None:
                 raise Unavailable(f"limits.{controller}: this host has no {controller} cgroup controller "
@@ -497,28 +531,64 @@ class Cgroups:
                 v1_dirs.append((hierarchy, d))
             leaf = Leaf(v2_dir, v1_dirs, limits, self._v2_enabled)
             _write_limits(leaf, limits)
+            self._restrict_devices(leaf, DEVICE_RULES + devices)
         except BaseException:
             for d in reversed(made):
                 _rmdir(d)
             raise
         return leaf
 
+    def _restrict_devices(self, leaf: Leaf, rules: tuple[tuple[str, int, int, str], ...]) -> None:
+        """Deny every device but ``rules``: in the v1 devices leaf, else with a BPF program on the v2 leaf."""
+        deny = leaf._file(DEVICES, "devices.deny")
+        allow = leaf._file(DEVICES, "devices.allow")
+        if deny is not None and allow is not None:
+            try:
+                _write(deny, "a")
+            except OSError as e:
+                raise CgroupWriteError("write", deny, e) from e
+            for rule in rules:
+                # EPERM: the parent does not allow it either, so it stays denied (the safe way round)
+                with contextlib.suppress(OSError):
+                    _write(allow, v1_device_rule(rule))
+            return
+        if leaf.v2 is None or self.device_filter_refused is not None:
+            return
+        from ._sys import _bpf  # the supervisor's only: the zygote never needs it
+
+        try:
+            program = self._device_programs.get(rules)
+            if program is None:
+                program = _bpf.bpf_prog_load(_bpf.BPF_PROG_TYPE_CGROUP_DEVICE, device_program(rules), b"MIT",
+                                             _bpf.BPF_CGROUP_DEVICE)
+                self._device_programs[rules] = program
+            target = os.open(leaf.v2, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                # ALLOW_MULTI: a program the host put on an ancestor (systemd's DevicePolicy) still runs too
+                _bpf.bpf_prog_attach(target, program, _bpf.BPF_CGROUP_DEVICE, _bpf.BPF_F_ALLOW_MULTI)
+            finally:
+                os.close(target)
+        except OSError as e:
+            # No cgroup BPF here (CONFIG_CGROUP_BPF, a seccomp filter or lockdown refusing bpf(2)):
+            # nodev is the line of defence left. Not retried for every container.
+            self.device_filter_refused = str(e)
+
     def remove(self, leaf: Leaf) -> bool:
         """Kill whatever is left in ``leaf`` and remove its directories; False if some are still busy."""
-        if leaf.v2 is not None:
-            # OSError: gone already, or a kernel before 5.14 (the pid namespace died with its pid 1 anyway)
-            with contextlib.suppress(OSError):
-                _write(os.path.join(leaf.v2, "cgroup.kill"), "1")
+        killed = kill(leaf)
         done = True
         for d in reversed(leaf.dirs()):
             if os.path.isdir(d) and not _rmdir(d):
                 done = False
-                if leaf.v2 is None:
+                if not killed:
                     _kill_procs(d)
         return done
 
     def close(self) -> None:
         """Remove our parents (after every leaf is gone), unless another supervisor of this process holds them."""
+        programs, self._device_programs = self._device_programs, {}
+        for program in programs.values():  # the leaves that still exist keep theirs attached
+            os.close(program)
         with _LOCK:
             for parent in (self._parents or {}).values():
                 users = _PARENT_USERS.pop(parent, 1) - 1
@@ -547,8 +617,76 @@ def _rmdir(path: str) -> int:
     return 1
 
 
+def kill(leaf: Leaf) -> bool:
+    """SIGKILL every process in ``leaf``: ``cgroup.kill`` on v2 (one write, forks cannot escape it).
+
+    Without it (no v2 here, or a kernel before 5.14) each process listed in
+    the leaf is killed by pid, which a process forking at that moment can
+    outrun; ``remove`` repeats that until the leaf is empty. Returns whether
+    ``cgroup.kill`` did it.
+    """
+    if leaf.v2 is not None:
+        try:
+            _write(os.path.join(leaf.v2, "cgroup.kill"), "1")
+        except OSError:  # gone already, or no cgroup.kill (Linux < 5.14)
+            pass
+        else:
+            return True
+    dirs = leaf.dirs()
+    if dirs:
+        _kill_procs(dirs[0])  # a process is in every hierarchy's leaf: one listing has them all
+    return False
+
+
+def v1_device_rule(rule: tuple[str, int, int, str]) -> str:
+    """A ``DEVICE_RULES`` entry as ``devices.allow`` takes it: ``c 1:3 rwm``, ``c 136:* rwm``."""
+    kind, major, minor, access = rule
+    return f"{kind} {'*' if major < 0 else major}:{'*' if minor < 0 else minor} {access}"
+
+
+def device_program(rules: Iterable[tuple[str, int, int, str]]) -> bytes:
+    """A ``BPF_PROG_TYPE_CGROUP_DEVICE`` program that allows exactly ``rules`` (as runc's device filter).
+
+    It reads ``struct bpf_cgroup_dev_ctx`` (r1): r2 the type (block 1, char
+    2), r3 the access asked (mknod 1, read 2, write 4), r4 the major, r5 the
+    minor; then one block per rule, each jumping to the next block on a
+    mismatch and returning 1 (allow) at its end; 0 (deny) after the last.
+    """
+    from ._sys import _bpf as B
+
+    code = [
+        B.insn(B.BPF_LDX_MEM_W, dst=2, src=1, off=0),
+        B.insn(B.BPF_ALU_AND_K, dst=2, imm=0xFFFF),
+        B.insn(B.BPF_LDX_MEM_W, dst=3, src=1, off=0),
+        B.insn(B.BPF_ALU_RSH_K, dst=3, imm=16),
+        B.insn(B.BPF_LDX_MEM_W, dst=4, src=1, off=4),
+        B.insn(B.BPF_LDX_MEM_W, dst=5, src=1, off=8),
+    ]
+    bits = {"m": B.BPF_DEVCG_ACC_MKNOD, "r": B.BPF_DEVCG_ACC_READ, "w": B.BPF_DEVCG_ACC_WRITE}
+    for kind, major, minor, access in rules:
+        allowed = 0
+        for letter in access:
+            allowed |= bits[letter]
+        # (opcode, dst, src, imm) of each test; a failed test jumps past the block's end
+        tests: list[tuple[int, int, int, int]] = [
+            (B.BPF_JMP_JNE_K, 2, 0, B.BPF_DEVCG_DEV_CHAR if kind == "c" else B.BPF_DEVCG_DEV_BLOCK)]
+        if allowed != 7:  # the access asked must be within the rule's: (r3 & allowed) == r3
+            tests += [(B.BPF_ALU_MOV_X, 1, 3, 0), (B.BPF_ALU_AND_K, 1, 0, allowed), (B.BPF_JMP_JNE_X, 1, 3, 0)]
+        if major >= 0:
+            tests.append((B.BPF_JMP_JNE_K, 4, 0, major))
+        if minor >= 0:
+            tests.append((B.BPF_JMP_JNE_K, 5, 0, minor))
+        length = len(tests) + 2  # then r0 = 1; exit
+        for i, (op, dst, src, imm) in enumerate(tests):
+            jumps = op in (B.BPF_JMP_JNE_K, B.BPF_JMP_JNE_X)
+            code.append(B.insn(op, dst=dst, src=src, off=length - (i + 1) if jumps else 0, imm=imm))
+        code += [B.insn(B.BPF_ALU_MOV_K, dst=0, imm=1), B.insn(B.BPF_JMP_EXIT)]
+    code += [B.insn(B.BPF_ALU_MOV_K, dst=0, imm=0), B.insn(B.BPF_JMP_EXIT)]
+    return b"".join(code)
+
+
 def _kill_procs(directory: str) -> None:
-    """SIGKILL every process in a v1 leaf (only ever a container's own, which escaped its pid 1's death)."""
+    """SIGKILL every process listed in a leaf directory (only ever a container's own)."""
     try:
         pids = [int(p) for p in _read(os.path.join(directory, "cgroup.procs")).split()]
     except (OSError, ValueError):

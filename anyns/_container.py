@@ -582,6 +582,13 @@ class Container(metaclass=NoPublicConstructor):
                 self.returncode = program
         if self._leaf is not None:  # its figures, before the cgroup goes
             self._final = _cgroups.statistics(self._leaf)
+            if not self._shares_cgroup:
+                # The program has exited: so does everything it left in its
+                # cgroup, now, before anyone waits for the end of its stdout
+                # (a background process holds it open). With a pid namespace
+                # of its own they are dead already; without one (needs_cgroup)
+                # this is what ends them. Processes exec'd into it go too.
+                _cgroups.kill(self._leaf)
         self._close_pidfd()
 
     def _close_pidfd(self) -> None:

@@ -767,9 +767,12 @@ class Limits:
 
     Any ``Limits`` (even ``Limits()``) gives the container a cgroup: its
     processes are counted together, ``Container.statistics()``, ``pause()``
-    and ``resume()`` work, and teardown kills every process in it. A limit
-    the host cannot enforce is an ``anyns.UnsupportedError`` at spawn time,
-    never silently dropped.
+    and ``resume()`` work, and when its program exits every process left in
+    it is killed. The cgroup also limits devices: any node may be made, but
+    only the standard ones (null, zero, full, random, urandom, tty, ptmx,
+    the devpts terminals) and those the spec binds with ``nodev=False``
+    open. A limit the host cannot enforce is an ``anyns.UnsupportedError`` at
+    spawn time, never silently dropped.
 
     Args:
         memory: bytes, or a size such as ``"256M"`` or ``"1.5G"`` (powers of
@@ -844,7 +847,9 @@ class ContainerSpec:
             (names as ``prlimit`` has them; an int sets both; ``anyns.RLIM_INFINITY``).
         limits: ``anyns.Limits(memory="256M", pids=64, cpu=0.5)``: a cgroup of
             its own with those limits (None, the default: no cgroup, the
-            fastest start).
+            fastest start; but a container without a pid namespace of its
+            own always gets one from a root supervisor, which kills what its
+            program leaves running when it exits: ``needs_cgroup``).
         user_ns: the uid/gid maps of a user namespace of its own
             (``anyns.IdMap``); giving one implies ``Namespaces.USER``.
             ``Namespaces.USER`` without a map uses ``anyns.DEFAULT_ID_MAP``

@@ -19,6 +19,7 @@ import select
 import shutil
 import signal
 import socket
+import stat
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager, suppress
@@ -44,16 +45,19 @@ from ._plan import HostLayout, Plan, compile_exec_plan, compile_plan
 from ._security import seccomp_bpf
 from ._spec import (
     KIND_FLAGS,
+    Bind,
     Bridge,
     ContainerSpec,
     HostRootfs,
     IdMap,
     Join,
     JoinNetwork,
+    Limits,
     Namespaces,
     Rootfs,
     effective_namespaces,
     joined_namespaces,
+    needs_cgroup,
     user_namespace_map,
 )
 from ._stdio import (
@@ -76,6 +80,10 @@ from ._zygote_client import MAX_PLANS, RequestNotSent, ZygoteConnection, setup_e
 __all__ = ["DEVNULL", "PIPE", "STDOUT", "Supervisor", "open_supervisor"]
 
 
+#: what an UnsupportedError names when a container without a pid namespace of its own can have no cgroup
+_NO_PID_PURPOSE: Final = (
+    "namespaces without PID (such a container's processes are tracked and killed through a cgroup of its own)"
+)
 #: how long a cancelled spawn waits for the zygote's answer before leaving the
 #: container to the reply reader (only a hung zygote takes this long)
 _ABANDON_AFTER: Final = 5.0
@@ -136,6 +144,22 @@ def _open_cgroups(parent: str | None) -> _cgroups.Cgroups | None:
     cgroups = _cgroups.Cgroups(v2, v1, parent)
     cgroups.collect_leftovers()
     return cgroups
+
+
+def _bound_devices(spec: ContainerSpec) -> tuple[tuple[str, int, int, str], ...]:
+    """Device nodes the spec binds itself with ``nodev=False``: its cgroup lets them open (read-only binds: read)."""
+    rules = []
+    for mount in spec.mounts:
+        if not isinstance(mount, Bind) or mount.nodev:
+            continue
+        try:
+            info = os.stat(mount.source)
+        except OSError:
+            continue  # the spawn names a missing source
+        if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode):
+            kind = "c" if stat.S_ISCHR(info.st_mode) else "b"
+            rules.append((kind, os.major(info.st_rdev), os.minor(info.st_rdev), "r" if mount.readonly else "rw"))
+    return tuple(rules)
 
 
 def _exited(container: Container, syscall: str) -> SetupError:
@@ -472,18 +496,23 @@ class Supervisor(metaclass=NoPublicConstructor):
     # ---- cgroups
 
     def _new_cgroup(self, spec: ContainerSpec) -> _cgroups.Leaf | None:
-        """The cgroup leaf of a container with ``limits`` (None without).
+        """The cgroup leaf of a container that needs one (``needs_cgroup``), else None.
+
+        With ``limits``, and (a root supervisor) for every container without
+        a pid namespace of its own: its cgroup is then what kills the
+        processes it leaves behind when its program exits.
 
         Raises:
             UnsupportedError: a limit this host cannot enforce, or no cgroups here.
             SetupError: the kernel refused a limit (step "cgroup").
         """
-        if spec.limits is None:
+        if not needs_cgroup(spec, self._rootless):
             return None
+        purpose = "limits" if spec.limits is not None else _NO_PID_PURPOSE
         if self._cgroups is None:
-            raise UnsupportedError("limits: no cgroup hierarchy could be read here (/proc/self/cgroup)")
+            raise UnsupportedError(f"{purpose}: no cgroup hierarchy could be read here (/proc/self/cgroup)")
         try:
-            return self._cgroups.create(spec.limits)
+            return self._cgroups.create(spec.limits or Limits(), purpose, _bound_devices(spec))
         except _cgroups.Unavailable as e:
             raise UnsupportedError(str(e) + (f" (hint: {e.hint})" if e.hint else "")) from e.__cause__
         except _cgroups.CgroupWriteError as e:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
@@ -10,6 +11,7 @@ import subprocess
 from functools import partial
 
 import trio
+from _proc import process_state
 from _util import alive, children_of_me, close_streams, lines, nspid, read, read_lines, sh, sh_spec
 
 import anyns
@@ -110,6 +112,64 @@ async def test_exec_and_its_children_die_with_pid_1(sup: anyns.Supervisor) -> No
         assert await box.wait() == -9
         assert not alive(grandchild) and not alive(proc.pid)
     await close_streams(proc)
+
+
+NO_PID = anyns.Namespaces.DEFAULT & ~anyns.Namespaces.PID
+
+
+async def wait_dead(pid: int) -> None:
+    """Return once host pid ``pid`` has exited (its pidfd polls readable), or at once if it is gone."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        await trio.lowlevel.wait_readable(fd)
+    finally:
+        trio.lowlevel.notify_closing(fd)
+        os.close(fd)
+
+
+async def test_without_a_pid_namespace_a_background_process_dies_with_the_program(sup: anyns.Supervisor) -> None:
+    """No pid namespace: `sleep 1000 &` holding the captured stdout is killed when the shell exits, so run returns."""
+    with trio.fail_after(20):  # a hang fails here, not at the per-test timeout (not a performance bound)
+        done = await sh(sup, "sleep 1000 & echo $!", namespaces=NO_PID, check=True)
+        [orphan] = lines(done.stdout)
+        await wait_dead(int(orphan))  # its host pid (no pid namespace): killed, not merely orphaned
+    assert int(orphan) not in children_of_me()
+
+
+async def test_without_a_pid_namespace_cancelling_kills_every_process(sup: anyns.Supervisor) -> None:
+    """No pid namespace: cancelling a run started with nursery.start kills the background process too."""
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            box = await nursery.start(partial(sup.run, sh_spec("sleep 1000 & echo $!; exec sleep 1000",
+                                                               namespaces=NO_PID),
+                                              stdout=anyns.PIPE, check=False))
+            [orphan] = await read_lines(box.stdout, 1)
+            assert alive(int(orphan))
+            nursery.cancel_scope.cancel()
+        assert box.returncode == -9
+        await wait_dead(int(orphan))
+    await close_streams(box)
+
+
+async def test_joining_a_pid_namespace_kills_only_the_joiners_processes(sup: anyns.Supervisor) -> None:
+    """Join(pid=...): the joiner's background process dies with its program; the joined container lives on."""
+    async with trio.open_nursery() as nursery:
+        host = await nursery.start(partial(sup.run, sh_spec("sleep 1000 & echo $!; exec sleep 1000"),
+                                           stdout=anyns.PIPE, check=False))
+        [host_child_ns_pid] = await read_lines(host.stdout, 1)
+        host_child = host_pid_of(int(host_child_ns_pid), host.namespaces["pid"])
+        with trio.fail_after(20):
+            done = await sh(sup, "sleep 1000 & echo $!", join=anyns.Join(pid=host), check=True)
+            [joiner_ns_pid] = lines(done.stdout)
+            with contextlib.suppress(AssertionError):  # gone already, or about to be
+                await wait_dead(host_pid_of(int(joiner_ns_pid), host.namespaces["pid"]))
+        assert alive(host.pid) and alive(host_child)
+        assert process_state(host_child) != "Z"
+        host.kill()
+    await close_streams(host)
 
 
 # --------------------------------------------------------------------------- UTS

@@ -11,6 +11,7 @@ from strategies import specs
 
 import anyns
 from anyns import Namespaces, _child, _plan, _protocol
+from anyns._spec import needs_cgroup
 
 STEP_ORDER = ("cgroup", "userns", "namespaces", "propagation", "rootfs", "dev", "tmp", "proc", "mounts", "pivot_root",
               "hostname", "network", "process", "security", "pdeathsig", "exec")
@@ -87,10 +88,10 @@ def test_namespace_flags(spec: anyns.ContainerSpec, layout: _plan.HostLayout) ->
 
 @given(specs(), layouts)
 def test_cgroup_fds_and_moves(spec: anyns.ContainerSpec, layout: _plan.HostLayout) -> None:
-    """With limits: the v2 leaf is a clone3 argument, each v1 leaf is entered by the child before anything else."""
+    """With a cgroup: the v2 leaf is a clone3 argument, each v1 leaf is entered by the child before anything else."""
     plan = compile_(spec, layout)
     enters = [op for op in plan.ops if op[1] == "cgroup_enter"]
-    if spec.limits is None:
+    if not needs_cgroup(spec, layout.rootless):
         assert plan.cgroup == -1 and enters == [] and "cgroup" not in plan.extra_kinds
         return
     assert (plan.cgroup >= 0) == layout.cgroup_v2
@@ -100,6 +101,32 @@ def test_cgroup_fds_and_moves(spec: anyns.ContainerSpec, layout: _plan.HostLayou
     assert plan.ops[:len(enters)] == tuple(enters)
     assert [plan.extra_kinds[op[3][0]] for op in enters] == ["cgroup1"] * len(enters)
     assert plan.to_wire()["cgroup"] == plan.cgroup
+
+
+def test_a_container_without_its_own_pid_namespace_gets_a_cgroup_from_a_root_supervisor() -> None:
+    """No PID, or a joined one: a cgroup even without limits (it kills what the program leaves); rootless: none."""
+    layout = _plan.HostLayout(newroot=NEWROOT, cgroup_v2=True, cgroup_v1=("devices", "memory"))
+    for no_pid in (spec(namespaces=Namespaces.DEFAULT & ~Namespaces.PID),
+                   spec(join=anyns.Join(pid="/proc/1/ns/pid"))):
+        assert needs_cgroup(no_pid) and not needs_cgroup(no_pid, rootless=True)
+        plan = compile_(no_pid, layout)
+        assert plan.extra_kinds[plan.cgroup] == "cgroup"
+        assert [op[2] for op in plan.ops if op[1] == "cgroup_enter"] == ["devices", "memory"]
+        rootless = compile_(no_pid, attrs.evolve(layout, rootless=True))
+        assert rootless.cgroup == -1 and "cgroup1" not in rootless.extra_kinds
+    assert not needs_cgroup(spec())
+    assert compile_(spec(), layout).cgroup == -1
+    assert needs_cgroup(spec(limits=anyns.Limits()), rootless=True)
+
+
+def test_an_exec_joins_the_cgroup_of_its_container_whenever_given_the_layout() -> None:
+    """compile_exec_plan with a host layout (the container has a cgroup, limits or not): its fds and moves."""
+    layout = _plan.HostLayout(newroot=NEWROOT, cgroup_v2=True, cgroup_v1=("memory",))
+    exec_spec = spec(namespaces=Namespaces.DEFAULT & ~Namespaces.PID)
+    plan = _plan.compile_exec_plan(exec_spec, exec_spec.namespaces, layout)
+    assert plan.extra_kinds == ("container", "cgroup", "cgroup1")
+    assert plan.cgroup == 1
+    assert _plan.compile_exec_plan(exec_spec, exec_spec.namespaces).extra_kinds == ("container",)
 
 
 @given(specs(), layouts)
