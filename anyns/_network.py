@@ -7,9 +7,11 @@ For a container with ``anyns.Bridge``:
 2. here, in a netlink thread: make sure the bridge exists and is up with the
    gateway address; add a veth pair whose peer is created *directly* in the
    container's namespace as ``eth0`` (moving a device costs ~20 ms, creating it
-   there ~1 ms, research/spawn-path.md §7); attach the host end to the bridge;
-   then, through a netlink socket opened inside the container's namespace,
-   give ``eth0`` its address, bring it up and add the default route;
+   there ~1 ms); attach the host end to the bridge; then, through a netlink
+   socket opened inside the container's namespace, give ``eth0`` its address,
+   bring it up and add the default route. The bridge and the host ends have
+   IPv6 off (``accept_ra=0``, ``disable_ipv6=1``) before they come up, so a
+   container's router advertisement cannot configure the host side;
 3. the supervisor writes the go byte and the program starts with its network ready.
 
 When the container has been reaped, the host end is deleted right away (the
@@ -216,8 +218,43 @@ def _netlink_error(operation: str, interface: str, error: BaseException) -> Netw
     return NetworkError(f"{operation} {interface!r} failed: {detail}")
 
 
+def ignore_router_advertisements(ifname: str, disable_ipv6: bool = True) -> None:
+    """Keep a host-side interface from configuring itself from a container's IPv6 router advertisements.
+
+    A container on the bridge can send a router advertisement to ff02::1:
+    with ``accept_ra=1`` (the kernel's default) the bridge takes a SLAAC
+    address and a route from it, and with a router lifetime a default route
+    (Docker's CVE-2020-13401). anyns configures no IPv6, so the interface
+    gets ``accept_ra=0`` and, with ``disable_ipv6``, no IPv6 at all. Call it
+    before the link comes up, from the thread that is in the interface's
+    network namespace: ``/proc/sys/net`` shows the opener's. There is no
+    netlink attribute for these, hence the files. A kernel without IPv6 has
+    nothing to configure.
+
+    Raises:
+        NetworkError: a setting could not be written.
+    """
+    conf = f"/proc/sys/net/ipv6/conf/{ifname}"
+    if not os.path.isdir("/proc/sys/net/ipv6"):
+        return
+    settings = [("accept_ra", "0")] + ([("disable_ipv6", "1")] if disable_ipv6 else [])
+    for name, value in settings:
+        try:
+            fd = os.open(f"{conf}/{name}", os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.write(fd, value.encode())
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise NetworkError(f"ipv6 {name}={value} on {ifname!r} failed: [Errno {e.errno}] {e.strerror}") from e
+
+
 def ensure_bridge_from_host(ipr: IPRoute, bridge: Bridge) -> tuple[int, bool]:
-    """The bridge's interface index, creating it (up, with the gateway address) if missing."""
+    """The bridge's interface index, creating it (up, with the gateway address) if missing.
+
+    One it creates has IPv6 off before it comes up; one that exists gets
+    ``accept_ra=0`` (its own IPv6 addresses, if any, are left alone).
+    """
     found = ipr.link_lookup(ifname=bridge.name)
     created = False
     if not found:
@@ -230,6 +267,7 @@ def ensure_bridge_from_host(ipr: IPRoute, bridge: Bridge) -> tuple[int, bool]:
             created = True
         found = ipr.link_lookup(ifname=bridge.name)
     index = found[0]
+    ignore_router_advertisements(bridge.name, disable_ipv6=created)
     gateway = bridge.gateway
     try:
         ipr.addr("add", index=index, address=str(gateway.ip), prefixlen=gateway.network.prefixlen)
@@ -305,6 +343,7 @@ def attach_from_host(ipr: IPRoute, state: _BridgeState, pid: int, host_end: str)
         address = None
         try:
             host_index = _index_of(host_end)
+            ignore_router_advertisements(host_end)  # before it is up
             ipr.link("set", index=host_index, master=state.index, state="up")
             address = _claim(ipr, state, host_index)  # a route needs the device up
             with IPRoute(fileno=_socket_in(netns).detach()) as inside:

@@ -644,3 +644,86 @@ async def test_two_supervisors_on_one_bridge_get_different_addresses(sup: anyns.
             finally:
                 mine.kill()
                 theirs.kill()
+
+
+# --------------------------------------------------------------------------- IPv6 router advertisements
+
+#: Sends an ICMPv6 router advertisement to ff02::1 on eth0 through an AF_PACKET socket (CAP_NET_RAW, in
+#: Docker's set): a router lifetime (a default route) and a prefix with the autonomous flag (a SLAAC
+#: address). Then a UDP datagram to the gateway's closed port, whose ICMP "port unreachable" shows that
+#: the host side has processed what came before it; prints "sent" and how the UDP probe ended.
+RA_SENDER = textwrap.dedent(
+    """
+    import socket, struct, sys
+
+    def checksum(data):
+        data += b"\\0" * (len(data) % 2)
+        total = sum(struct.unpack("!%dH" % (len(data) // 2), data))
+        while total >> 16:
+            total = (total & 0xFFFF) + (total >> 16)
+        return ~total & 0xFFFF
+
+    prefix, gateway = sys.argv[1], sys.argv[2]
+    raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    raw.bind(("eth0", 0))
+    mac = raw.getsockname()[4]
+    src = socket.inet_pton(socket.AF_INET6, "fe80::aa:1")
+    dst = socket.inet_pton(socket.AF_INET6, "ff02::1")
+    # type 134, code 0, checksum, hop limit 64, flags 0, router lifetime 1800 s, reachable, retrans
+    ra = struct.pack("!BBHBBHII", 134, 0, 0, 64, 0, 1800, 0, 0)
+    # prefix information: type 3, length 4 (x8), /64, flags L|A, valid and preferred lifetimes, the prefix
+    ra += struct.pack("!BBBBIII16s", 3, 4, 64, 0xC0, 86400, 14400, 0, socket.inet_pton(socket.AF_INET6, prefix))
+    ra += struct.pack("!BB6s", 1, 1, mac)  # source link-layer address
+    pseudo = src + dst + struct.pack("!I3xB", len(ra), 58)
+    ra = ra[:2] + struct.pack("!H", checksum(pseudo + ra)) + ra[4:]
+    ip6 = struct.pack("!IHBB16s16s", 0x60000000, len(ra), 58, 255, src, dst)
+    raw.send(b"\\x33\\x33\\x00\\x00\\x00\\x01" + mac + b"\\x86\\xdd" + ip6 + ra)
+    print("sent", flush=True)
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.settimeout(10)
+    udp.connect((gateway, 9))
+    udp.send(b"after the advertisement")
+    try:
+        udp.recv(100)
+        print("answered")
+    except ConnectionRefusedError:
+        print("refused")
+    except socket.timeout:
+        print("timeout")
+    """
+)
+
+
+def ipv6_conf(netns: str, ifname: str) -> dict[str, str]:
+    """disable_ipv6 and accept_ra of ``ifname`` as the namespace ``netns`` has them (/proc/sys/net is per netns)."""
+    script = f"cd /proc/sys/net/ipv6/conf/{ifname} && echo $(cat disable_ipv6) $(cat accept_ra)"
+    out = subprocess.run(["nsenter", f"--net={netns}", SH, "-c", script], capture_output=True, text=True,
+                         check=True, timeout=30).stdout.split()
+    return {"disable_ipv6": out[0], "accept_ra": out[1]}
+
+
+@pytest.fixture
+def need_ipv6(skip_or_fail: Callable[[str], None]) -> None:
+    if not os.path.isdir("/proc/sys/net/ipv6"):
+        skip_or_fail("this kernel has no IPv6 (/proc/sys/net/ipv6)")
+
+
+@pytest.mark.usefixtures("need_ipv6")
+async def test_bridge_and_host_veths_ignore_router_advertisements(sup: anyns.Supervisor, tmp_path: Path) -> None:
+    """The bridge and each host end have IPv6 off and accept_ra=0 (set before they came up), so a container's
+    router advertisement to ff02::1 gives the bridge's side no SLAAC address and no route (CVE-2020-13401)."""
+    async with open_hub(sup, tmp_path) as hub:
+        bridge = hub.bridge("10.214.0.0/24", name="nt-ra")
+        async with trio.open_nursery() as nursery:
+            box = await start(nursery, sup, anyns.ContainerSpec(argv=["sleep", "1000"], network=bridge))
+            for ifname in (bridge.name, f"anyns{box.pid}"):
+                assert ipv6_conf(hub.path, ifname) == {"disable_ipv6": "1", "accept_ra": "0"}, ifname
+            box.kill()
+        spec = anyns.ContainerSpec(argv=[PYTHON, "-I", "-c", RA_SENDER, "2001:db8:aa::", str(bridge.gateway.ip)],
+                                   network=bridge)
+        done = await sup.run(spec, capture_stdout=True, capture_stderr=True, check=False)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.decode().split() == ["sent", "refused"]  # the host side handled the RA first
+        assert "2001:db8:aa" not in ip_in(hub.path, "-6", "addr", "show")
+        routes = ip_in(hub.path, "-6", "route", "show", "table", "all")
+        assert "2001:db8:aa" not in routes and "default" not in routes, routes
