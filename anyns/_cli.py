@@ -1,7 +1,9 @@
 """The command line: ``python -m anyns run [options] -- CMD…``, ``demo`` and ``doctor``.
 
 ``run`` passes stdio through and exits with the container's status (128+N
-when signal N killed it, like a shell). Errors are one line on stderr:
+when signal N killed it, like a shell). Through pipes it copies: the program
+never holds this process's own stdio (a container can reopen an inherited fd
+through ``/proc/self/fd``), except the terminal's other end with ``-t``. Errors are one line on stderr:
 ``anyns: <what failed> (hint: …)``, with exit status 125 for a setup or spec
 error, 126 when the program is not executable, 127 when it is not found.
 """
@@ -12,6 +14,7 @@ import argparse
 import contextlib
 import errno
 import functools
+import inspect
 import json
 import os
 import signal
@@ -45,7 +48,7 @@ from ._spec import (
     Tmpfs,
     User,
 )
-from ._supervisor import Supervisor, open_supervisor
+from ._supervisor import PIPE, Supervisor, open_supervisor
 
 EXIT_SETUP_FAILED = 125
 EXIT_NOT_EXECUTABLE = 126
@@ -230,15 +233,8 @@ async def _run(spec: ContainerSpec, status_fd: int | None = None) -> int:
     async with open_supervisor() as sup:
         if spec.tty:
             returncode, oom_killed = await _run_attached(sup, spec, status_fd), False
-        elif status_fd is not None:
-            async with trio.open_nursery() as nursery:
-                box = await nursery.start(functools.partial(sup.run, stdin=None, check=False), spec)
-                _status(status_fd, box)
-                returncode = await box.wait()
-                oom_killed = box.oom_killed
         else:
-            done = await sup.run(spec, stdin=None, check=False)
-            returncode, oom_killed = done.returncode, done.oom_killed
+            returncode, oom_killed = await _run_piped(sup, spec, status_fd)
     if oom_killed and returncode < 0 and spec.limits is not None and spec.limits.memory is not None:
         print(f"anyns: the container was killed by the OOM killer (memory limit {format_size(spec.limits.memory)})",
               file=sys.stderr)
@@ -247,6 +243,73 @@ async def _run(spec: ContainerSpec, status_fd: int | None = None) -> int:
                                   **({"signal": -returncode} if returncode < 0 else {}),
                                   **({"oom-killed": True} if oom_killed else {})})
     return returncode if returncode >= 0 else 128 - returncode
+
+
+async def _run_piped(sup: Supervisor, spec: ContainerSpec, status_fd: int | None) -> tuple[int, bool]:
+    """``run`` without ``-t``: the program's stdin, stdout and stderr are pipes copied from and to ours.
+
+    Never our own fds themselves: a container reopens an inherited fd through
+    ``/proc/self/fd/N`` with the flags it likes, so with the file or terminal
+    itself it could read back a log our stdout appends to, truncate it, or
+    write into a file given as stdin.
+    """
+    async with trio.open_nursery() as nursery:
+        box: Container = await nursery.start(
+            functools.partial(sup.run, stdin=PIPE, stdout=PIPE, stderr=PIPE, check=False), spec)
+        if status_fd is not None:
+            _status(status_fd, box)
+        assert box.stdin is not None and box.stdout is not None and box.stderr is not None
+        async with trio.open_nursery() as feeding:
+            feeding.start_soon(_feed, box.stdin)
+            async with trio.open_nursery() as draining:  # until the program's side of both pipes is closed
+                draining.start_soon(_drain, box.stdout, 1)
+                draining.start_soon(_drain, box.stderr, 2)
+            feeding.cancel_scope.cancel()  # input nobody reads any more
+        returncode = await box.wait()
+        for stream in (box.stdin, box.stdout, box.stderr):
+            await stream.aclose()
+    return returncode, box.oom_killed
+
+
+#: trio.to_thread.run_sync's argument for giving up on a blocked thread (renamed in trio 0.23)
+_ABANDON = "abandon_on_cancel" if "abandon_on_cancel" in inspect.signature(trio.to_thread.run_sync).parameters \
+    else "cancellable"
+
+
+async def _feed(sink: trio.abc.SendStream) -> None:
+    """Copy our stdin into the program's until EOF (then close it) or until the program stops reading.
+
+    Blocking reads in a thread, not a non-blocking fd: O_NONBLOCK would land on a
+    file description shared with the shell (a terminal). A read still waiting when
+    the program has exited is abandoned with the thread.
+    """
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+        while True:
+            try:
+                data = await trio.to_thread.run_sync(os.read, 0, 65536, **{_ABANDON: True})
+            except OSError:  # no stdin at all
+                data = b""
+            if not data:
+                break
+            await sink.send_all(data)
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+        await sink.aclose()
+
+
+async def _drain(source: trio.abc.ReceiveStream, fd: int) -> None:
+    """Copy the program's output to our ``fd`` (blocking writes, in a thread); a closed reader closes the pipe."""
+    async for chunk in source:
+        try:
+            await trio.to_thread.run_sync(_write_all, fd, chunk)
+        except OSError:  # EPIPE (`| head`), or nowhere to write: the program gets EPIPE/SIGPIPE next
+            await source.aclose()
+            return
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _write_status(fd: int, record: dict[str, object]) -> None:

@@ -382,7 +382,15 @@ class Supervisor(metaclass=NoPublicConstructor):
             capture_stderr: collect stderr likewise.
             stdout: None shares the supervisor's stdout; ``anyns.PIPE`` gives a
                 ``Container.stdout`` stream; ``anyns.DEVNULL``; or an fd / file.
+                **None (the default) and an fd hand the container that very
+                file**: it can reopen it through ``/proc/self/fd/1`` with any
+                flags the file's permissions allow, and so read back what the
+                supervisor's log file already holds, truncate it, or reach the
+                terminal. For code you do not trust, use ``capture_stdout=True``
+                or ``anyns.PIPE`` (the supervisor copies the output) or
+                ``anyns.DEVNULL``.
             stderr: as ``stdout``, plus ``anyns.STDOUT`` to merge into stdout.
+                The same holds for None and ``stdin=None``.
             check: raise ``ContainerFailed`` when the program exits non-zero
                 or is killed by a signal.
 

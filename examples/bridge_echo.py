@@ -62,7 +62,9 @@ async def wait_for_line(stream: trio.abc.ReceiveStream, wanted: bytes) -> None:
 async def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         async with anyns.open_supervisor() as sup, trio.open_nursery() as nursery:
-            run = partial(sup.run, check=False)  # killing the server and the hub is expected
+            # check=False: killing the server and the hub is expected. stdout/stderr: never this
+            # script's own (a container can reopen them via /proc/self/fd); PIPE where it is read.
+            run = partial(sup.run, check=False, stdout=anyns.DEVNULL, stderr=anyns.DEVNULL)
             # The hub: a network namespace of its own, kept at a path, where the bridge goes.
             hub = await nursery.start(run, anyns.ContainerSpec(argv=["sleep", "1000"]))
             kept = hub.keep_namespace("net", Path(tmp) / "hubnet")

@@ -54,6 +54,7 @@ async def main(path: str, marker: str) -> None:
         done = await sup.run(
             anyns.ContainerSpec(argv=["cat", "/etc/os-release"], rootfs=anyns.DirRootfs(path), env=env),
             capture_stdout=True,
+            capture_stderr=True,
         )
         print(done.stdout.decode(), end="")
 
@@ -62,6 +63,7 @@ async def main(path: str, marker: str) -> None:
         done = await sup.run(
             anyns.ContainerSpec(argv=["/bin/sh", "-c", script], rootfs=anyns.OverlayRootfs(path), env=env),
             capture_stdout=True,
+            capture_stderr=True,
         )
         print(done.stdout.decode(), end="")
 

@@ -37,7 +37,7 @@ async def main(count: int, concurrency: int) -> None:
         async with limiter:
             t0 = time.perf_counter()
             try:
-                done = await sup.run(spec, capture_stdout=True)
+                done = await sup.run(spec, capture_stdout=True, capture_stderr=True)
                 # pid 2: pid 1 of each sandbox is its init
                 if (done.stdout or b"").split() != [f"load-{i}".encode(), b"2"]:
                     failures.append(f"load-{i}: unexpected output {done.stdout!r}")

@@ -54,7 +54,7 @@ async def main(lower: str) -> None:
     outputs: dict[int, bytes] = {}
 
     async def one(sup: anyns.Supervisor, i: int) -> None:
-        done = await sup.run(spec_for(lower, i), capture_stdout=True)
+        done = await sup.run(spec_for(lower, i), capture_stdout=True, capture_stderr=True)
         outputs[i] = done.stdout or b""
 
     before = fingerprint(lower)

@@ -45,7 +45,8 @@ with urllib.request.urlopen("http://127.0.0.1:8080/pod") as reply:
 async def main() -> None:
     async with anyns.open_supervisor() as sup, trio.open_nursery() as nursery:
         # check=False: these are killed at the end, which is not a failure
-        run = partial(sup.run, check=False)
+        # stdout/stderr: never this script's own (a container can reopen them via /proc/self/fd)
+        run = partial(sup.run, check=False, stdout=anyns.DEVNULL, stderr=anyns.DEVNULL)
         holder = await nursery.start(run, anyns.ContainerSpec(argv=["sleep", "1000"], hostname="pod"))
         pod = anyns.Join(net=holder, ipc=holder)
 
@@ -56,10 +57,10 @@ async def main() -> None:
             print(f"web: {line.decode().strip()}")
 
             client_spec = anyns.ContainerSpec(argv=["python3", "-I", "-c", CLIENT], hostname="client", join=pod)
-            done = await sup.run(client_spec, capture_stdout=True)
+            done = await sup.run(client_spec, capture_stdout=True, capture_stderr=True)
             print(f"client: {done.stdout.decode().strip()}")
 
-            named = await holder.exec(["hostname"], capture_stdout=True)
+            named = await holder.exec(["hostname"], capture_stdout=True, capture_stderr=True)
             print(f"holder's hostname (by exec): {named.stdout.decode().strip()}")
             for kind in ("net", "ipc", "uts", "pid"):
                 shared = holder.namespaces[kind] == web.namespaces[kind]

@@ -50,7 +50,8 @@ async def tour(sup: anyns.Supervisor, source: str, propagation: str) -> None:
                                capabilities=anyns.ALL_CAPABILITIES)
     print(f"\n== propagation={propagation!r}: {EXPLAIN[propagation]}")
     async with trio.open_nursery() as nursery:
-        box = await nursery.start(functools.partial(sup.run, stdin=anyns.PIPE, stdout=anyns.PIPE, check=False), spec)
+        box = await nursery.start(functools.partial(sup.run, stdin=anyns.PIPE, stdout=anyns.PIPE,
+                                                    stderr=anyns.STDOUT, check=False), spec)
         out = b""
         while b"mounted\n" not in out:
             out += await box.stdout.receive_some()

@@ -63,7 +63,8 @@ async def main(count: int) -> None:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
         async with anyns.open_supervisor() as sup, trio.open_nursery() as nursery:
-            run = functools.partial(sup.run, check=False)
+            # stdout/stderr: never this script's own (a container can reopen them via /proc/self/fd)
+            run = functools.partial(sup.run, check=False, stdout=anyns.DEVNULL, stderr=anyns.DEVNULL)
             hub = await nursery.start(run, anyns.ContainerSpec(argv=["sleep", "1000"]))
             kept = hub.keep_namespace("net", os.path.join(scratch, "hubnet"))
             bridge = anyns.Bridge(subnet="10.90.0.0/24", netns=kept.path)

@@ -23,6 +23,48 @@ def test_run_passes_stdio_and_exit_status() -> None:
     assert (done.returncode, done.stdout, done.stderr) == (3, b"clibox\nfrom stdin\n", b"err\n")
 
 
+# Reopens its fds 0 and 1 through /proc/self/fd: reads back what fd 1 already holds (a file's content, or
+# nothing from a pipe), opens it with O_TRUNC, writes into fd 0's file; reports on stderr, then prints "new".
+REOPEN = """
+import os
+def reopen(n, flags):
+    try:
+        return os.open(f"/proc/self/fd/{n}", flags | os.O_NONBLOCK)
+    except OSError as e:
+        os.write(2, f"reopen {n}: {e}\\n".encode())
+        return -1
+fd = reopen(1, os.O_RDONLY)
+if fd >= 0:
+    try:
+        os.write(2, b"read back: " + os.read(fd, 4096) + b"\\n")
+    except BlockingIOError:
+        os.write(2, b"read back nothing\\n")
+    os.close(fd)
+for n, flags in ((1, os.O_WRONLY | os.O_TRUNC), (0, os.O_WRONLY)):
+    fd = reopen(n, flags)
+    if fd >= 0:
+        if n == 0:
+            os.write(fd, b"overwritten")
+        os.close(fd)
+print("new")
+"""
+
+
+def test_run_stdio_are_pipes_the_container_cannot_reopen_as_files(tmp_path: pathlib.Path) -> None:
+    """run: the output goes to the CLI's file through a pipe, so a reopen of /proc/self/fd/1 neither reads the
+    file back nor truncates it, and one of /proc/self/fd/0 cannot write the file given as stdin."""
+    log, given = tmp_path / "log", tmp_path / "stdin"
+    log.write_bytes(b"the supervisor's log\n")
+    given.write_bytes(b"input\n")
+    with open(log, "ab") as out, open(given, "rb") as source:
+        done = subprocess.run([sys.executable, "-m", "anyns", "run", "--", "python3", "-I", "-c", REOPEN],
+                              stdin=source, stdout=out, stderr=subprocess.PIPE, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert b"supervisor" not in done.stderr, done.stderr
+    assert log.read_bytes() == b"the supervisor's log\nnew\n"
+    assert given.read_bytes() == b"input\n"
+
+
 def test_run_signal_death_is_128_plus_n() -> None:
     """run: a program killed by signal N (here SIGSEGV, 11) exits the CLI with 128+N, as a shell reports it."""
     # A fault is forced even on pid 1, which ignores signals sent from inside its namespace.
