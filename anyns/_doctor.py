@@ -149,10 +149,10 @@ def _overlayfs() -> Finding:
 def _seccomp() -> Finding:
     """Whether the default seccomp filter can be built here (libseccomp), and how big it is."""
     from ._security import seccomp_bpf
-    from ._security_defaults import DEFAULT_DENIED
+    from ._security_defaults import DEFAULT_CAPABILITIES
 
     try:
-        size = len(seccomp_bpf(DEFAULT_DENIED, 1, False)) // 8
+        size = len(seccomp_bpf(DEFAULT_CAPABILITIES)) // 8
     except OSError as e:
         return Finding("seccomp", "FAIL", f"{e}: install libseccomp2, or run containers with seccomp=None")
     return Finding("seccomp", "ok", f"libseccomp builds the default filter ({size} BPF instructions)")

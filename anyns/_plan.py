@@ -461,9 +461,9 @@ def _security_steps(b: _Builder, spec: ContainerSpec) -> None:
     dropped = tuple(sorted(n for name, n in CAPABILITIES.items() if name not in spec.capabilities))
     if dropped:
         b.op("security", "drop_bounding", None, dropped)
-    if spec.seccomp is not None:
+    if spec.seccomp is not None:  # the supervisor compiles it: the profile's rules depend on the capabilities
         b.op("security", "seccomp", None, tuple(sorted(spec.seccomp.deny)), spec.seccomp.errno,
-             int("CAP_SYS_ADMIN" in spec.capabilities))
+             tuple(sorted(spec.capabilities)), tuple(sorted(spec.seccomp.allow)))
     if spec.user is not None:  # after everything that needs root; it clears PDEATHSIG, which comes next
         b.op("security", "set_user", None, spec.user.uid, spec.user.gid, spec.user.groups)
     if dropped and (spec.user is None or spec.user.uid == 0):

@@ -23,12 +23,16 @@ DEFAULT_CAPABILITIES = frozenset({
 })
 ALL_CAPABILITIES = frozenset(CAPABILITIES)
 
-#: syscalls the default filter refuses whatever the capabilities (after Docker's default profile)
+#: notable syscalls Docker's default seccomp profile refuses a container with ``DEFAULT_CAPABILITIES``
+#: (the filter is an allow-list: everything it does not list is refused too). Some become allowed with a
+#: capability (bpf with CAP_BPF, reboot with CAP_SYS_BOOT …); ``Seccomp(deny=DEFAULT_DENIED)`` refuses
+#: them whatever the capabilities.
 DEFAULT_DENIED = frozenset({
     "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module", "create_module",
     "keyctl", "add_key", "request_key", "bpf", "perf_event_open", "userfaultfd", "acct", "swapon", "swapoff",
     "reboot", "lookup_dcookie", "uselib", "nfsservctl", "open_by_handle_at", "iopl", "ioperm", "quotactl",
     "get_kernel_syms", "query_module", "vm86", "vm86old", "_sysctl",
+    "io_uring_setup", "io_uring_enter", "io_uring_register",
 })
 
 #: covered up inside the container (runc's and Docker's maskedPaths): a file gets

@@ -24,7 +24,6 @@ from ._errors import SpecError
 from ._security_defaults import (
     CAPABILITIES,
     DEFAULT_CAPABILITIES,
-    DEFAULT_DENIED,
     DEFAULT_MASKED_PATHS,
     DEFAULT_READONLY_PATHS,
 )
@@ -709,35 +708,60 @@ def _to_capabilities(value: Any) -> frozenset[str]:
     return frozenset(out)
 
 
-def _to_syscall_names(value: Any) -> frozenset[str]:
+def _syscall_names(where: str, value: Any) -> frozenset[str]:
     if isinstance(value, str):
-        raise _fail("seccomp.deny", f"expected a set of syscall names, got the string {value!r}")
-    names = frozenset(value)
+        raise _fail(where, f"expected a set of syscall names, got the string {value!r}")
+    try:
+        names = frozenset(value)
+    except TypeError:
+        raise _fail(where, f"expected a set of syscall names, got {value!r}") from None
     for name in names:
         if not isinstance(name, str) or not name or not (name.replace("_", "").isalnum() and name.isascii()):
-            raise _fail("seccomp.deny", f"expected syscall names, got {name!r}")
+            raise _fail(where, f"expected syscall names, got {name!r}")
     return names
+
+
+def _to_denied(value: Any) -> frozenset[str]:
+    return _syscall_names("seccomp.deny", value)
+
+
+def _to_allowed(value: Any) -> frozenset[str]:
+    return _syscall_names("seccomp.allow", value)
 
 
 @attrs.frozen
 class Seccomp:
-    """A seccomp filter: every syscall is allowed except those in ``deny``, which fail with ``errno``.
+    """A seccomp filter: Docker's default profile, adjusted by ``deny`` and ``allow``.
 
-    The default, ``anyns.DEFAULT_SECCOMP``, is modelled on Docker's default
-    profile: ``anyns.DEFAULT_DENIED`` (kexec, kernel modules, keyrings, bpf,
-    perf_event_open, userfaultfd, swap, reboot …), always the TIOCSTI and
-    TIOCLINUX ioctls, and, unless the container keeps CAP_SYS_ADMIN, the mount
-    and namespace calls (mount, umount2, pivot_root, unshare, setns, the new
-    mount API, clone with namespace flags; clone3 answers ENOSYS so libc falls
-    back to clone). Add to it with ``Seccomp(deny=anyns.DEFAULT_DENIED | {"ptrace"})``.
+    The filter is an allow-list generated from moby's ``default.json`` (kept
+    in the package with the commit it came from), for the container's
+    capabilities, as Docker applies it: what it does not allow fails with
+    ``errno`` (default EPERM), and a syscall it does not know (newer than
+    the profile or libseccomp) with ENOSYS, so libcs fall back. Seccomp
+    follows the capabilities: keeping CAP_SYS_ADMIN allows mount, unshare,
+    setns and clone with namespace flags; CAP_SYS_PTRACE allows kcmp and
+    pidfd_getfd. Without CAP_SYS_ADMIN, clone3 answers ENOSYS (libc falls
+    back to clone, whose flags the filter can see). Always refused:
+    io_uring, socket(AF_VSOCK) and socket(AF_ALG), the TIOCSTI and TIOCLINUX
+    ioctls; ``anyns.DEFAULT_DENIED`` names the notable refusals.
+
+    ``deny`` refuses more syscalls (with ``errno``), whatever the
+    capabilities: ``Seccomp(deny=anyns.DEFAULT_DENIED | {"ptrace"})``.
+    ``allow`` allows syscalls the profile refuses, with any arguments:
+    ``Seccomp(allow={"io_uring_setup", "io_uring_enter", "io_uring_register"})``.
+    ``seccomp=None`` in the spec installs no filter.
     """
 
-    deny: frozenset[str] = attrs.field(default=DEFAULT_DENIED, converter=_to_syscall_names)
-    errno: int = 1  # EPERM
+    deny: frozenset[str] = attrs.field(default=frozenset(), converter=_to_denied)
+    errno: int = 1  # EPERM, as Docker's profile
+    allow: frozenset[str] = attrs.field(default=frozenset(), converter=_to_allowed, kw_only=True)
 
     def __attrs_post_init__(self) -> None:
         if isinstance(self.errno, bool) or not isinstance(self.errno, int) or not 0 < self.errno < 4096:
             raise _fail("seccomp.errno", f"expected an errno from 1 to 4095, got {self.errno!r}")
+        both = self.allow & self.deny
+        if both:
+            raise _fail("seccomp", f"syscalls both allowed and denied: {', '.join(sorted(both))}")
 
 
 DEFAULT_SECCOMP: Final = Seccomp()

@@ -1006,10 +1006,10 @@ def _single_exceptions() -> Iterator[None]:
 
 
 @functools.lru_cache(maxsize=64)
-def _seccomp_hex(deny: tuple[str, ...], err: int, keep_admin: bool) -> str:
-    """The filter as BPF (hex, for the plan's JSON), compiled once per policy by libseccomp."""
+def _seccomp_hex(deny: tuple[str, ...], err: int, capabilities: tuple[str, ...], allow: tuple[str, ...]) -> str:
+    """The filter as BPF (hex, for the plan's JSON), compiled once per policy and capability set."""
     try:
-        return seccomp_bpf(deny, err, keep_admin).hex()
+        return seccomp_bpf(capabilities, allow, deny, err).hex()
     except OSError as e:
         raise UnsupportedError(
             f"seccomp: the filter could not be built: {e} (hint: install libseccomp2, "
@@ -1021,9 +1021,12 @@ def _with_seccomp_bpf(plan: Plan) -> Plan:
     ops = list(plan.ops)
     for i, (step, call, path, args) in enumerate(ops):
         if call == "seccomp":
-            deny, err, keep_admin = args
-            assert isinstance(deny, tuple) and isinstance(err, int) and isinstance(keep_admin, int)
-            ops[i] = (step, "seccomp_bpf", path, (_seccomp_hex(tuple(str(d) for d in deny), err, bool(keep_admin)),))
+            deny, err, caps, allow = args
+            assert isinstance(deny, tuple) and isinstance(err, int) and isinstance(caps, tuple)
+            assert isinstance(allow, tuple)
+            bpf = _seccomp_hex(tuple(str(d) for d in deny), err, tuple(str(c) for c in caps),
+                               tuple(str(a) for a in allow))
+            ops[i] = (step, "seccomp_bpf", path, (bpf,))
             return attrs.evolve(plan, ops=tuple(ops))
     return plan
 

@@ -111,12 +111,13 @@ def test_each_measure_can_be_turned_off(fields: dict[str, object], absent: set[s
 
 
 def test_seccomp_op_carries_the_policy_for_the_supervisor_to_compile() -> None:
-    """The plan holds the policy (names, errno, CAP_SYS_ADMIN kept); the supervisor turns it into BPF."""
-    plan = compile_(seccomp=anyns.Seccomp(deny={"ptrace", "bpf"}, errno=38))
+    """The plan holds the policy (denied names, errno, the capabilities the profile's rules follow, allowed
+    names); the supervisor turns it into BPF."""
+    plan = compile_(seccomp=anyns.Seccomp(deny={"ptrace", "bpf"}, errno=38, allow={"kcmp"}))
     op = next(op for op in plan.ops if op[1] == "seccomp")
-    assert op[3] == (("bpf", "ptrace"), 38, 0)
+    assert op[3] == (("bpf", "ptrace"), 38, tuple(sorted(anyns.DEFAULT_CAPABILITIES)), ("kcmp",))
     admin = compile_(capabilities={"CAP_SYS_ADMIN"})
-    assert next(op for op in admin.ops if op[1] == "seccomp")[3][2] == 1
+    assert next(op for op in admin.ops if op[1] == "seccomp")[3][2] == ("CAP_SYS_ADMIN",)
 
 
 @given(specs())
@@ -175,7 +176,7 @@ def test_the_filter_covers_the_companion_architectures() -> None:
     if platform.machine() != "x86_64":
         pytest.skip("x86_64 only")
     try:
-        bpf = seccomp_bpf(anyns.DEFAULT_DENIED, errno.EPERM, False)
+        bpf = seccomp_bpf(anyns.DEFAULT_CAPABILITIES, deny=anyns.DEFAULT_DENIED, err=errno.EPERM)
     except _seccomp.Unavailable as e:
         pytest.skip(str(e))
     constants = {struct.unpack_from("<HBBI", bpf, i)[3] for i in range(0, len(bpf), 8)}
