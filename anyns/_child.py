@@ -10,6 +10,10 @@ Each operation is ``fn(rt, *args)`` where ``rt`` is the per-spawn tuple
 fds are the namespace sources of ``Join``. On the first error the
 child writes one failure record to the error pipe and ``_exit(127)``s; when
 execve succeeds the pipe closes (it is close-on-exec) and the supervisor sees EOF.
+With an init, the last operation execs the init program instead (``_init``:
+a static C program the zygote holds a sealed copy of), which starts the
+program, reports a failure to start it the same way, and closes the pipe
+once it runs: the child's own memory (the zygote's) never outlives setup.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from ._sys import _libc
 
 # Type-checking only: collections.abc and typing stay out of the zygote.
 if TYPE_CHECKING:
+    import ctypes
     from collections.abc import Callable, Sequence
     from typing import Any, NoReturn, TypeAlias
 
@@ -600,23 +605,27 @@ def _pdeathsig(rt: Rt) -> None:
         os._exit(_EXIT_SETUP_FAILED)
 
 
-def _spawn_with_init(rt: Rt, status_index: int, candidates: tuple[bytes, ...], argv: tuple[bytes, ...],
-                     env: dict[bytes, bytes]) -> None:
-    """Instead of execve: start the program as pid 2 and stay as its init (``_init``); never returns."""
-    program = _init.spawn_program(candidates, argv, env)
-    _init.serve(program, rt[_EXTRA + status_index], rt[_ERRPIPE])
+def _exec_init(rt: Rt, init_fd: int, mode: int, status_index: int, counts: tuple[int, int],
+               argv: ctypes.Array[ctypes.c_char_p], envp: ctypes.Array[ctypes.c_char_p]) -> None:
+    """Instead of execve: exec the init program (``_init``) in ``mode``, which starts the program.
 
-
-def _fork_and_wait(rt: Rt, status_index: int, candidates: tuple[bytes, ...], argv: tuple[bytes, ...],
-                   env: dict[bytes, bytes]) -> None:
-    """Instead of execve: start the program, dying with us, and wait for it (a rootless exec); never returns."""
-    program = _init.fork_program(candidates, argv, env)
-    _init.serve(program, rt[_EXTRA + status_index], rt[_ERRPIPE])
+    ``envp`` (made by ``link``) holds the candidate paths, the program's argv
+    and its environment after a first entry left for the control record,
+    which names the two fds the init keeps: the status pipe and the error
+    channel (their numbers differ from spawn to spawn). Those two are the
+    only fds not closed by the exec; the init makes them close-on-exec again
+    before it starts the program.
+    """
+    status, channel = rt[_EXTRA + status_index], rt[_ERRPIPE]
+    envp[0] = _init.control(mode, status, channel, *counts)
+    os.set_inheritable(status, True)
+    os.set_inheritable(channel, True)
+    _libc.execveat(init_fd, b"", argv, envp, C.AT_EMPTY_PATH)
 
 
 def _execve(rt: Rt, candidates: tuple[bytes, ...], argv: tuple[bytes, ...],
             env: dict[bytes, bytes]) -> None:
-    """execve each candidate like execvp(3) (``_init.first_to_start``)."""
+    """execve each candidate like execvp(3) (``_init.first_to_start``), without an init."""
     _init.first_to_start(candidates, lambda path: os.execve(path, argv, env))
 
 
@@ -672,8 +681,9 @@ OPS: dict[str, Callable[..., None]] = {
     "close_fds": _close_fds,
     "signals": _signals,
     "pdeathsig": _pdeathsig,
-    "spawn_with_init": _spawn_with_init,
-    "fork_and_wait": _fork_and_wait,
+    "spawn_with_init": _exec_init,
+    "fork_and_wait": _exec_init,
+    "subreaper": _exec_init,
     "execve": _execve,
 }
 
@@ -717,6 +727,7 @@ _SYSCALL_OF = {
     "pdeathsig": "prctl",
     "spawn_with_init": "execve",
     "fork_and_wait": "execve",
+    "subreaper": "execve",
 }
 
 
@@ -776,11 +787,14 @@ def warm_up(rounds: int = 20) -> None:
         _signal.pthread_sigmask(_signal.SIG_BLOCK, ())
 
 
-def link(ops: Sequence[Sequence[Any]], skeleton: list[int] | None = None) -> tuple[Linked, Meta]:
+def link(ops: Sequence[Sequence[Any]], skeleton: list[int] | None = None, init_fd: int = -1
+         ) -> tuple[Linked, Meta]:
     """Turn a wire plan's ops into callables with bytes arguments, once per plan.
 
     ``skeleton`` is the zygote's holder of the prebuilt root tree fd, which
     ``attach_skeleton`` reads when the child runs (it may be rebuilt).
+    ``init_fd`` is the zygote's copy of the init program (``_init.open_binary``),
+    which the ops that start the program through it exec.
 
     Raises:
         ValueError: an unknown operation or a malformed op.
@@ -801,9 +815,18 @@ def link(ops: Sequence[Sequence[Any]], skeleton: list[int] | None = None) -> tup
             converted = (_security.prepare_seccomp(bytes.fromhex(args[0])),)
         elif call == "capset":
             converted = (_security.prepare_capset(int(args[0])),)
-        if call in ("execve", "spawn_with_init", "fork_and_wait"):
-            *lead, candidates, argv, env = converted
-            converted = (*lead, candidates, argv, dict(e.split(b"=", 1) for e in env))
+        if call == "execve":
+            candidates, argv, env = converted
+            converted = (candidates, argv, dict(e.split(b"=", 1) for e in env))
+        elif call in _init.MODES:
+            if init_fd < 0:
+                raise ValueError(f"{call} without the init program")
+            status, candidates, argv, env = converted
+            # The arrays execveat takes, made once: the first entry of the
+            # environment is the control record, filled in by each spawn.
+            converted = (init_fd, _init.MODES[call], status, (len(candidates), len(argv)),
+                         _libc.string_array((_init.ARGV0,)),
+                         _libc.string_array((None, *candidates, *argv, *env)))
         linked.append((fn, converted))
         meta.append((str(step), _SYSCALL_OF.get(call, call), path))
     return tuple(linked), tuple(meta)

@@ -158,6 +158,25 @@ def _seccomp() -> Finding:
     return Finding("seccomp", "ok", f"libseccomp builds the default filter ({size} BPF instructions)")
 
 
+def _init_binary() -> Finding:
+    """The container's init program (``anyns/_native/anyns-init``): there, and run from a sealed copy."""
+    from ._init import BINARY, open_binary
+
+    try:
+        size = os.stat(BINARY).st_size
+        fd, sealed = open_binary()
+    except OSError as e:
+        return Finding("init", "FAIL", f"{BINARY}: {e.strerror}: this anyns was never built; run pip install -e . "
+                                       "in its source checkout (it compiles anyns/_native/init.c; Debian: "
+                                       "apt-get install build-essential)")
+    os.close(fd)
+    if not sealed:
+        return Finding("init", "warn", f"{BINARY} ({size // 1024} KiB), run from the installed file: "
+                                       "vm.memfd_noexec=2 refuses the sealed memfd copy, so a container "
+                                       "that opens its init's /proc/PID/exe reaches the host's file")
+    return Finding("init", "ok", f"{BINARY} ({size // 1024} KiB, static), run from a sealed memfd copy")
+
+
 def _cgroups() -> Finding:
     """Where each limit would be enforced (``ContainerSpec(limits=...)``), as the supervisor would set it up."""
     from ._cgroups import CONTROLLERS, describe, probe
@@ -227,13 +246,13 @@ def _tools() -> Finding:
 
 
 CHECKS: tuple[Callable[[], Finding], ...] = (
-    _kernel, _features, _privileges, _pidfd, _detached_trees, _userns, _overlayfs, _seccomp, _cgroups, _masked_proc,
-    _limits, _tools,
+    _kernel, _features, _privileges, _pidfd, _init_binary, _detached_trees, _userns, _overlayfs, _seccomp, _cgroups,
+    _masked_proc, _limits, _tools,
 )
 
 #: what a user can do, and the findings it depends on (any of them not "ok" says why it may not work)
 FEATURES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("containers (namespaces, pivot_root, /proc)", ("kernel", "pidfd", "container")),
+    ("containers (namespaces, pivot_root, /proc)", ("kernel", "pidfd", "init", "container")),
     ("hardening (seccomp filter)", ("seccomp",)),
     ("limits, statistics, pause/resume (cgroups)", ("cgroups",)),
     ("user namespaces (Namespaces.USER, user_ns=) and rootless mode", ("user namespaces", "/proc")),

@@ -66,9 +66,12 @@ The order (each line a step)::
                  capabilities; no_new_privs (``_security``)
     pdeathsig    PR_SET_PDEATHSIG last (credential changes clear it), then check
                  the supervisor is still alive
-    exec         execve, trying each PATH entry like execvp; with ``init`` (and a
-                 pid namespace of its own) posix_spawn the program as pid 2
-                 instead and stay as its init (``_init``)
+    exec         execve, trying each PATH entry like execvp; or execveat the
+                 init program (``_init``: a small static C program, no fork of
+                 the zygote), which starts the program and waits for it: as
+                 pid 1 with ``init`` (and a pid namespace of its own), as a
+                 child subreaper without a pid namespace where no cgroup can
+                 be had (rootless), as the waiter of a rootless exec
 """
 
 from __future__ import annotations
@@ -287,12 +290,13 @@ def compile_plan(spec: ContainerSpec, host: HostLayout) -> Plan:
         sent = sent_kinds(ns)
         b.op("namespaces", "send_namespaces", None, sent)
         b.op("userns", "not_dumpable", None)
-    if spec.init and Namespaces.PID in ns:
+    init = _init_call(spec, ns, host)
+    if init is not None:
         extra_kinds += ("status",)  # a pipe: the init writes the program's wait status on it (last extra fd)
 
     if "mnt" in joined:
         # Another container's file system view: its root is already ours.
-        _process_steps(b, spec, ns, extra_kinds)
+        _process_steps(b, spec, ns, extra_kinds, init)
         return Plan(clone_flags=clone_flags, ops=tuple(b.ops), extra_kinds=extra_kinds, enter=tuple(enter),
                     tty=spec.tty, cgroup=cgroup, dumpable=id_map is not None and host.rootless,
                     sent_namespaces=sent)
@@ -360,7 +364,7 @@ def compile_plan(spec: ContainerSpec, host: HostLayout) -> Plan:
     b.op("pivot_root", "pivot_root", "/", ".", ".")
     b.op("pivot_root", "umount2", "/", ".", MNT_DETACH)
 
-    _process_steps(b, spec, ns, extra_kinds)
+    _process_steps(b, spec, ns, extra_kinds, init)
     return Plan(clone_flags=clone_flags, ops=tuple(b.ops), skeleton=skeleton,
                 extra_kinds=extra_kinds, enter=tuple(enter), tty=spec.tty, cgroup=cgroup,
                 dumpable=id_map is not None and host.rootless, sent_namespaces=sent)
@@ -410,7 +414,24 @@ def _become_root(b: _Builder, spec: ContainerSpec) -> None:
     b.op("userns", "become_root", None)
 
 
-def _process_steps(b: _Builder, spec: ContainerSpec, ns: Namespaces, extra_kinds: tuple[str, ...]) -> None:
+def _init_call(spec: ContainerSpec, ns: Namespaces, host: HostLayout) -> str | None:
+    """The exec step's call when the init program starts the container's program (``_init``), else None.
+
+    With a pid namespace of its own, ``spec.init`` decides: the init is its
+    pid 1 (``spawn_with_init``). Without one, what the program leaves
+    running would outlive it: a container with a cgroup (``needs_cgroup``:
+    any from a root supervisor) has it killed through the cgroup; one
+    without (rootless) gets the init as a child subreaper that kills it when
+    the program ends (``subreaper``), whatever ``spec.init`` says, as that
+    init is not pid 1 and changes nothing else the program sees.
+    """
+    if Namespaces.PID in ns:
+        return "spawn_with_init" if spec.init else None
+    return None if needs_cgroup(spec, host.rootless) else "subreaper"
+
+
+def _process_steps(b: _Builder, spec: ContainerSpec, ns: Namespaces, extra_kinds: tuple[str, ...],
+                   init: str | None) -> None:
     """From hostname to execve: what every container does after its file system is in place."""
     if spec.hostname is not None:
         b.op("hostname", "sethostname", None, spec.hostname)
@@ -420,11 +441,16 @@ def _process_steps(b: _Builder, spec: ContainerSpec, ns: Namespaces, extra_kinds
         b.op("network", "interface_up", "lo", "lo")
     if "go" in extra_kinds and user_namespace_map(spec) is None:  # with one, it waited first thing
         b.op("network", "wait_go", "eth0", extra_kinds.index("go"))
-    _exec_steps(b, spec, extra_kinds.index("status") if "status" in extra_kinds else None)
+    _exec_steps(b, spec, None if init is None else (init, extra_kinds.index("status")))
 
 
-def _exec_steps(b: _Builder, spec: ContainerSpec, status: int | None = None, waiter: bool = False) -> None:
-    """From umask to execve; ``status``: the extra fd index of the init's status pipe, if it has an init."""
+def _exec_steps(b: _Builder, spec: ContainerSpec, init: tuple[str, int] | None = None) -> None:
+    """From umask to execve; ``init``: the init's call (``_init_call``) and the extra fd index of its status pipe.
+
+    With an init, the child execs the init program, which starts the program
+    (its own exec failures are reported as the child's would be) and writes
+    its exact status on the pipe.
+    """
     b.op("process", "umask", None, _DEFAULT_UMASK)
     b.op("process", "chdir", spec.cwd, spec.cwd)
     if spec.tty:
@@ -441,8 +467,8 @@ def _exec_steps(b: _Builder, spec: ContainerSpec, status: int | None = None, wai
     _security_steps(b, spec)
     b.op("pdeathsig", "pdeathsig", None)
     env = tuple(f"{k}={v}" for k, v in spec.env.items())
-    if status is not None:
-        call = "fork_and_wait" if waiter else "spawn_with_init"
+    if init is not None:
+        call, status = init
         b.op("exec", call, spec.argv[0], status, _exec_candidates(spec), spec.argv, env)
     else:
         b.op("exec", "execve", spec.argv[0], _exec_candidates(spec), spec.argv, env)
@@ -496,8 +522,10 @@ def compile_exec_plan(spec: ContainerSpec, container_namespaces: Namespaces, hos
     namespaces its user namespace does not own): the child enters them all,
     user first, through the namespace files the container sent when it was
     made (``Plan.sent_namespaces``, the extra fds); a pid namespace only takes children, so it
-    posix_spawns the program into it and waits for it (the init's code:
-    signals passed on, the exact status reported).
+    execs the init program as a waiter (``fork_and_wait``), which forks the
+    program into it, dying with the waiter, passes signals on and reports
+    its exact status; into a container without a pid namespace, the waiter
+    is a child subreaper too (``subreaper``), as that container's init is.
     """
     if rootless:
         b = _Builder("/")
@@ -509,7 +537,8 @@ def compile_exec_plan(spec: ContainerSpec, container_namespaces: Namespaces, hos
         # reaped): entered, they must still have their init (its pidfd).
         b.op("namespaces", "check_alive", None, extra_kinds.index("container"))
         b.op("userns", "become_root", None)
-        _exec_steps(b, spec, extra_kinds.index("status"), waiter=True)
+        waiter = "fork_and_wait" if Namespaces.PID in container_namespaces else "subreaper"
+        _exec_steps(b, spec, (waiter, extra_kinds.index("status")))
         return Plan(clone_flags=0, ops=tuple(b.ops), extra_kinds=extra_kinds, tty=spec.tty)
     b = _Builder("/")
     flags = int(container_namespaces)

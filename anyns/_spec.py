@@ -902,8 +902,13 @@ class ContainerSpec:
             forwards SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2 and
             SIGWINCH to it, reaps orphaned processes, and exits with the
             program's status (``returncode`` still describes the program).
-            False runs the program itself as pid 1. Only with a pid
-            namespace of its own.
+            The init is a small static program of anyns's, exec'd: it holds
+            nothing but this container's argv and environment. False runs
+            the program itself as pid 1. Only with a pid namespace of its
+            own; without one, a rootless supervisor (which has no cgroup to
+            kill what the program leaves running) always runs it, whatever
+            ``init`` says, as a child subreaper that kills the program's
+            leftover processes when it ends (it is not pid 1 there).
         stop_grace: seconds a cancelled ``run`` waits after SIGTERM before it
             SIGKILLs the container (default 0: SIGKILL at once). A pid-1
             program only sees SIGTERM if it handles it.

@@ -90,10 +90,12 @@ _pack_fd = struct.Struct("i").pack
 class Zygote:
     """The serving loop and its plan cache."""
 
-    def __init__(self, sock: _socket.socket, supervisor_pidfd: int, newroot: str) -> None:
+    def __init__(self, sock: _socket.socket, supervisor_pidfd: int, newroot: str, init_fd: int = -1) -> None:
         self.sock = sock
         self.supervisor_pidfd = supervisor_pidfd
         self.newroot = newroot
+        #: the init program the children exec (``_init.open_binary``: a sealed memfd copy)
+        self.init_fd = init_fd
         #: plan id -> (clone flags, linked ops, error metadata, extra fds, what to
         #: enter first, its root tree holder or None)
         self.plans: dict[int, _LinkedPlan] = {}
@@ -258,7 +260,7 @@ class Zygote:
             if holder is None:  # no detached trees here: the child builds the root itself
                 at = next(i for i, op in enumerate(ops) if op[1] == "attach_skeleton")
                 ops = [*ops[:at], *_skeleton.expand_for_child(skeleton, self.newroot), *ops[at + 1:]]
-        linked, meta = _child.link(ops, holder)
+        linked, meta = _child.link(ops, holder, self.init_fd)
         extra = int(body.get("extra", 0))
         enter = tuple((int(index), int(flags)) for index, flags in body.get("enter", ()))
         cgroup = int(body.get("cgroup", -1))
@@ -335,10 +337,12 @@ def main(sock_fd: int, supervisor_pid: int, newroot: str, cgroup_parent: str = "
     # Device nodes and mount points get exactly the modes the plan asks for;
     # the child sets the program's umask before execve.
     os.umask(0)
-    zygote = Zygote(sock, supervisor_pidfd, newroot)
+    # The init program, copied once into a sealed memfd: every container with
+    # an init execs it from this fd (close-on-exec, like all of ours).
+    init_fd, _sealed = _init.open_binary()
+    zygote = Zygote(sock, supervisor_pidfd, newroot, init_fd)
     sock.send(_protocol.encode(_protocol.HELLO, _protocol.PROTOCOL_VERSION, os.getpid()))
     _child.warm_up()
-    _init.warm_up()
     # Keep the pages the children share clean: no collection will touch them
     # (Python docs on gc.freeze for fork-without-exec servers).
     gc.collect()

@@ -23,12 +23,14 @@ from typing import Final
 import attrs
 import trio
 
-from . import _protocol
+from . import _init, _protocol
 from ._errors import ExecError, SetupError, ZygoteError, diagnose, oserror
 from ._plan import Plan
 
 _ZYGOTE_FILE: Final = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_zygote_main.py")
 _PACKAGE_DIR: Final = os.path.dirname(os.path.abspath(__file__))
+#: the init program the zygote copies at its start (``_init.open_binary``)
+INIT_BINARY = _init.BINARY
 
 
 @attrs.define(eq=False)
@@ -59,6 +61,11 @@ class ZygoteConnection:
     """One zygote process and the socket to it; replaced by a new one if it dies."""
 
     def __init__(self, on_orphan: Callable[[int], None], newroot: str, cgroup_parent: str | None = None) -> None:
+        if not os.access(INIT_BINARY, os.R_OK):
+            # The zygote would die at its start: say why, and what to do.
+            raise ZygoteError(f"the container init {INIT_BINARY} is missing or unreadable: this anyns was never "
+                              "built (a source checkout?); run pip install -e . in it, which compiles "
+                              "anyns/_native/init.c (Debian: apt-get install build-essential first)")
         # Started synchronously from the calling (trio) thread, never from a
         # worker thread: the zygote's PDEATHSIG, and through CLONE_PARENT the
         # containers' parent, are tied to this thread (spawn-path.md §9.1).

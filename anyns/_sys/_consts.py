@@ -83,6 +83,7 @@ IFF_LOOPBACK = 0x8
 # from 424 on are shared by every architecture.
 SYS_pivot_root = 155
 SYS_waitid = 247
+SYS_execveat = 322
 SYS_pidfd_send_signal = 424
 SYS_open_tree = 428
 SYS_move_mount = 429

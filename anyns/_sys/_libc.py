@@ -14,9 +14,14 @@ import os
 
 from . import _consts as C
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # collections.abc stays out of the zygote
+    from collections.abc import Sequence
+
 # pivot_root has a per-architecture number; those from 424 on are shared.
 _PIVOT_ROOT_NR = {"aarch64": 41, "riscv64": 41}.get(os.uname().machine, C.SYS_pivot_root)
 _WAITID_NR = ctypes.c_long({"aarch64": 95, "riscv64": 95}.get(os.uname().machine, C.SYS_waitid))
+_EXECVEAT_NR = ctypes.c_long({"aarch64": 281, "riscv64": 281}.get(os.uname().machine, C.SYS_execveat))
 
 _libc = ctypes.CDLL(None, use_errno=True)
 # clone3 must run with the GIL held (PyDLL): with CDLL the GIL would be
@@ -186,20 +191,16 @@ def syscall(name: str, number: int, *args: int) -> int:
     return ret
 
 
-def comm_name(name: bytes) -> int:
-    """A name for ``set_comm``, made once (a buffer that lives as long as the process): its address."""
-    buf = ctypes.create_string_buffer(name[:15])
-    _COMM_NAMES.append(buf)
-    return ctypes.addressof(buf)
+def string_array(strings: Sequence[bytes | None]) -> ctypes.Array[ctypes.c_char_p]:
+    """A ``char *[]`` of ``strings`` and a final NULL, for ``execveat``; it keeps the strings alive."""
+    return (ctypes.c_char_p * (len(strings) + 1))(*strings, None)
 
 
-_COMM_NAMES: list[object] = []
-
-
-def set_comm(name: int) -> None:
-    """PR_SET_NAME: the name ``ps`` and /proc/PID/comm show; ``name`` from ``comm_name``."""
-    if _prctl(C.PR_SET_NAME, name, 0, 0, 0) != 0:
-        raise _fail("prctl(PR_SET_NAME)")
+def execveat(dirfd: int, path: bytes, argv: ctypes.Array[ctypes.c_char_p], envp: ctypes.Array[ctypes.c_char_p],
+             flags: int) -> None:
+    """execveat(2) (Linux 3.19; glibc wraps it from 2.34 only); returns only on failure, by raising."""
+    _syscall(_EXECVEAT_NR, ctypes.c_int(dirfd), ctypes.c_char_p(path), argv, envp, ctypes.c_int(flags))
+    raise _fail("execveat")
 
 
 def close_range(first: int, last: int, flags: int) -> None:

@@ -161,8 +161,8 @@ def test_a_container_runs_as_root_of_its_own_user_namespace(rootless_records: di
     assert lines[2].split() == ["0", str(NOBODY), "1"]
     assert lines[3:8] == ["rootless-box", "2", "dev-ok", "tmp-ok", "data-ok"]
     assert [line.split()[-1] for line in lines[8:10]] == ["1", "2"]  # NoNewPrivs, Seccomp (filter)
-    # The init (a copy of the host's Python, the same host uid as the program) is not dumpable: the
-    # program cannot read its environment or memory.
+    # The init (the same host uid as the program) is not dumpable: the program cannot read its
+    # environment or memory.
     assert lines[10] == "init-private"
 
 

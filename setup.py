@@ -1,0 +1,98 @@
+"""Build anyns: the Python package and the container's init, a small static C program.
+
+The metadata lives in pyproject.toml; this file only adds the build step.
+``anyns/_native/init.c`` is compiled with the system C compiler (``$CC``,
+default ``cc``) into ``anyns/_native/anyns-init``: statically linked, so it
+runs in any container root, a busybox directory without a libc too. A wheel
+holds it beside the package (in place for an editable install), which makes
+the wheel platform-specific (``py3-none-<platform>``: any CPython 3, no
+extension module).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import tempfile
+
+from setuptools import Distribution, setup
+from setuptools.command.build_py import build_py
+from setuptools.errors import CompileError
+
+try:  # setuptools >= 70.1 has its own
+    from setuptools.command.bdist_wheel import bdist_wheel
+except ImportError:  # older: the wheel package's
+    from wheel.bdist_wheel import bdist_wheel
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SOURCE = os.path.join("anyns", "_native", "init.c")
+BINARY = os.path.join("anyns", "_native", "anyns-init")
+CFLAGS = ("-static", "-Os", "-s", "-Wall", "-Wextra")
+HINT = ("anyns: building the container init (anyns/_native/init.c) needs a C compiler and the static C "
+        "library (libc.a); on Debian or Ubuntu: apt-get install build-essential")
+
+
+def compile_init(target: str) -> None:
+    """Compile the init into ``target`` (replaced at once: a running zygote may be reading the old one).
+
+    Raises:
+        CompileError: no compiler, no libc.a, or the compiler failed (one line, with the fix).
+    """
+    compiler = shlex.split(os.environ.get("CC") or "cc")
+    if not compiler or shutil.which(compiler[0]) is None:
+        raise CompileError(f"{HINT} (no C compiler {compiler[0] if compiler else ''!r} found)")
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    fd, scratch = tempfile.mkstemp(prefix=".anyns-init-", dir=os.path.dirname(target))
+    os.close(fd)
+    try:
+        done = subprocess.run([*compiler, *CFLAGS, "-o", scratch, os.path.join(HERE, SOURCE)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            lines = [line.strip() for line in (done.stderr or done.stdout).splitlines() if line.strip()]
+            # the line that says what is missing ("cannot find -lc" without libc.a), else the first error
+            said = next((line for line in lines if "cannot find" in line), None) or next(
+                (line for line in lines if "error" in line), lines[-1] if lines else "nothing")
+            raise CompileError(f"{HINT} ({' '.join(compiler)} said: {said})")
+        os.chmod(scratch, 0o755)
+        os.replace(scratch, target)
+    finally:
+        if os.path.exists(scratch):
+            os.unlink(scratch)
+
+
+class BuildPy(build_py):
+    """build_py, then the init beside the package (in the source tree for an editable install)."""
+
+    def run(self) -> None:
+        super().run()
+        compile_init(self._init_target())
+
+    def _init_target(self) -> str:
+        if getattr(self, "editable_mode", False):
+            return os.path.join(HERE, BINARY)
+        return os.path.join(self.build_lib, BINARY)
+
+    def get_outputs(self, include_bytecode: bool = True) -> list[str]:
+        outputs = list(super().get_outputs(include_bytecode))
+        if not getattr(self, "editable_mode", False):
+            outputs.append(os.path.join(self.build_lib, BINARY))
+        return outputs
+
+
+class BinaryDistribution(Distribution):
+    """Platform-specific (the init is compiled): built and installed as a platlib package."""
+
+    def has_ext_modules(self) -> bool:
+        return True
+
+
+class BdistWheel(bdist_wheel):
+    """A wheel with a compiled program but no extension module: any Python 3, this platform only."""
+
+    def get_tag(self) -> tuple[str, str, str]:
+        return "py3", "none", super().get_tag()[2]
+
+
+setup(distclass=BinaryDistribution, cmdclass={"build_py": BuildPy, "bdist_wheel": BdistWheel})
