@@ -130,8 +130,8 @@ def test_run_bad_memory_size_is_a_one_line_error() -> None:
     [
         (["--", "/no/such/program"], 127, "anyns: exec: execve '/no/such/program' failed"),
         (["--", "/etc/passwd"], 126, "anyns: exec: execve '/etc/passwd' failed"),
-        (["--rootfs", "/no/such/root", "--", "true"], 125, "anyns: rootfs: mount '/no/such/root' failed"),
-        (["--bind", "/no/such/source:/x", "--", "true"], 125, "anyns: mounts: stat '/no/such/source' failed"),
+        (["--rootfs", "/no/such/root", "--", "true"], 125, "anyns: rootfs: open_tree '/no/such/root' failed"),
+        (["--bind", "/no/such/source:/x", "--", "true"], 125, "anyns: mounts: open_tree '/no/such/source' failed"),
     ],
 )
 def test_run_errors_are_one_line_with_a_status(argv: list[str], status: int, start: str) -> None:
