@@ -11,7 +11,6 @@ before it returns, inside a shielded scope.
 from __future__ import annotations
 
 import errno
-import functools
 import itertools
 import math
 import os
@@ -291,21 +290,30 @@ class Supervisor(metaclass=NoPublicConstructor):
         else:
             self._nursery.start_soon(_kill_and_reap, pidfd)
 
-    def _plan(self, key: object, compile_: Callable[[], Plan]) -> tuple[int, Plan]:
-        """The plan for ``key`` (a spec, or an exec's), compiled once and cached."""
+    async def _plan(self, key: object, compile_: Callable[[], Plan]) -> tuple[int, Plan]:
+        """The plan for ``key`` (a spec, or an exec's), compiled once and cached.
+
+        A seccomp policy not seen before is compiled in a worker thread:
+        libseccomp takes tens of milliseconds to build the profile's binary
+        tree, which would stall every other container on the loop.
+        """
         cached = self._plans.pop(key, None)
-        if cached is not None:
-            self._plans[key] = cached  # most recently used last: eviction takes the oldest use
-        else:
-            cached = (next(self._plan_ids), _with_seccomp_bpf(compile_()))
+        if cached is None:
+            plan = compile_()
+            policy = _seccomp_policy(plan)
+            if policy is not None and policy not in _SECCOMP_HEX:
+                _remember_seccomp(policy, await trio.to_thread.run_sync(_seccomp_hex, *policy))
+            cached = self._plans.pop(key, None)  # another task may have made it meanwhile
+        if cached is None:
+            cached = (next(self._plan_ids), _with_seccomp_bpf(plan))
             if len(self._plans) >= MAX_PLANS:  # unbounded distinct specs: forget the oldest
                 old_id, _old = self._plans.pop(next(iter(self._plans)))
                 if self._zygote is not None and self._zygote.error is None:
                     self._zygote.drop(old_id)
-            self._plans[key] = cached
+        self._plans[key] = cached  # most recently used last: eviction takes the oldest use
         return cached
 
-    def _container_plan(self, spec: ContainerSpec) -> tuple[int, Plan]:
+    async def _container_plan(self, spec: ContainerSpec) -> tuple[int, Plan]:
         def compile_() -> Plan:
             layout_key = spec.rootfs if isinstance(spec.rootfs, HostRootfs) else None
             layout = self._layouts.get(layout_key)
@@ -313,7 +321,7 @@ class Supervisor(metaclass=NoPublicConstructor):
                 layout = self._layouts[layout_key] = _probe_host(self._newroot, spec.rootfs, self._cgroups)
             return compile_plan(spec, layout)
 
-        return self._plan(_plan_key(spec), compile_)
+        return await self._plan(_plan_key(spec), compile_)
 
     async def _spawn(self, spec: ContainerSpec, plan_id: int, plan: Plan, fds: list[int]) -> Container:
         """Ask the zygote for a container; return it once the clone succeeded (not yet exec)."""
@@ -446,7 +454,7 @@ class Supervisor(metaclass=NoPublicConstructor):
     async def _run(self, spec: ContainerSpec, io: Io, task_status: trio.TaskStatus[Container]) -> CompletedContainer:
         if self._rootless:
             spec = self._rootless_spec(spec)
-        plan_id, plan = self._container_plan(spec)
+        plan_id, plan = await self._container_plan(spec)
         leaf = self._new_cgroup(spec)
         go = -1
         owned: list[int] = []
@@ -592,7 +600,7 @@ class Supervisor(metaclass=NoPublicConstructor):
             host = _probe_host(self._newroot, HostRootfs(etc=()), self._cgroups) if leaf is not None else None
             return compile_exec_plan(spec, flags, host, userns, rootless)
 
-        plan_id, plan = self._plan(("exec", spec, int(flags), leaf is not None, userns, rootless), compile_)
+        plan_id, plan = await self._plan(("exec", spec, int(flags), leaf is not None, userns, rootless), compile_)
         # Our own duplicate of the pidfd: the task that owns the container may
         # reap it and close its fd while this request waits, and that fd number
         # could then name something else (a new zygote's pidfd: the host).
@@ -1005,9 +1013,30 @@ def _single_exceptions() -> Iterator[None]:
             exc.__context__ = context
 
 
-@functools.lru_cache(maxsize=64)
+#: (deny, errno, capabilities, allow) -> the filter as hex; shared by every supervisor of the process
+_SECCOMP_HEX: dict[tuple[tuple[str, ...], int, tuple[str, ...], tuple[str, ...]], str] = {}
+_MAX_SECCOMP = 64
+
+
+def _remember_seccomp(policy: tuple[tuple[str, ...], int, tuple[str, ...], tuple[str, ...]], hexed: str) -> None:
+    if len(_SECCOMP_HEX) >= _MAX_SECCOMP:
+        del _SECCOMP_HEX[next(iter(_SECCOMP_HEX))]
+    _SECCOMP_HEX[policy] = hexed
+
+
+def _seccomp_policy(plan: Plan) -> tuple[tuple[str, ...], int, tuple[str, ...], tuple[str, ...]] | None:
+    """The seccomp policy of ``plan``'s uncompiled seccomp op, as the filter cache's key; None without one."""
+    for _step, call, _path, args in plan.ops:
+        if call == "seccomp":
+            deny, err, caps, allow = args
+            assert isinstance(deny, tuple) and isinstance(err, int) and isinstance(caps, tuple)
+            assert isinstance(allow, tuple)
+            return (tuple(str(d) for d in deny), err, tuple(str(c) for c in caps), tuple(str(a) for a in allow))
+    return None
+
+
 def _seccomp_hex(deny: tuple[str, ...], err: int, capabilities: tuple[str, ...], allow: tuple[str, ...]) -> str:
-    """The filter as BPF (hex, for the plan's JSON), compiled once per policy and capability set."""
+    """The filter as BPF (hex, for the plan's JSON); blocking (tens of ms): called from a worker thread."""
     try:
         return seccomp_bpf(capabilities, allow, deny, err).hex()
     except OSError as e:
@@ -1018,17 +1047,16 @@ def _seccomp_hex(deny: tuple[str, ...], err: int, capabilities: tuple[str, ...],
 
 def _with_seccomp_bpf(plan: Plan) -> Plan:
     """``plan`` with its seccomp policy op compiled to BPF: the child only installs it."""
-    ops = list(plan.ops)
-    for i, (step, call, path, args) in enumerate(ops):
-        if call == "seccomp":
-            deny, err, caps, allow = args
-            assert isinstance(deny, tuple) and isinstance(err, int) and isinstance(caps, tuple)
-            assert isinstance(allow, tuple)
-            bpf = _seccomp_hex(tuple(str(d) for d in deny), err, tuple(str(c) for c in caps),
-                               tuple(str(a) for a in allow))
-            ops[i] = (step, "seccomp_bpf", path, (bpf,))
-            return attrs.evolve(plan, ops=tuple(ops))
-    return plan
+    policy = _seccomp_policy(plan)
+    if policy is None:
+        return plan
+    bpf = _SECCOMP_HEX.get(policy)
+    if bpf is None:  # evicted meanwhile (64 other policies): compile it here, once
+        bpf = _seccomp_hex(*policy)
+        _remember_seccomp(policy, bpf)
+    ops = tuple((step, "seccomp_bpf", path, (bpf,)) if call == "seccomp" else (step, call, path, args)
+                for step, call, path, args in plan.ops)
+    return attrs.evolve(plan, ops=ops)
 
 
 def _cgroup_error(e: _cgroups.CgroupWriteError) -> SetupError:
