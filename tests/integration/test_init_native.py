@@ -59,6 +59,8 @@ SCAN = textwrap.dedent(
     """
 )
 PTRACE_CAPABILITIES = anyns.DEFAULT_CAPABILITIES | {"CAP_SYS_PTRACE"}
+#: the installed init, as /proc/PID/exe names it
+INSTALLED = os.path.realpath(_init.BINARY)
 ALL_SEALS = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
 
 
@@ -204,6 +206,22 @@ async def test_the_init_starts_the_program_under_every_filter(sup: anyns.Supervi
     falls back to clone; with CAP_SYS_ADMIN or no filter clone3 itself works. The program is pid 2 each time."""
     done = await sh(sup, "echo $$ $PPID", **fields)
     assert (done.returncode, done.stdout) == (0, b"2 1\n"), done.stderr
+
+
+async def test_without_an_executable_memfd_the_init_runs_from_the_installed_file(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """vm.memfd_noexec=2 refuses executable memfds: the zygote then execs the installed file through an
+    O_RDONLY|O_CLOEXEC fd, which execveat runs as well (forced here with ANYNS_FORCE_FALLBACK=init-file)."""
+    monkeypatch.setenv("ANYNS_FORCE_FALLBACK", "init-file")
+    async with anyns.open_supervisor() as sup, trio.open_nursery() as nursery:
+        box = await nursery.start(partial(sup.run, sh_spec("echo $$ $PPID; exec sleep 1000"), stdout=anyns.PIPE,
+                                          check=False))
+        assert await read_lines(box.stdout, 1) == ["2 1"]
+        assert os.readlink(f"/proc/{box.pid}/exe") == INSTALLED
+        assert read(f"/proc/{box.pid}/cmdline") == b"anyns-init\0"
+        box.kill()
+    assert box.stdout is not None
+    await box.stdout.aclose()
 
 
 def test_doctor_reports_the_init() -> None:
