@@ -1,9 +1,14 @@
 """Build anyns: the Python package and the container's init, a small static C program.
 
 The metadata lives in pyproject.toml; this file only adds the build step.
-``anyns/_native/init.c`` is compiled with the system C compiler (``$CC``,
-default ``cc``) into ``anyns/_native/anyns-init``: statically linked, so it
-runs in any container root, a busybox directory without a libc too. A wheel
+``anyns/_native/init.c`` is compiled with the system C compiler into
+``anyns/_native/anyns-init``: statically linked, so it runs in any container
+root, a busybox directory without a libc too. The compiler is ``$ANYNS_INIT_CC``
+if set, else ``musl-gcc`` where it is installed (Debian: musl-tools), else
+``$CC`` or ``cc``. musl is preferred because the init is exec'd once per
+container: a static musl program starts in about 0.07 ms, a static glibc one
+in about 0.66 ms on a 2-vCPU VM (glibc probes the CPU caches with CPUID at
+start-up, and each CPUID traps to the hypervisor). A wheel
 holds it beside the package (in place for an editable install), which makes
 the wheel platform-specific (``py3-none-<platform>``: any CPython 3, no
 extension module).
@@ -31,7 +36,8 @@ SOURCE = os.path.join("anyns", "_native", "init.c")
 BINARY = os.path.join("anyns", "_native", "anyns-init")
 CFLAGS = ("-static", "-Os", "-s", "-Wall", "-Wextra")
 HINT = ("anyns: building the container init (anyns/_native/init.c) needs a C compiler and the static C "
-        "library (libc.a); on Debian or Ubuntu: apt-get install build-essential")
+        "library (libc.a); on Debian or Ubuntu: apt-get install build-essential (and musl-tools, for an init "
+        "that starts ten times faster)")
 
 
 def compile_init(target: str) -> None:
@@ -40,7 +46,8 @@ def compile_init(target: str) -> None:
     Raises:
         CompileError: no compiler, no libc.a, or the compiler failed (one line, with the fix).
     """
-    compiler = shlex.split(os.environ.get("CC") or "cc")
+    compiler = shlex.split(os.environ.get("ANYNS_INIT_CC") or ("musl-gcc" if shutil.which("musl-gcc") else "")
+                           or os.environ.get("CC") or "cc")
     if not compiler or shutil.which(compiler[0]) is None:
         raise CompileError(f"{HINT} (no C compiler {compiler[0] if compiler else ''!r} found)")
     os.makedirs(os.path.dirname(target), exist_ok=True)

@@ -175,7 +175,11 @@ static void report_failure(int fd, const char *call, const char *path, int err)
 {
 	static char record[4096];
 	char number[24];
-	const char *message = strerrordesc_np(err);
+#ifdef __GLIBC__
+	const char *message = strerrordesc_np(err); /* the text Python's os.strerror gives, untranslated */
+#else
+	const char *message = strerror(err); /* musl: no locales, the same texts for exec's errors */
+#endif
 	const char *fields[5];
 	size_t at = 0, i;
 
