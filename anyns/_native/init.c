@@ -10,11 +10,11 @@
  *
  * Modes (the flags of the control record, below):
  *   0               pid 1 of a container's pid namespace (ContainerSpec.init):
- *                   posix_spawn the program as pid 2 and serve as its init;
+ *                   vfork+execve the program as pid 2 and serve as its init;
  *   FORK            the waiter of a rootless exec (it stays outside the
  *                   container's pid namespace, its child is born inside): fork,
- *                   the program dies with us (PR_SET_PDEATHSIG), which
- *                   posix_spawn cannot ask;
+ *                   the program dies with us (PR_SET_PDEATHSIG, set in the
+ *                   child, which then checks we still live);
  *   FORK|SUBREAPER  no pid namespace and no cgroup (rootless): as FORK, and a
  *                   child subreaper (PR_SET_CHILD_SUBREAPER, as `tini -s`)
  *                   that kills what is left of the program's processes when
@@ -53,7 +53,6 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
-#include <spawn.h>
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
@@ -214,23 +213,49 @@ static int next_candidate(int err, unsigned ncandidates, int *kept)
 }
 
 /*
- * Mode 0: posix_spawn (glibc: a vfork-style clone on a stack of its own; the
- * seccomp filter answers clone3 with ENOSYS and glibc falls back to clone)
- * rather than fork: it returns once the program is exec'd, or with why not.
- * A path that does not exist is skipped without a try: a failed spawn costs
- * a clone, and a pid (the program would not be pid 2).
+ * Mode 0: vfork and execve, as glibc's posix_spawn does (musl's opens a pipe
+ * for the exec error, and the program's RLIMIT_NOFILE, in force already,
+ * may not leave room for one: `nofile=4` with a terminal). The child shares
+ * our memory until it execs, so an exec error comes back in a variable, and
+ * vfork returns once the program is exec'd or has failed. It needs no fd. The
+ * seccomp filter allows vfork (and clone without namespace flags, which is
+ * what vfork is on architectures without the syscall). A path that does not
+ * exist is skipped without a try: a failed spawn costs a process, and a pid
+ * (the program would not be pid 2).
  */
+static int spawn_one(const struct control *c, const char *path, pid_t *program)
+{
+	static volatile int exec_error;
+	sigset_t none;
+	pid_t pid;
+
+	sigemptyset(&none);
+	exec_error = 0;
+	pid = vfork();
+	if (pid == 0) {
+		/* only the stack and exec_error are touched before execve or _exit */
+		sigprocmask(SIG_SETMASK, &none, NULL);
+		execve(path, c->argv, c->envp);
+		exec_error = errno ? errno : ENOEXEC;
+		_exit(127);
+	}
+	if (pid < 0)
+		return errno;
+	if (exec_error) {
+		int err = exec_error;
+		while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+			;
+		return err;
+	}
+	*program = pid;
+	return 0;
+}
+
 static int spawn_program(const struct control *c, pid_t *program)
 {
-	posix_spawnattr_t attr;
-	sigset_t none;
 	int kept = 0, err = ENOENT;
 	unsigned i;
 
-	sigemptyset(&none);
-	posix_spawnattr_init(&attr);
-	posix_spawnattr_setsigmask(&attr, &none);
-	posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK);
 	for (i = 0; i < c->ncandidates; i++) {
 		struct stat st;
 		if (c->ncandidates > 1 && stat(c->candidates[i], &st) != 0) {
@@ -238,13 +263,12 @@ static int spawn_program(const struct control *c, pid_t *program)
 				kept = ENOENT;
 			continue;
 		}
-		err = posix_spawn(program, c->candidates[i], NULL, &attr, c->argv, c->envp);
+		err = spawn_one(c, c->candidates[i], program);
 		if (err == 0)
 			break;
 		if (!next_candidate(err, c->ncandidates, &kept))
 			break;
 	}
-	posix_spawnattr_destroy(&attr);
 	return err == 0 ? 0 : (kept ? kept : err);
 }
 
