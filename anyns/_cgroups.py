@@ -512,6 +512,10 @@ class Cgroups:
             if value is not None and self._home(controller) is None:
                 raise Unavailable(f"limits.{controller}: this host has no {controller} cgroup controller "
                                   "that anyns can use", self._v2_refused)
+        if limits.cpu_time is not None and self.v2 is None and self._home("cpuacct") is None:
+            # cpu.stat is a core file of every v2 cgroup; v1 counts CPU in cpuacct
+            raise Unavailable("limits.cpu_time: this host has no CPU accounting for a cgroup "
+                              "(cgroup v2's cpu.stat or the v1 cpuacct controller)")
         global _leaf_count
         with _LOCK:
             _leaf_count += 1
@@ -762,6 +766,20 @@ def statistics(leaf: Leaf) -> dict[str, float | int | None]:
         out["oom_kills"] = _read_keyed(leaf._file("memory", "memory.oom_control")).get("oom_kill", 0)
     out["pids_current"] = _read_int(leaf._file("pids", "pids.current"))
     return out
+
+
+def cpu_usage(leaf: Leaf) -> float | None:
+    """The CPU seconds (user and system) the leaf's processes have used, from one small file; None if unknown.
+
+    What ``Limits.cpu_time`` is checked against: ``usage_usec`` of v2's
+    ``cpu.stat``, else v1's ``cpuacct.usage`` (nanoseconds).
+    """
+    if leaf.v2 is not None:
+        usec = _read_keyed(os.path.join(leaf.v2, "cpu.stat")).get("usage_usec")
+        if usec is not None:
+            return usec / 1e6
+    nsec = _read_int(leaf._file("cpuacct", "cpuacct.usage"))
+    return None if nsec is None else nsec / 1e9
 
 
 # --------------------------------------------------------------------------- freezing

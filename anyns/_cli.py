@@ -6,6 +6,11 @@ never holds this process's own stdio (a container can reopen an inherited fd
 through ``/proc/self/fd``), except the terminal's other end with ``-t``. Errors are one line on stderr:
 ``anyns: <what failed> (hint: …)``, with exit status 125 for a setup or spec
 error, 126 when the program is not executable, 127 when it is not found.
+A budget that ran out has its own status (``EXIT_BUDGET``): 124 when the
+time ran out (``--timeout``, as ``timeout(1)``) and likewise for the CPU
+time (``--cpu-time``: isolate reports both as a time-out), 153 when the
+output passed ``--max-output`` (128+SIGXFSZ, what ``ulimit -f`` gives); an
+OOM kill keeps the program's status (137 when it ended the program).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from collections.abc import Sequence
 import trio
 
 from ._container import Container, namespaces_of
-from ._errors import AnynsError, ExecError, SetupError, format_size
+from ._errors import AnynsError, ContainerFailed, ExecError, SetupError, format_size
 from ._security_defaults import ALL_CAPABILITIES, DEFAULT_CAPABILITIES
 from ._spec import (
     DEFAULT_PATH,
@@ -47,12 +52,15 @@ from ._spec import (
     OverlayRootfs,
     Tmpfs,
     User,
+    parse_size,
 )
 from ._supervisor import PIPE, Supervisor, open_supervisor
 
 EXIT_SETUP_FAILED = 125
 EXIT_NOT_EXECUTABLE = 126
 EXIT_NOT_FOUND = 127
+#: the exit status of ``run`` when a budget ended the container (CompletedContainer.exceeded)
+EXIT_BUDGET = {"timeout": 124, "cpu_time": 124, "output": 128 + signal.SIGXFSZ}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -80,6 +88,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--memory", metavar="SIZE", help="memory limit, e.g. 256M (a cgroup of its own; OOM past it)")
     run.add_argument("--pids", metavar="N", type=int, help="at most N tasks (processes and threads) at once")
     run.add_argument("--cpus", metavar="CPUS", type=float, help="CPU time limit in CPUs, e.g. 0.5")
+    run.add_argument("--timeout", metavar="S", type=float,
+                     help="stop the container after S seconds (SIGTERM, then SIGKILL); exit status 124")
+    run.add_argument("--cpu-time", metavar="S", type=float,
+                     help="kill the container once all its processes together used S seconds of CPU "
+                          "(a cgroup of its own); exit status 124")
+    run.add_argument("--max-output", metavar="SIZE",
+                     help="kill the container once its stdout or its stderr passes SIZE bytes (e.g. 1M); "
+                          "what came before is passed on; exit status 153")
     run.add_argument("--no-init", dest="init", action="store_false",
                      help="run the program itself as pid 1 (default: a small init is pid 1 and the program pid 2)")
     run.add_argument("--userns", action="store_true",
@@ -97,7 +113,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--net", metavar="MODE", default=None,
                      help="loopback (default), host, bridge[:SUBNET[:NAME]] or a netns file to join")
     run.add_argument("--json-status", action="store_true",
-                     help="print JSON lines to stderr: the host pid and namespace ids at start, the exit status")
+                     help="print JSON lines to stderr: the host pid and namespace ids at start, the exit status "
+                          "at the end, with the budget that ran out if one did "
+                          "(\"exceeded\": \"timeout\", \"cpu_time\", \"output\" or \"memory\")")
     run.add_argument("--json-status-fd", metavar="FD", type=int, default=None,
                      help="like --json-status, to file descriptor FD (as bwrap)")
     run.add_argument("-i", "--interactive", action="store_true",
@@ -168,8 +186,8 @@ def spec_from_args(args: argparse.Namespace) -> ContainerSpec:
     for value in args.cap_add:
         capabilities |= set(ALL_CAPABILITIES) if value.upper() == "ALL" else {_cap_name(value)}
     limits = None
-    if args.memory is not None or args.pids is not None or args.cpus is not None:
-        limits = Limits(memory=args.memory, pids=args.pids, cpu=args.cpus)
+    if args.memory is not None or args.pids is not None or args.cpus is not None or args.cpu_time is not None:
+        limits = Limits(memory=args.memory, pids=args.pids, cpu=args.cpus, cpu_time=args.cpu_time)
     namespaces = Namespaces.DEFAULT | (Namespaces.USER if args.userns else Namespaces(0))
     network = _network_from(args.net)
     if args.share_net:
@@ -191,7 +209,7 @@ def spec_from_args(args: argparse.Namespace) -> ContainerSpec:
     return ContainerSpec(argv=cmd, rootfs=rootfs, hostname=args.hostname, domainname=args.domainname,
                          namespaces=namespaces, network=network, mounts=mounts, env=env, cwd=args.cwd,
                          tty=args.tty, tty_size=tty_size, rlimits=rlimits, limits=limits, init=args.init,
-                         user_ns=user_ns, user=user, capabilities=capabilities,
+                         user_ns=user_ns, user=user, capabilities=capabilities, timeout=args.timeout,
                          seccomp=DEFAULT_SECCOMP if args.seccomp == "default" else None)
 
 
@@ -229,23 +247,32 @@ def _network_from(mode: str | None) -> Loopback | HostNetwork | Bridge | JoinNet
     raise AnynsError(f"--net {mode!r}: expected loopback, host, bridge[:SUBNET[:NAME]] or a netns file path")
 
 
-async def _run(spec: ContainerSpec, status_fd: int | None = None) -> int:
+async def _run(spec: ContainerSpec, status_fd: int | None = None, max_output: int | None = None) -> int:
     async with open_supervisor() as sup:
         if spec.tty:
-            returncode, oom_killed = await _run_attached(sup, spec, status_fd), False
+            box = await _run_attached(sup, spec, status_fd, max_output)
         else:
-            returncode, oom_killed = await _run_piped(sup, spec, status_fd)
+            box = await _run_piped(sup, spec, status_fd, max_output)
+    returncode, oom_killed, exceeded = box.returncode, box.oom_killed, box.exceeded
+    assert returncode is not None
     if oom_killed and returncode < 0 and spec.limits is not None and spec.limits.memory is not None:
         print(f"anyns: the container was killed by the OOM killer (memory limit {format_size(spec.limits.memory)})",
               file=sys.stderr)
+    status = EXIT_BUDGET.get(exceeded or "", returncode if returncode >= 0 else 128 - returncode)
+    if exceeded in EXIT_BUDGET:
+        budget = {"timeout": spec.timeout, "cpu_time": spec.limits.cpu_time if spec.limits else None,
+                  "output": max_output}[exceeded]
+        print(f"anyns: {ContainerFailed(returncode, spec.argv, exceeded=exceeded, budget=budget)}", file=sys.stderr)
     if status_fd is not None:
-        _write_status(status_fd, {"exit-code": returncode if returncode >= 0 else 128 - returncode,
+        _write_status(status_fd, {"exit-code": status,
                                   **({"signal": -returncode} if returncode < 0 else {}),
-                                  **({"oom-killed": True} if oom_killed else {})})
-    return returncode if returncode >= 0 else 128 - returncode
+                                  **({"oom-killed": True} if oom_killed else {}),
+                                  **({"exceeded": exceeded} if exceeded is not None else {})})
+    return status
 
 
-async def _run_piped(sup: Supervisor, spec: ContainerSpec, status_fd: int | None) -> tuple[int, bool]:
+async def _run_piped(sup: Supervisor, spec: ContainerSpec, status_fd: int | None,
+                     max_output: int | None = None) -> Container:
     """``run`` without ``-t``: the program's stdin, stdout and stderr are pipes copied from and to ours.
 
     Never our own fds themselves: a container reopens an inherited fd through
@@ -262,13 +289,37 @@ async def _run_piped(sup: Supervisor, spec: ContainerSpec, status_fd: int | None
         async with trio.open_nursery() as feeding:
             feeding.start_soon(_feed, box.stdin)
             async with trio.open_nursery() as draining:  # until the program's side of both pipes is closed
-                draining.start_soon(_drain, box.stdout, 1)
-                draining.start_soon(_drain, box.stderr, 2)
+                draining.start_soon(_drain, box.stdout, 1, _OutputCap(box, max_output))
+                draining.start_soon(_drain, box.stderr, 2, _OutputCap(box, max_output))
             feeding.cancel_scope.cancel()  # input nobody reads any more
-        returncode = await box.wait()
+        await box.wait()
         for stream in (box.stdin, box.stdout, box.stderr):
             await stream.aclose()
-    return returncode, box.oom_killed
+    return box
+
+
+class _OutputCap:
+    """--max-output for one stream the CLI copies (``anyns.PIPE`` streams are the caller's to bound).
+
+    ``passed(chunk)`` returns what of ``chunk`` is within the cap; past it,
+    ``end()`` ends the container for the "output" budget.
+    """
+
+    def __init__(self, box: Container, cap: int | None) -> None:
+        self._box = box
+        self._left = cap
+        self.over = False
+
+    def passed(self, chunk: bytes) -> bytes:
+        if self._left is None:
+            return chunk
+        if len(chunk) > self._left:
+            chunk, self.over = chunk[:self._left], True
+        self._left -= len(chunk)
+        return chunk
+
+    async def end(self) -> None:
+        await self._box._end_for_budget("output")
 
 
 #: trio.to_thread.run_sync's argument for giving up on a blocked thread (renamed in trio 0.23)
@@ -296,12 +347,22 @@ async def _feed(sink: trio.abc.SendStream) -> None:
         await sink.aclose()
 
 
-async def _drain(source: trio.abc.ReceiveStream, fd: int) -> None:
-    """Copy the program's output to our ``fd`` (blocking writes, in a thread); a closed reader closes the pipe."""
+async def _drain(source: trio.abc.ReceiveStream, fd: int, cap: _OutputCap | None = None) -> None:
+    """Copy the program's output to our ``fd`` (blocking writes, in a thread); a closed reader closes the pipe.
+
+    Past ``cap`` (--max-output) the rest is not copied and the container is ended.
+    """
     async for chunk in source:
+        if cap is not None:
+            chunk = cap.passed(chunk)
         try:
-            await trio.to_thread.run_sync(_write_all, fd, chunk)
+            if chunk:
+                await trio.to_thread.run_sync(_write_all, fd, chunk)
         except OSError:  # EPIPE (`| head`), or nowhere to write: the program gets EPIPE/SIGPIPE next
+            await source.aclose()
+            return
+        if cap is not None and cap.over:
+            await cap.end()
             await source.aclose()
             return
 
@@ -328,7 +389,8 @@ def _status(fd: int, box: Container) -> None:
     _write_status(fd, record)
 
 
-async def _run_attached(sup: Supervisor, spec: ContainerSpec, status_fd: int | None) -> int:
+async def _run_attached(sup: Supervisor, spec: ContainerSpec, status_fd: int | None,
+                        max_output: int | None = None) -> Container:
     """``run -t``: this terminal, in raw mode, wired to the container's; restored afterwards."""
     saved = termios.tcgetattr(0) if os.isatty(0) else None
     blocking = (os.get_blocking(0), os.get_blocking(1))
@@ -336,7 +398,7 @@ async def _run_attached(sup: Supervisor, spec: ContainerSpec, status_fd: int | N
         if saved is not None:
             tty.setraw(0, termios.TCSANOW)  # not TCSAFLUSH: keep what was typed ahead
         async with trio.open_nursery() as nursery:
-            box = await nursery.start(functools.partial(sup.run, check=False), spec)
+            box: Container = await nursery.start(functools.partial(sup.run, check=False), spec)
             assert box.tty is not None
             if status_fd is not None:
                 _status(status_fd, box)
@@ -344,10 +406,16 @@ async def _run_attached(sup: Supervisor, spec: ContainerSpec, status_fd: int | N
             keyboard = trio.lowlevel.FdStream(os.dup(0))
             screen = trio.lowlevel.FdStream(os.dup(1))
 
-            async def copy(source: trio.abc.ReceiveStream, sink: trio.abc.SendStream) -> None:
+            async def copy(source: trio.abc.ReceiveStream, sink: trio.abc.SendStream,
+                           cap: _OutputCap | None = None) -> None:
                 with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                     async for chunk in source:
+                        if cap is not None:
+                            chunk = cap.passed(chunk)
                         await sink.send_all(chunk)
+                        if cap is not None and cap.over:
+                            await cap.end()
+                            return
 
             async def resize() -> None:
                 with trio.open_signal_receiver(signal.SIGWINCH) as signals:
@@ -359,13 +427,12 @@ async def _run_attached(sup: Supervisor, spec: ContainerSpec, status_fd: int | N
             async with trio.open_nursery() as pumps:
                 pumps.start_soon(copy, keyboard, terminal)
                 pumps.start_soon(resize)
-                await copy(terminal, screen)  # until the program's side of the terminal is gone
+                await copy(terminal, screen, _OutputCap(box, max_output))  # until the program's side is gone
                 pumps.cancel_scope.cancel()
             await box.wait()
             for stream in (keyboard, screen, terminal):
                 await stream.aclose()
-        returncode: int = box.returncode
-        return returncode
+        return box
     finally:
         if saved is not None:
             termios.tcsetattr(0, termios.TCSADRAIN, saved)
@@ -384,7 +451,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             status_fd = args.json_status_fd if args.json_status_fd is not None else (2 if args.json_status else None)
-            status: int = trio.run(_run, spec_from_args(args), status_fd)
+            max_output = parse_size("--max-output", args.max_output) if args.max_output is not None else None
+            status: int = trio.run(_run, spec_from_args(args), status_fd, max_output)
         elif args.command == "doctor":
             from ._doctor import doctor
 

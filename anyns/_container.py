@@ -40,6 +40,11 @@ __all__ = ["CompletedContainer", "Container", "ContainerStats", "NamespaceId", "
 
 #: the namespace kinds of /proc/PID/ns, in the names the kernel uses there
 NAMESPACE_KINDS: Final = ("cgroup", "ipc", "mnt", "net", "pid", "time", "user", "uts")
+#: Limits.cpu_time: the CPUs this process may use (how fast a container can spend its budget), and
+#: the bounds of the interval its cgroup's usage is polled at
+_CPUS: Final = max(1, len(os.sched_getaffinity(0)))
+_MIN_POLL: Final = 0.01
+_MAX_POLL: Final = 0.1
 
 
 class NoPublicConstructor(type):
@@ -225,19 +230,27 @@ class CompletedContainer(subprocess.CompletedProcess[bytes]):
         stats: a ``ContainerStats``: CPU time, peak memory, wall time.
         oom_killed: whether the OOM killer killed a process of it (its
             ``Limits.memory`` was reached; needs ``limits``).
+        exceeded: the verdict: None, or the budget it ran out of:
+            ``"timeout"`` (``ContainerSpec.timeout``), ``"cpu_time"``
+            (``Limits.cpu_time``), ``"output"`` (``run(max_output=)``; the
+            output is cut at the cap), ``"memory"`` (the OOM killer ended a
+            process of it, beside ``oom_killed``). The first budget to run
+            out is the verdict; what was captured until then is returned.
     """
 
     def __init__(self, args: Sequence[str], returncode: int, stdout: bytes | None,
                  stderr: bytes | None, pid: int, stats: ContainerStats | None = None,
-                 oom_killed: bool = False) -> None:
+                 oom_killed: bool = False, exceeded: str | None = None) -> None:
         super().__init__(list(args), returncode, stdout, stderr)
         self.pid = pid
         self.stats = ContainerStats(0.0, 0.0, 0.0) if stats is None else stats
         self.oom_killed = oom_killed
+        self.exceeded = exceeded
 
     def __repr__(self) -> str:
         oom = " oom_killed" if self.oom_killed else ""
-        return f"<anyns.CompletedContainer {self.args!r} pid={self.pid} returncode={self.returncode}{oom}>"
+        over = f" exceeded={self.exceeded}" if self.exceeded is not None else ""
+        return f"<anyns.CompletedContainer {self.args!r} pid={self.pid} returncode={self.returncode}{oom}{over}>"
 
 
 @final
@@ -294,6 +307,8 @@ class Container(metaclass=NoPublicConstructor):
         #: started are not its own, and the cgroup's figures are the container's
         self._oom_base = 0
         self._shares_cgroup = False
+        #: the budget it ran out of, once one has (the first one wins): see ``exceeded``
+        self._exceeded: str | None = None
 
     def __repr__(self) -> str:
         state = "running" if self.returncode is None else f"returncode={self.returncode}"
@@ -365,6 +380,7 @@ class Container(metaclass=NoPublicConstructor):
         env: Mapping[str, str] | None = None,
         cwd: str | None = None,
         check: bool = True,
+        max_output: int | None = None,
         task_status: trio.TaskStatus[Container] = trio.TASK_STATUS_IGNORED,
     ) -> CompletedContainer:
         """Run another program inside this container, like ``docker exec`` or ``nsenter``.
@@ -375,7 +391,9 @@ class Container(metaclass=NoPublicConstructor):
         results are those of ``Supervisor.run``: ``await box.exec(argv)``
         returns a ``CompletedContainer``, ``await nursery.start(box.exec,
         argv)`` a ``Container`` handle for the new process (its ``spec`` is
-        the container's with this argv, env and cwd).
+        the container's with this argv, env and cwd, and no ``timeout``:
+        the container's budgets are the container's; ``max_output`` caps
+        this process's captured output).
 
         Args:
             argv: the program and its arguments (searched in ``env``'s PATH).
@@ -388,7 +406,7 @@ class Container(metaclass=NoPublicConstructor):
             ContainerFailed: ``check`` is true and the program failed.
         """
         io = Io.of(stdin, capture_stdout, capture_stderr, stdout, stderr, check,
-                   started=task_status is not trio.TASK_STATUS_IGNORED)
+                   started=task_status is not trio.TASK_STATUS_IGNORED, max_output=max_output)
         return await self._supervisor._exec(self, argv, env, cwd, io, task_status)
 
     def resize_tty(self, rows: int, columns: int) -> None:
@@ -510,6 +528,91 @@ class Container(metaclass=NoPublicConstructor):
         if self._shares_cgroup:
             return kills > 0 and self.returncode == -9
         return kills > 0
+
+    # ---- budgets: ContainerSpec.timeout, Limits.cpu_time, run(max_output=)
+
+    @property
+    def exceeded(self) -> str | None:
+        """The budget it has run out of, or None; as ``CompletedContainer.exceeded``.
+
+        ``"timeout"``, ``"cpu_time"`` or ``"output"`` from the moment anyns
+        ends it for that budget (before it has exited); ``"memory"`` once the
+        OOM killer has ended a process of it (read from its cgroup).
+        """
+        if self._exceeded is None and self.oom_killed:
+            return "memory"
+        return self._exceeded
+
+    async def _end_for_budget(self, reason: str) -> None:
+        """End the program because its ``reason`` budget ran out: ``"timeout"``, ``"cpu_time"`` or ``"output"``.
+
+        The one place a budget ends a container. The verdict is recorded
+        first, and the first budget to run out wins (an OOM kill seen by then
+        makes it ``"memory"``); a container already reaped is left alone.
+        For ``"timeout"`` the spec's ``stop_grace`` applies: SIGTERM (the
+        init forwards it), then SIGKILL once the grace has passed. The other
+        budgets are spent already: SIGKILL at once, and ``cgroup.kill`` so
+        that every process stops now, not as the pid namespace is torn down.
+        Only the task that owns the container (``_wait_within_budgets``)
+        asks for a grace: it alone waits on the pidfd. Another task (the
+        output cap) gets SIGKILL only.
+
+        With ``run(collect=...)`` a budget must end the program and every
+        other process but spare the init until the files are collected: that
+        is a change to this method (and the init), nowhere else.
+        """
+        if self._exceeded is None:
+            self._exceeded = "memory" if self.oom_killed else reason
+        if self.returncode is not None or self._pidfd < 0:
+            return
+        grace = self.spec.stop_grace if reason == "timeout" else 0
+        if grace > 0:
+            self.terminate()
+            with trio.move_on_after(grace):
+                await trio.lowlevel.wait_readable(self._pidfd)
+                return
+        self.kill()
+        if self._leaf is not None and not self._shares_cgroup:
+            _cgroups.kill(self._leaf)
+
+    async def _wait_within_budgets(self) -> int:
+        """The owner's wait for the exit, then the reap; ends the program when ``timeout`` or ``cpu_time`` runs out.
+
+        Without either it is ``_wait_and_reap`` (no timer, no reads). The
+        timeout counts from here, right after the spawn. The CPU budget is
+        checked against the cgroup's usage (one small in-memory file read)
+        at an interval scaled to what is left of it, so that all the CPUs
+        busy at once overshoot it by at most about half of what was left:
+        every 100 ms at most, every 10 ms at least. A process exec'd into a
+        container (it shares the cgroup) has no CPU budget of its own.
+        """
+        timeout = self.spec.timeout
+        limits = self.spec.limits
+        cpu_time = limits.cpu_time if limits is not None and self._leaf is not None and not self._shares_cgroup \
+            else None
+        if timeout is None and cpu_time is None:
+            return await self._wait_and_reap()
+        now = trio.current_time()
+        deadline = math.inf if timeout is None else now + timeout
+        reason: str | None = None
+        while reason is None:
+            wake = deadline
+            if cpu_time is not None:
+                assert self._leaf is not None
+                used = _cgroups.cpu_usage(self._leaf) or 0.0
+                if used >= cpu_time:
+                    reason = "cpu_time"
+                    break
+                wake = min(wake, now + min(max((cpu_time - used) / (2 * _CPUS), _MIN_POLL), _MAX_POLL))
+            with trio.move_on_at(wake):
+                await trio.lowlevel.wait_readable(self._pidfd)
+                break  # it has exited
+            now = trio.current_time()
+            if now >= deadline:
+                reason = "timeout"
+        if reason is not None:
+            await self._end_for_budget(reason)
+        return await self._wait_and_reap()
 
     def pause(self) -> Freezing:
         """Freeze every process of the container (the cgroup freezer).

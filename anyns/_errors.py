@@ -117,6 +117,12 @@ class ContainerFailed(AnynsError, subprocess.CalledProcessError):
     ``cmd`` is the argv; ``stdout``/``stderr`` hold captured output, if any;
     ``oom_killed`` is true when the OOM killer ended it, and
     ``memory_limit`` is then its ``Limits.memory`` in bytes.
+    ``exceeded`` is the budget that ended it, as
+    ``CompletedContainer.exceeded`` has it (``"timeout"``, ``"cpu_time"``,
+    ``"output"``, ``"memory"``, or None), and ``budget`` that budget's
+    value (seconds, or bytes for ``"output"``). A budget anyns enforced
+    (timeout, cpu_time, output) fails a ``check=True`` run whatever the
+    exit status.
     """
 
     def __init__(
@@ -128,12 +134,23 @@ class ContainerFailed(AnynsError, subprocess.CalledProcessError):
         *,
         oom_killed: bool = False,
         memory_limit: int | None = None,
+        exceeded: str | None = None,
+        budget: float | None = None,
     ) -> None:
         subprocess.CalledProcessError.__init__(self, returncode, list(cmd), output, stderr)
         self.oom_killed = oom_killed
         self.memory_limit = memory_limit
+        self.exceeded = exceeded
+        self.budget = budget
 
     def __str__(self) -> str:
+        if self.exceeded in _BUDGET_MESSAGES:
+            amount = ""
+            if self.budget is not None:
+                size = format_size(int(self.budget))
+                amount = (f" of {size if size[-1:].isalpha() else size + ' bytes'}" if self.exceeded == "output"
+                          else f" after {self.budget:g} s")
+            return f"container {self.cmd!r}: " + _BUDGET_MESSAGES[self.exceeded].format(amount=amount)
         if self.oom_killed and self.returncode < 0:
             limit = f" (memory limit {format_size(self.memory_limit)})" if self.memory_limit else ""
             return f"container {self.cmd!r} was killed by the OOM killer{limit}"
@@ -149,13 +166,23 @@ class ContainerFailed(AnynsError, subprocess.CalledProcessError):
 
     def __reduce__(self) -> tuple[object, ...]:
         return (_container_failed, (self.returncode, self.cmd, self.output, self.stderr, self.oom_killed,
-                                    self.memory_limit))
+                                    self.memory_limit, self.exceeded, self.budget))
+
+
+#: ContainerFailed's message for each budget anyns enforces ({amount}: " after 0.5 s", " of 1M bytes" or "")
+_BUDGET_MESSAGES = {
+    "timeout": "the time ran out{amount} (timeout); the container was stopped",
+    "cpu_time": "the CPU time ran out{amount} of CPU in all (cpu_time); the container was killed",
+    "output": "its output reached the cap{amount} (max_output); the container was killed",
+}
 
 
 def _container_failed(returncode: int, cmd: Sequence[str], output: bytes | None, stderr: bytes | None,
-                      oom_killed: bool, memory_limit: int | None) -> ContainerFailed:
+                      oom_killed: bool, memory_limit: int | None, exceeded: str | None = None,
+                      budget: float | None = None) -> ContainerFailed:
     """Unpickle a ContainerFailed (its keyword-only arguments)."""
-    return ContainerFailed(returncode, cmd, output, stderr, oom_killed=oom_killed, memory_limit=memory_limit)
+    return ContainerFailed(returncode, cmd, output, stderr, oom_killed=oom_killed, memory_limit=memory_limit,
+                           exceeded=exceeded, budget=budget)
 
 
 def format_size(number: int) -> str:

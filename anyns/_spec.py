@@ -785,6 +785,13 @@ def _to_readonly_paths(value: Any) -> tuple[str, ...]:
 _MIN_CPU: Final = 0.01
 
 
+def _check_seconds(where: str, value: Any) -> None:
+    """A budget in seconds: None, or a positive finite number."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                              or not 0 < value < math.inf):
+        raise _fail(where, f"expected seconds > 0 (a finite number) or None, got {value!r}")
+
+
 @attrs.frozen(kw_only=True)
 class Limits:
     """A container's budget, enforced by its own cgroup (``ContainerSpec(limits=...)``).
@@ -806,11 +813,20 @@ class Limits:
             forks fail with EAGAIN.
         cpu: how many CPUs' worth of time per period, such as ``0.5`` (the
             CFS quota: 50 ms per 100 ms); at least 0.01.
+        cpu_time: a CPU-time budget in seconds for the whole container: the
+            CPU used by all of its processes together (``RLIMIT_CPU`` counts
+            each process on its own, so two busy ones would get twice the
+            budget). The supervisor watches the cgroup's usage and kills the
+            container once it reaches the budget (overshooting it by a few
+            tens of ms at most); ``CompletedContainer.exceeded`` is then
+            ``"cpu_time"``. A rootless supervisor without a delegated cgroup
+            cannot enforce it (``UnsupportedError``).
     """
 
     memory: int | None = attrs.field(default=None, converter=_to_memory)
     pids: int | None = None
     cpu: float | None = None
+    cpu_time: float | None = None
 
     def __attrs_post_init__(self) -> None:
         if self.pids is not None and (isinstance(self.pids, bool) or not isinstance(self.pids, int)
@@ -819,6 +835,7 @@ class Limits:
         if self.cpu is not None and (isinstance(self.cpu, bool) or not isinstance(self.cpu, (int, float))
                                      or not _MIN_CPU <= self.cpu <= 1_000_000):
             raise _fail("limits.cpu", f"expected CPUs from {_MIN_CPU} (e.g. 0.5 for half a CPU), got {self.cpu!r}")
+        _check_seconds("limits.cpu_time", self.cpu_time)
 
 
 def _mounts_of(value: Iterable[Mount]) -> tuple[Mount, ...]:
@@ -909,9 +926,19 @@ class ContainerSpec:
             kill what the program leaves running) always runs it, whatever
             ``init`` says, as a child subreaper that kills the program's
             leftover processes when it ends (it is not pid 1 there).
-        stop_grace: seconds a cancelled ``run`` waits after SIGTERM before it
-            SIGKILLs the container (default 0: SIGKILL at once). A pid-1
-            program only sees SIGTERM if it handles it.
+        stop_grace: seconds a cancelled ``run`` (or one whose ``timeout``
+            ran out) waits after SIGTERM before it SIGKILLs the container
+            (default 0: SIGKILL at once). A pid-1 program only sees SIGTERM
+            if it handles it (anyns's init forwards it to the program).
+        timeout: a wall-clock budget in seconds for the program (None, the
+            default: none). When it runs out the container is stopped
+            (SIGTERM, ``stop_grace``, then SIGKILL) and ``run`` returns
+            normally with what was captured so far, with
+            ``CompletedContainer.exceeded == "timeout"`` (``check=True``
+            raises ``ContainerFailed`` saying so). This is a job's budget,
+            which keeps the result; a trio cancel scope abandons a run
+            instead. It counts from the spawn; processes started with
+            ``Container.exec`` do not inherit it.
         root_propagation: ``"slave"`` (default: unmounts on the host reach the
             container, nothing flows back, as runc does) or ``"private"`` (no
             propagation either way). A ``Bind`` can choose its own.
@@ -932,6 +959,7 @@ class ContainerSpec:
     tty_size: tuple[int, int] = attrs.field(default=(24, 80), converter=_to_size)
     rlimits: tuple[tuple[str, int, int], ...] = attrs.field(default=(), converter=_to_rlimits)
     stop_grace: float = 0
+    timeout: float | None = None
     limits: Limits | None = None
     init: bool = True
     user_ns: IdMap | None = None
@@ -947,6 +975,7 @@ class ContainerSpec:
         if (isinstance(self.stop_grace, bool) or not isinstance(self.stop_grace, (int, float))
                 or not 0 <= self.stop_grace < math.inf):
             raise _fail("stop_grace", f"expected seconds >= 0, got {self.stop_grace!r}")
+        _check_seconds("timeout", self.timeout)
         if not self.argv:
             raise _fail("argv", "must name a program")
         if self.limits is not None and not isinstance(self.limits, Limits):

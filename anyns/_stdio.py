@@ -6,13 +6,14 @@ import errno
 import os
 import socket
 import subprocess
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from typing import IO, Any, Final
 
 import attrs
 import trio
 
-from ._errors import SetupError, diagnose
+from ._errors import SetupError, SpecError, diagnose
 
 PIPE: Final = subprocess.PIPE
 DEVNULL: Final = subprocess.DEVNULL
@@ -34,18 +35,23 @@ class Io:
     stdout: StdoutArg
     stderr: StdoutArg
     check: bool
+    #: the most bytes kept of each captured stream; past it the container is killed (``run(max_output=)``)
+    max_output: int | None = None
 
     @classmethod
     def of(cls, stdin: StdinArg, capture_stdout: bool, capture_stderr: bool, stdout: StdoutArg,
-           stderr: StdoutArg, check: bool, *, started: bool) -> Io:
+           stderr: StdoutArg, check: bool, *, started: bool, max_output: int | None = None) -> Io:
         """Check the combination (ValueError, as trio.run_process) and keep it."""
+        if max_output is not None and (isinstance(max_output, bool) or not isinstance(max_output, int)
+                                       or max_output < 1):
+            raise SpecError(f"run: max_output must be a positive number of bytes or None, not {max_output!r}")
         if capture_stdout and stdout is not None:
             raise ValueError("stdout= and capture_stdout=True cannot both be given")
         if capture_stderr and stderr is not None:
             raise ValueError("stderr= and capture_stderr=True cannot both be given")
         if not started and PIPE in (stdin, stdout, stderr):
             raise ValueError("anyns.PIPE is only valid with 'await nursery.start(...)'")
-        return cls(stdin, capture_stdout, capture_stderr, stdout, stderr, check)
+        return cls(stdin, capture_stdout, capture_stderr, stdout, stderr, check, max_output)
 
     @property
     def feed(self) -> bytes | None:
@@ -150,11 +156,35 @@ async def send_and_close(stream: trio.lowlevel.FdStream, data: bytes) -> None:
             await stream.send_all(data)
 
 
-async def collect_into(stream: trio.lowlevel.FdStream, into: dict[str, bytes], name: str) -> None:
-    chunks = []
-    async for chunk in stream:
-        chunks.append(chunk)
-    into[name] = b"".join(chunks)
+async def collect_into(stream: trio.abc.ReceiveStream, into: dict[str, bytes], name: str,
+                       limit: int | None = None, over: Callable[[], Awaitable[object]] | None = None) -> None:
+    """Read ``stream`` to EOF into ``into[name]``, keeping at most ``limit`` bytes.
+
+    The bytes are kept in one bytearray extended in place (no list of chunks
+    joined at the end), and no read asks for more than the room left, so the
+    memory this takes grows with what is kept, never past ``limit``. When the
+    stream has more than ``limit`` bytes, ``over()`` is awaited (it ends the
+    program) and reading stops there; exactly ``limit`` bytes then EOF is not
+    over. A terminal's master end reports the end of its other side as EIO:
+    that is EOF here too.
+    """
+    kept = bytearray()
+    try:
+        while True:
+            room = _READ_CHUNK if limit is None else min(_READ_CHUNK, limit - len(kept))
+            # At the cap, one byte more tells "exactly the cap" from "past it".
+            chunk = await stream.receive_some(room or 1)
+            if not chunk:
+                break
+            if not room:
+                if over is not None:
+                    await over()
+                break
+            kept += chunk
+    except trio.BrokenResourceError:  # EIO on a terminal: no process holds it any more
+        pass
+    finally:
+        into[name] = bytes(kept)
 
 
 #: the messages a child sends on a socket channel with fds, before any failure record
@@ -211,12 +241,7 @@ async def read_channel(fd: int, is_socket: bool) -> tuple[bytes, dict[bytes, lis
         sock.close()
 
 
-async def collect_tty(stream: trio.lowlevel.FdStream, into: dict[str, bytes]) -> None:
-    """Collect a terminal's output until the program's side has closed (EIO on the master)."""
-    chunks = []
-    try:
-        async for chunk in stream:
-            chunks.append(chunk)
-    except trio.BrokenResourceError:  # EIO: no process holds the terminal any more
-        pass
-    into["stdout"] = b"".join(chunks)
+async def collect_tty(stream: trio.abc.ReceiveStream, into: dict[str, bytes], limit: int | None = None,
+                      over: Callable[[], Awaitable[object]] | None = None) -> None:
+    """Collect a terminal's output until the program's side has closed (EIO on the master); see ``collect_into``."""
+    await collect_into(stream, into, "stdout", limit, over)

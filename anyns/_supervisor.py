@@ -11,6 +11,7 @@ before it returns, inside a shielded scope.
 from __future__ import annotations
 
 import errno
+import functools
 import itertools
 import math
 import os
@@ -20,7 +21,7 @@ import signal
 import socket
 import stat
 import tempfile
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager, suppress
 from typing import Final, final
 
@@ -371,6 +372,7 @@ class Supervisor(metaclass=NoPublicConstructor):
         stdout: StdoutArg = None,
         stderr: StdoutArg = None,
         check: bool = True,
+        max_output: int | None = None,
         task_status: trio.TaskStatus[Container] = trio.TASK_STATUS_IGNORED,
     ) -> CompletedContainer:
         """Run a container to completion, like ``trio.run_process``.
@@ -400,21 +402,33 @@ class Supervisor(metaclass=NoPublicConstructor):
             stderr: as ``stdout``, plus ``anyns.STDOUT`` to merge into stdout.
                 The same holds for None and ``stdin=None``.
             check: raise ``ContainerFailed`` when the program exits non-zero
-                or is killed by a signal.
+                or is killed by a signal, or a budget ended it
+                (``CompletedContainer.exceeded``: ``timeout``, ``cpu_time``,
+                ``max_output``).
+            max_output: the most bytes kept of each captured stream (stdout
+                and stderr each). A program that writes more is killed, what
+                was kept is returned, and ``exceeded`` is ``"output"``; the
+                supervisor's memory grows by about the cap at most. For code
+                you do not trust, cap it (the program can write gigabytes into
+                your memory otherwise). Streams handed out (``anyns.PIPE``)
+                are the caller's to bound. Default: no cap.
 
         Raises:
             SetupError: the container could not be set up (``ExecError`` if
                 the program could not be executed). Nothing is left behind.
-            ContainerFailed: ``check`` is true and the program failed.
+            ContainerFailed: ``check`` is true and the program failed, or ran
+                out of a budget (``exceeded``).
             ZygoteError: the zygote died during the spawn.
 
         Cancellation kills the container with SIGKILL and waits until it has
-        been reaped before the cancellation propagates.
+        been reaped before the cancellation propagates: it abandons the run.
+        A budget that keeps the result is ``ContainerSpec(timeout=...)``,
+        ``Limits(cpu_time=...)`` or ``max_output``.
         """
         if not isinstance(spec, ContainerSpec):
             raise TypeError(f"expected an anyns.ContainerSpec, got {type(spec).__name__}")
         io = Io.of(stdin, capture_stdout, capture_stderr, stdout, stderr, check,
-                   started=task_status is not trio.TASK_STATUS_IGNORED)
+                   started=task_status is not trio.TASK_STATUS_IGNORED, max_output=max_output)
         if self._capacity is None:  # nothing to retry, so no exits to note
             with _typed_fd_exhaustion():
                 return await self._run(spec, io, task_status)
@@ -572,6 +586,7 @@ class Supervisor(metaclass=NoPublicConstructor):
                 env=container.spec.env if env is None else env,
                 cwd=container.spec.cwd if cwd is None else cwd,
                 tty=False,  # the container's terminal is its program's, not the exec'd one's
+                timeout=None,  # the container's budget; the exec'd process ends with the container
             )
         except TypeError as e:
             raise SpecError(f"exec: {e}") from None
@@ -782,7 +797,7 @@ class Supervisor(metaclass=NoPublicConstructor):
         elif stdio.parent_in < 0 and stdio.parent_out < 0 and stdio.parent_err < 0:
             # No pipes to serve, so no nursery (the common case at scale).
             task_status.started(container)
-            await container._wait_and_reap()
+            await container._wait_within_budgets()
         else:
             await self._serve_stdio(container, stdio, io, captured, task_status)
         assert container.returncode is not None
@@ -794,12 +809,13 @@ class Supervisor(metaclass=NoPublicConstructor):
             container.spec.argv, container.returncode,
             captured.get("stdout") if io.capture_stdout else None,
             captured.get("stderr") if io.capture_stderr else None,
-            container.pid, container._stats(), container.oom_killed,
+            container.pid, container._stats(), container.oom_killed, container.exceeded,
         )
-        if io.check and done.returncode != 0:
+        if io.check and (done.returncode != 0 or done.exceeded in _ENFORCED):
             limits = container.spec.limits
             raise ContainerFailed(done.returncode, container.spec.argv, done.stdout, done.stderr,
-                                  oom_killed=done.oom_killed, memory_limit=limits.memory if limits else None)
+                                  oom_killed=done.oom_killed, memory_limit=limits.memory if limits else None,
+                                  exceeded=done.exceeded, budget=_budget(container.spec, io, done.exceeded))
         return done
 
     async def _serve_tty(
@@ -811,16 +827,16 @@ class Supervisor(metaclass=NoPublicConstructor):
         if not io.capture_stdout:
             container.tty = master  # the caller's now, as PIPE streams are
             task_status.started(container)
-            await container._wait_and_reap()
+            await container._wait_within_budgets()
             return
         try:
             with _single_exceptions():
                 async with trio.open_nursery() as nursery:
                     if io.feed is not None:
                         nursery.start_soon(master.send_all, io.feed)  # typed in; the terminal stays open
-                    nursery.start_soon(collect_tty, master, captured)
+                    nursery.start_soon(collect_tty, master, captured, io.max_output, _over_output(container))
                     task_status.started(container)
-                    await container._wait_and_reap()
+                    await container._wait_within_budgets()
         finally:
             with trio.CancelScope(shield=True):
                 await master.aclose()
@@ -856,12 +872,13 @@ class Supervisor(metaclass=NoPublicConstructor):
                             out = trio.lowlevel.FdStream(fd)
                             if capture:
                                 ours.append(out)
-                                nursery.start_soon(collect_into, out, captured, name)
+                                nursery.start_soon(collect_into, out, captured, name, io.max_output,
+                                                   _over_output(container))
                             else:
                                 setattr(container, name, out)
                     stdio.parent_in = stdio.parent_out = stdio.parent_err = -1  # the streams own them
                     task_status.started(container)
-                    await container._wait_and_reap()
+                    await container._wait_within_budgets()
         finally:
             with trio.CancelScope(shield=True):
                 for stream in ours:
@@ -913,6 +930,26 @@ class Supervisor(metaclass=NoPublicConstructor):
         if self._cgroups is not None:
             self._cgroups.close()
         os.close(self._devnull)
+
+
+#: the budgets anyns itself enforces (by ending the program): with check=True they fail the run whatever its status
+_ENFORCED: Final = ("timeout", "cpu_time", "output")
+
+
+def _budget(spec: ContainerSpec, io: Io, exceeded: str | None) -> float | None:
+    """The value of the budget ``exceeded`` names (seconds, or bytes for "output"), for ContainerFailed's message."""
+    if exceeded == "timeout":
+        return spec.timeout
+    if exceeded == "cpu_time":
+        return spec.limits.cpu_time if spec.limits is not None else None
+    if exceeded == "output":
+        return io.max_output
+    return None
+
+
+def _over_output(container: Container) -> Callable[[], Awaitable[None]]:
+    """What a captured stream past ``max_output`` does: end the container for the "output" budget."""
+    return functools.partial(container._end_for_budget, "output")
 
 
 async def _kill_and_reap(pidfd: int) -> None:
