@@ -160,8 +160,9 @@ class AsyncioSupervisor:
         """``Supervisor.run(spec, **options)``, awaited from asyncio.
 
         Same options (``stdin`` bytes/None/DEVNULL/fd, ``capture_stdout``,
-        ``capture_stderr``, ``stdout``, ``stderr``, ``check``) and the same
-        results and exceptions; ``anyns.PIPE`` is not available here.
+        ``capture_stderr``, ``stdout``, ``stderr``, ``check``, ``max_output``)
+        and the same results and exceptions (``CompletedContainer.exceeded``
+        when a budget ran out); ``anyns.PIPE`` is not available here.
         """
         if PIPE in (options.get("stdin"), options.get("stdout"), options.get("stderr")):
             raise ValueError("anyns.PIPE has no asyncio form: pass bytes as stdin and capture the output")

@@ -1,12 +1,16 @@
-"""A job runner: a queue of jobs, a few workers, limits and a timeout per job, results as a table.
+"""A job runner: a queue of jobs, a few workers, budgets per job, results as a table.
 
     python examples/job_runner.py
 
-Each job runs in a fresh container with a budget (anyns.Limits: memory,
-tasks, CPU); a job that overruns its time is cancelled, which kills and
-reaps its container before the worker moves on; one that overruns its
-memory is ended by the OOM killer and reported as such. The table shows
-each job's CPU time and peak memory (CompletedContainer.stats).
+Each job runs in a fresh container with limits (anyns.Limits: memory, tasks,
+a CPU share, and cpu_time: the CPU of all its processes together), a
+wall-clock timeout (ContainerSpec.timeout) and a cap on the output kept
+(run(max_output=...): 1 MiB per stream, a sensible cap for code you do not
+trust). A job that runs out of one is stopped and its result still comes
+back, with what it printed so far and the verdict in
+CompletedContainer.exceeded: "timeout", "cpu_time", "output", or "memory"
+when the OOM killer ended it. The table shows each job's CPU time and peak
+memory (CompletedContainer.stats).
 """
 
 from __future__ import annotations
@@ -23,7 +27,10 @@ def sh(script: str) -> list[str]:
 
 
 MEMORY_MIB = 64
-LIMITS = anyns.Limits(memory=f"{MEMORY_MIB}M", pids=32, cpu=1.0)
+CPU_SECONDS = 1.0
+LIMITS = anyns.Limits(memory=f"{MEMORY_MIB}M", pids=32, cpu=2.0, cpu_time=CPU_SECONDS)
+#: the most output kept of each stream of a job (stdout, stderr); past it the job is killed
+MAX_OUTPUT = 1 << 20
 
 JOBS = [
     ("hello", sh("echo hello from $(hostname)"), 2.0),
@@ -33,6 +40,8 @@ JOBS = [
     ("too-slow", ["sleep", "30"], 0.5),
     ("missing", ["/no/such/tool"], 2.0),
     ("env", sh("echo JOB=$JOB"), 2.0),
+    ("spin", sh("yes > /dev/null & yes > /dev/null & wait"), 30.0),
+    ("chatty", sh("echo starting; yes"), 30.0),
 ]
 WORKERS = 3
 
@@ -43,25 +52,29 @@ Result = tuple[str, str, str, float, str]
 async def worker(sup: anyns.Supervisor, queue: trio.MemoryReceiveChannel[tuple[str, list[str], float]],
                  results: list[Result]) -> None:
     async for name, argv, timeout in queue:
-        spec = anyns.ContainerSpec(argv=argv, hostname=f"job-{name}", limits=LIMITS,
+        spec = anyns.ContainerSpec(argv=argv, hostname=f"job-{name}", limits=LIMITS, timeout=timeout,
                                    env={"PATH": "/usr/bin:/bin", "JOB": name})
         started = time.perf_counter()
         status, output, usage = "ok", "", ""
-        with trio.move_on_after(timeout) as scope:
-            try:
-                done = await sup.run(spec, capture_stdout=True, capture_stderr=True, check=False)
-                output = (done.stdout or b"").decode().strip() or (done.stderr or b"").decode().strip()
-                if done.oom_killed:
-                    status, output = "OOM", f"killed by the OOM killer (memory limit {MEMORY_MIB}M)"
-                elif done.returncode != 0:
-                    status = f"exit {done.returncode}"
-                stats = done.stats
-                peak = f"{stats.memory_peak >> 20} MiB" if stats.memory_peak else "-"
-                usage = f"{(stats.cpu_user + stats.cpu_system) * 1000:.0f} ms CPU, {peak}"
-            except anyns.SetupError as e:
-                status, output = "setup error", str(e).split(" (hint")[0]
-        if scope.cancelled_caught:
-            status, output = "timed out", f"killed after {timeout} s"
+        try:
+            done = await sup.run(spec, capture_stdout=True, capture_stderr=True, check=False,
+                                 max_output=MAX_OUTPUT)
+            output = (done.stdout or b"").decode().strip() or (done.stderr or b"").decode().strip()
+            if done.exceeded == "memory":
+                status, output = "OOM", f"killed by the OOM killer (memory limit {MEMORY_MIB}M)"
+            elif done.exceeded == "timeout":
+                status, output = "timed out", f"stopped after {timeout} s; printed {output[:20]!r}"
+            elif done.exceeded == "cpu_time":
+                status, output = "CPU budget", f"killed after {CPU_SECONDS} s of CPU in all"
+            elif done.exceeded == "output":
+                status, output = "output cap", f"killed past {MAX_OUTPUT >> 20} MiB; began {output[:10]!r}"
+            elif done.returncode != 0:
+                status = f"exit {done.returncode}"
+            stats = done.stats
+            peak = f"{stats.memory_peak >> 20} MiB" if stats.memory_peak else "-"
+            usage = f"{(stats.cpu_user + stats.cpu_system) * 1000:.0f} ms CPU, {peak}"
+        except anyns.SetupError as e:
+            status, output = "setup error", str(e).split(" (hint")[0]
         results.append((name, status, output, time.perf_counter() - started, usage))
 
 
@@ -79,7 +92,7 @@ async def main() -> None:
         print(f"{name:<10} {status:<12} {seconds:7.2f}  {usage:<22} {output[:50]}")
     statuses = dict((name, status) for name, status, _, _, _ in results)
     expected = {"hello": "ok", "hog": "OOM", "count": "ok", "fails": "exit 3", "too-slow": "timed out",
-                "missing": "setup error", "env": "ok"}
+                "missing": "setup error", "env": "ok", "spin": "CPU budget", "chatty": "output cap"}
     if statuses != expected:
         raise SystemExit(f"unexpected results: {statuses}")
 
