@@ -84,6 +84,20 @@ def _send_namespaces(rt: Rt, kinds: list[bytes]) -> None:
             os.close(fd)
 
 
+def _send_root(rt: Rt) -> None:
+    """Send the supervisor an O_PATH fd of our root, after the pivot (rootless: /proc/PID/root is closed to it).
+
+    ``Container.read_file``, ``write_file`` and ``run(collect=...)`` resolve paths beneath it.
+    """
+    root = os.open(b"/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    channel = _socket.socket(fileno=rt[_ERRPIPE])
+    try:
+        channel.sendmsg((b"ROOT",), ((_socket.SOL_SOCKET, _socket.SCM_RIGHTS, _pack_int(root)),))
+    finally:
+        channel.detach()
+        os.close(root)
+
+
 def _check_alive(rt: Rt, index: int) -> None:
     """Fail (ESRCH) if the container whose pidfd is extra fd ``index`` has exited: its namespaces are a shell."""
     if select.select((rt[_EXTRA + index],), (), (), 0)[0]:
@@ -647,6 +661,7 @@ OPS: dict[str, Callable[..., None]] = {
     "setdomainname": _setdomainname,
     "wait_go": _wait_go,
     "send_namespaces": _send_namespaces,
+    "send_root": _send_root,
     "not_dumpable": _not_dumpable,
     "check_alive": _check_alive,
     "mount": _mount,
@@ -684,6 +699,7 @@ OPS: dict[str, Callable[..., None]] = {
     "spawn_with_init": _exec_init,
     "fork_and_wait": _exec_init,
     "subreaper": _exec_init,
+    "hold_with_init": _exec_init,
     "execve": _execve,
 }
 
@@ -711,6 +727,7 @@ _SYSCALL_OF = {
     "enter_time_namespace": "setns",
     "become_root": "setresuid",
     "send_namespaces": "sendmsg",
+    "send_root": "sendmsg",
     "not_dumpable": "prctl",
     "check_alive": "poll",
     "mask_paths": "mount",
@@ -728,6 +745,7 @@ _SYSCALL_OF = {
     "spawn_with_init": "execve",
     "fork_and_wait": "execve",
     "subreaper": "execve",
+    "hold_with_init": "execve",
 }
 
 

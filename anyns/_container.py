@@ -11,11 +11,13 @@ import fcntl
 import ipaddress
 import math
 import os
+import select
 import signal
 import struct
 import subprocess
 import termios
 import time
+import types
 from collections.abc import Generator, Mapping, Sequence
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any, Final, NoReturn, final
@@ -23,10 +25,10 @@ from typing import TYPE_CHECKING, Any, Final, NoReturn, final
 import attrs
 import trio
 
-from . import _cgroups, _init
+from . import _cgroups, _files, _init
 from ._errors import AnynsError, SetupError, SpecError, UnsupportedError
 from ._namespaces import persist_from_host, release_from_host
-from ._spec import KIND_FLAGS
+from ._spec import KIND_FLAGS, user_namespace_map
 from ._stdio import Io
 from ._sys import _libc
 
@@ -236,16 +238,21 @@ class CompletedContainer(subprocess.CompletedProcess[bytes]):
             output is cut at the cap), ``"memory"`` (the OOM killer ended a
             process of it, beside ``oom_killed``). The first budget to run
             out is the verdict; what was captured until then is returned.
+        files: with ``run(collect=[...])``, each collected path's content
+            (read after the program's end, a budget kill included), a path
+            that did not exist left out; empty without ``collect``. Read-only.
     """
 
     def __init__(self, args: Sequence[str], returncode: int, stdout: bytes | None,
                  stderr: bytes | None, pid: int, stats: ContainerStats | None = None,
-                 oom_killed: bool = False, exceeded: str | None = None) -> None:
+                 oom_killed: bool = False, exceeded: str | None = None,
+                 files: Mapping[str, bytes] | None = None) -> None:
         super().__init__(list(args), returncode, stdout, stderr)
         self.pid = pid
         self.stats = ContainerStats(0.0, 0.0, 0.0) if stats is None else stats
         self.oom_killed = oom_killed
         self.exceeded = exceeded
+        self.files: Mapping[str, bytes] = types.MappingProxyType(dict(files or {}))
 
     def __repr__(self) -> str:
         oom = " oom_killed" if self.oom_killed else ""
@@ -307,6 +314,18 @@ class Container(metaclass=NoPublicConstructor):
         #: started are not its own, and the cgroup's figures are the container's
         self._oom_base = 0
         self._shares_cgroup = False
+        #: rootless: an O_PATH fd of its root, sent by its child after the pivot (``read_file``)
+        self._root_fd = -1
+        #: run(collect=...): the init holds the container after the program's end
+        #: (``hold_with_init``), its status channel a socket whose close releases it
+        self._holds = False
+        #: the paths to read then (emptied when the run is abandoned), and what was read
+        self._collect: tuple[str, ...] = ()
+        self._files: dict[str, bytes] = {}
+        #: why a collected file could not be read (too large, not a regular file …), raised by run
+        self._collect_error: AnynsError | None = None
+        #: the program's status, reported by a holding init before it is released
+        self._program_status: int | None = None
         #: the budget it ran out of, once one has (the first one wins): see ``exceeded``
         self._exceeded: str | None = None
 
@@ -333,12 +352,17 @@ class Container(metaclass=NoPublicConstructor):
                 self._ns_pid = self.pid
         return self._ns_pid
 
-    def _adopt_sent_fds(self, tty: list[int], kinds: tuple[str, ...], namespaces: list[int]) -> None:
-        """Keep what the child sent on its error channel: a terminal's master end, its namespace files."""
+    def _adopt_sent_fds(self, tty: list[int], kinds: tuple[str, ...], namespaces: list[int],
+                        root: list[int] | None = None) -> None:
+        """Keep what the child sent on its error channel: a terminal's master end, its namespace files, its root."""
         for fd in tty[1:]:
             os.close(fd)
         if tty:
             self._tty_fd = tty[0]
+        for fd in (root or [])[1:]:
+            os.close(fd)
+        if root:
+            self._root_fd = root[0]
         if len(namespaces) != len(kinds):  # not what the plan said: keep none
             for fd in namespaces:
                 os.close(fd)
@@ -349,6 +373,9 @@ class Container(metaclass=NoPublicConstructor):
         fds, self._ns_fds = self._ns_fds, {}
         for fd in fds.values():
             os.close(fd)
+        if self._root_fd >= 0:
+            os.close(self._root_fd)
+            self._root_fd = -1
 
     @property
     def namespaces(self) -> Mapping[str, NamespaceId]:
@@ -367,6 +394,150 @@ class Container(metaclass=NoPublicConstructor):
             except ProcessLookupError:
                 raise AnynsError(f"namespaces: container pid {self.pid} has already exited") from None
         return self._namespaces
+
+    async def read_file(self, path: str | os.PathLike[str], max_size: int = _files.DEFAULT_MAX_SIZE) -> bytes:
+        """The content of file ``path`` as the container sees it, while it runs.
+
+        ``path`` is resolved inside the container's root, whatever symlinks
+        its programs planted (an absolute link or ``..`` past the top stays
+        inside, as in a chroot): it never reaches a file of the host the
+        container could not see. Only regular files are read, never one on a
+        kernel filesystem (``/proc``, ``/sys``, cgroups). The reading runs in
+        a worker thread.
+
+        Args:
+            path: a path inside the container (relative ones start at its root).
+            max_size: the largest size accepted, in bytes (default 16 MiB).
+
+        Raises:
+            FileNotFoundError: no such file in the container (``PermissionError``
+                and the like as ``open`` raises them).
+            IsADirectoryError: ``path`` is a directory.
+            AnynsError: the file is larger than ``max_size`` (found out without
+                reading it whole), is not a regular file, or the container has exited.
+            UnsupportedError: a rootless container whose root did not reach the supervisor.
+        """
+        if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 0:
+            raise ValueError(f"read_file: max_size must be a number of bytes >= 0, got {max_size!r}")
+        where = os.fspath(path)
+        root = self._open_root("read_file")
+        try:
+            data: bytes = await trio.to_thread.run_sync(_files.read, root, where, max_size)
+            return data
+        except AnynsError as e:
+            raise AnynsError(f"read_file: {e}") from None
+        finally:
+            os.close(root)
+
+    async def write_file(self, path: str | os.PathLike[str], data: bytes, mode: int = 0o644) -> None:
+        """Write ``data`` to file ``path`` in the running container, with permissions ``mode``.
+
+        The path is resolved as by ``read_file`` (never onto a host file, only
+        regular files, no kernel filesystem). A missing file is created (its
+        directory must exist: ``FileNotFoundError`` otherwise), owned by the
+        container's root (uid 0 inside); an existing one is truncated and
+        rewritten, and gets ``mode`` too. A read-only mount refuses it
+        (``OSError``, EROFS). Runs in a worker thread.
+
+        Raises:
+            FileNotFoundError: the file's directory does not exist in the container.
+            IsADirectoryError: ``path`` is a directory.
+            AnynsError: the path is not a regular file, or the container has exited.
+            UnsupportedError: a rootless container whose root did not reach the supervisor.
+        """
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"write_file: data must be bytes, not {type(data).__name__}")
+        if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o7777:
+            raise ValueError(f"write_file: mode must be permission bits (0 to 0o7777), got {mode!r}")
+        where = os.fspath(path)
+        root = self._open_root("write_file")
+        try:
+            await trio.to_thread.run_sync(_files.write, root, where, bytes(data), mode, self._root_owner())
+        except AnynsError as e:
+            raise AnynsError(f"write_file: {e}") from None
+        finally:
+            os.close(root)
+
+    def _open_root(self, operation: str) -> int:
+        """A new O_PATH fd of the container's root, for the caller to close.
+
+        A root supervisor opens ``/proc/PID/root`` of its first process: an
+        unreaped child of ours, whose pid no other process can have (a zombie
+        has no root: ENOENT); the pidfd is checked afterwards all the same.
+        Rootless, a duplicate of the fd its child sent.
+        """
+        if self.returncode is not None or self._pidfd < 0:
+            raise AnynsError(f"{operation}: container pid {self.pid} has exited")
+        if self._root_fd >= 0:
+            return os.dup(self._root_fd)
+        if self._ns_fds or self._supervisor._rootless:
+            raise UnsupportedError(f"{operation}: container pid {self.pid} sent no root to reach its files by")
+        try:
+            root = os.open(f"/proc/{self.pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except (FileNotFoundError, ProcessLookupError):
+            raise AnynsError(f"{operation}: container pid {self.pid} has exited") from None
+        if _has_exited(self._pidfd):
+            os.close(root)
+            raise AnynsError(f"{operation}: container pid {self.pid} has exited")
+        return root
+
+    def _root_owner(self) -> tuple[int, int] | None:
+        """The host uid and gid of root inside its user namespace (a root supervisor's), for the files it makes."""
+        id_map = user_namespace_map(self.spec)
+        if id_map is None or self._supervisor._rootless:
+            return None  # root is root, or rootless: our own ids are root inside
+        uid = next((out - start for start, out, count in id_map.uid if start <= 0 < start + count), None)
+        gid = next((out - start for start, out, count in id_map.gid if start <= 0 < start + count), None)
+        return None if uid is None or gid is None else (uid, gid)
+
+    async def _collect_and_release(self) -> None:
+        """A holding init: wait for its report of the program's end, read the collected files, release it.
+
+        The init has ended every other process by then, so the files are
+        final; its mount namespace (``/tmp`` too) lives until the release.
+        Cancelled before the report, nothing is released: whoever kills the
+        container later reaps it (``_reap`` reads the report then).
+        """
+        while True:
+            await trio.lowlevel.wait_readable(self._status_fd)
+            try:
+                report = os.read(self._status_fd, 32)  # its report, or EOF: the init itself was killed
+                break
+            except BlockingIOError:
+                continue
+            except OSError:
+                report = b""
+                break
+        try:
+            self._program_status = _init.program_status(report)
+            if self._program_status is not None and self._collect:
+                root = self._open_root("collect")
+                try:
+                    self._files, problem = await trio.to_thread.run_sync(
+                        _files.read_many, root, self._collect, _files.DEFAULT_MAX_SIZE)
+                finally:
+                    os.close(root)
+                if problem is not None:
+                    self._collect_error = AnynsError(f"collect: {problem}")
+        except AnynsError as e:  # it died meanwhile (killed from outside): nothing to collect
+            self._collect_error = self._collect_error or e
+        finally:
+            trio.lowlevel.notify_closing(self._status_fd)
+            os.close(self._status_fd)  # the release: EOF, and the init exits
+            self._status_fd = -1
+
+    def _end_all_but_init(self) -> bool:
+        """End the program and every other process, but spare a holding init: its files are still to be
+        collected (it reports, and holds until released); without one, SIGKILL. Whether an init was spared."""
+        if self._holds and self._status_fd >= 0:
+            self.send_signal(_init.END_ALL)
+            return True
+        self.kill()
+        return False
+
+    def _ended_fd(self) -> int:
+        """What turns readable when the program has ended: a holding init's report (it stays), else the pidfd."""
+        return self._status_fd if self._holds and self._status_fd >= 0 else self._pidfd
 
     async def exec(
         self,
@@ -470,7 +641,8 @@ class Container(metaclass=NoPublicConstructor):
         """Stop the container: SIGTERM, then SIGKILL to all of it once ``grace`` seconds have passed.
 
         Returns the ``returncode`` once the container has been reaped (at once
-        if it already ended). A pid-1 program only sees SIGTERM if it has a
+        if it already ended). With ``run(collect=...)`` the init is spared
+        until the files are read. A pid-1 program only sees SIGTERM if it has a
         handler for it; one that ignores it is killed after ``grace``.
         """
         if not 0 <= grace < math.inf:
@@ -478,7 +650,7 @@ class Container(metaclass=NoPublicConstructor):
         self.terminate()
         with trio.move_on_after(grace):
             return await self.wait()
-        self.kill()
+        self._end_all_but_init()  # with collect, the init holds on until the files are read
         return await self.wait()
 
     def statistics(self) -> ContainerStats:
@@ -557,9 +729,11 @@ class Container(metaclass=NoPublicConstructor):
         asks for a grace: it alone waits on the pidfd. Another task (the
         output cap) gets SIGKILL only.
 
-        With ``run(collect=...)`` a budget must end the program and every
-        other process but spare the init until the files are collected: that
-        is a change to this method (and the init), nowhere else.
+        With ``run(collect=...)`` the init holds the container: the kill
+        is ``END_ALL`` to it instead (``_end_all_but_init``), which ends the
+        program and every other process but spares the init until the
+        files are collected; the grace waits for the init's report, not
+        for its exit.
         """
         if self._exceeded is None:
             self._exceeded = "memory" if self.oom_killed else reason
@@ -569,9 +743,10 @@ class Container(metaclass=NoPublicConstructor):
         if grace > 0:
             self.terminate()
             with trio.move_on_after(grace):
-                await trio.lowlevel.wait_readable(self._pidfd)
+                await trio.lowlevel.wait_readable(self._ended_fd())
                 return
-        self.kill()
+        if self._end_all_but_init():
+            return
         if self._leaf is not None and not self._shares_cgroup:
             _cgroups.kill(self._leaf)
 
@@ -605,7 +780,7 @@ class Container(metaclass=NoPublicConstructor):
                     break
                 wake = min(wake, now + min(max((cpu_time - used) / (2 * _CPUS), _MIN_POLL), _MAX_POLL))
             with trio.move_on_at(wake):
-                await trio.lowlevel.wait_readable(self._pidfd)
+                await trio.lowlevel.wait_readable(self._ended_fd())
                 break  # it has exited
             now = trio.current_time()
             if now >= deadline:
@@ -653,8 +828,13 @@ class Container(metaclass=NoPublicConstructor):
         return Freezing(self, frozen)
 
     async def _wait_and_reap(self) -> int:
-        """Wait on the pidfd, then reap; only the task that owns the container calls this."""
+        """Wait on the pidfd, then reap; only the task that owns the container calls this.
+
+        A holding init (``collect``) first reports, has the files read, and is released.
+        """
         if self.returncode is None:
+            if self._holds and self._status_fd >= 0:
+                await self._collect_and_release()
             await trio.lowlevel.wait_readable(self._pidfd)
             self._reap()
         assert self.returncode is not None
@@ -672,17 +852,19 @@ class Container(metaclass=NoPublicConstructor):
             self.returncode = status
         else:  # CLD_KILLED or CLD_DUMPED
             self.returncode = -status
+        program = self._program_status  # a holding init reported it already
         if self._status_fd >= 0:
             # The init's exit mirrors the program's as far as an exit code can;
             # its report is exact. No report: the init itself was killed.
             try:
                 program = _init.program_status(os.read(self._status_fd, 32))
-            except BlockingIOError:
+            except OSError:  # BlockingIOError; a socket whose peer was killed: ECONNRESET
                 program = None
+            trio.lowlevel.notify_closing(self._status_fd)
             os.close(self._status_fd)
             self._status_fd = -1
-            if program is not None:
-                self.returncode = program
+        if program is not None:
+            self.returncode = program
         if self._leaf is not None:  # its figures, before the cgroup goes
             self._final = _cgroups.statistics(self._leaf)
             if not self._shares_cgroup:
@@ -724,6 +906,11 @@ class Freezing:
         while (box._leaf is not None and box.returncode is None  # noqa: ASYNC110
                and _cgroups.is_frozen(box._leaf) != self._frozen):
             await trio.sleep(0.001)
+
+
+def _has_exited(pidfd: int) -> bool:
+    """Whether the process of ``pidfd`` has exited (readable), reaped or not."""
+    return bool(select.select((pidfd,), (), (), 0)[0])
 
 
 def _int_or_none(value: float | int | None) -> int | None:

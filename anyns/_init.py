@@ -26,7 +26,15 @@ runs as:
 * without a pid namespace where no cgroup can be had (rootless), a child
   subreaper (``subreaper``, as ``tini -s``): as the waiter, and when the
   program ends it kills what the program left running, reaps it, and only
-  then reports.
+  then reports;
+* pid 1 that holds the container (``hold_with_init``, for
+  ``run(collect=...)``): as the first, but when the program has ended it
+  kills every other process of the pid namespace, reaps them, reports the
+  status, and waits until the supervisor closes its end of the status
+  channel (a socket then) before it exits: the mount namespace, the
+  container's ``/tmp`` included, lives until the supervisor has read the
+  files it collects. ``END_ALL`` sent to it from outside the namespace (a
+  budget kill) ends the program and everything else but the init.
 
 The program's exact status (an exit code, or -N for signal N) goes to the
 supervisor on the ``status`` pipe as decimal text before the init exits,
@@ -58,7 +66,10 @@ if TYPE_CHECKING:
 #: where ``pip install`` puts the compiled init, beside this module
 BINARY: Final = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_native", "anyns-init")
 #: the init's modes, by the exec step's call (init.c: FLAG_FORK 1, FLAG_SUBREAPER 2)
-MODES: Final = {"spawn_with_init": 0, "fork_and_wait": 1, "subreaper": 1 | 2}
+MODES: Final = {"spawn_with_init": 0, "fork_and_wait": 1, "subreaper": 1 | 2, "hold_with_init": 4}
+#: the signal (a real-time one, by its kernel number) that has a holding init
+#: (``hold_with_init``) end the program and every other process but itself (init.c: SIGNAL_END_ALL)
+END_ALL: Final = 40
 #: its argv: all that /proc/PID/cmdline shows, to anyone who sees the pid
 ARGV0: Final = b"anyns-init"
 

@@ -56,7 +56,9 @@ The order (each line a step)::
                  mounts onto the fd it got: a path string inside a root that
                  another container may write is never resolved twice (runc's
                  CVE-2019-16884, CVE-2019-19921, CVE-2025-31133)
-    pivot_root   pivot_root(".", ".") and detach the old root (runc, LXC)
+    pivot_root   pivot_root(".", ".") and detach the old root (runc, LXC); a
+                 rootless child then sends the supervisor an fd of its root
+                 (``Container.read_file``: /proc/PID/root is closed to it)
     hostname     sethostname, setdomainname
     network      lo up; with a Bridge, wait until the supervisor has wired eth0
     process      umask, cwd, stdio, close every other fd, signal dispositions and
@@ -71,7 +73,10 @@ The order (each line a step)::
                  the zygote), which starts the program and waits for it: as
                  pid 1 with ``init`` (and a pid namespace of its own), as a
                  child subreaper without a pid namespace where no cgroup can
-                 be had (rootless), as the waiter of a rootless exec
+                 be had (rootless), as the waiter of a rootless exec; with
+                 ``collect`` (``compile_plan``), as pid 1 that holds the
+                 container after the program's end until the supervisor has
+                 read the files (``hold_with_init``)
 """
 
 from __future__ import annotations
@@ -81,6 +86,7 @@ from typing import Final
 
 import attrs
 
+from ._errors import SpecError
 from ._security_defaults import CAPABILITIES
 from ._spec import (
     DEFAULT_PATH,
@@ -136,6 +142,10 @@ _DEFAULT_UMASK: Final = 0o022
 #: close-on-exec, above what the child has open (a few dozen), and far below
 #: any RLIMIT_NOFILE soft limit a container would run with (1024 at least)
 _HELD_FDS: Final = 100
+#: why ``run(collect=...)`` is refused: only the init can hold a container after its program's end
+COLLECT_NEEDS_INIT: Final = ("collect: the files are read after the program's end, while the init holds the "
+                             "container: it needs init=True and a pid namespace of its own (Namespaces.PID, "
+                             "not joined)")
 
 
 @attrs.frozen
@@ -191,6 +201,9 @@ class Plan:
             supervisor, in this order, before it makes itself non-dumpable (a
             rootless container: the supervisor could not open them later).
             The error channel is then a socket, as for ``tty``.
+        holds_init: the init holds the container after its program's end
+            until the supervisor releases it (``run(collect=...)``): its
+            status channel is a socket, whose EOF is the release.
     """
 
     clone_flags: int
@@ -202,6 +215,7 @@ class Plan:
     cgroup: int = -1
     dumpable: bool = False
     sent_namespaces: tuple[str, ...] = ()
+    holds_init: bool = False
 
     @property
     def channel_is_socket(self) -> bool:
@@ -242,8 +256,16 @@ class _Builder:
         self.op(step, call, path, path, *args)
 
 
-def compile_plan(spec: ContainerSpec, host: HostLayout) -> Plan:
-    """Turn ``spec`` into a ``Plan``; pure, and cached by the supervisor per spec."""
+def compile_plan(spec: ContainerSpec, host: HostLayout, *, collect: bool = False) -> Plan:
+    """Turn ``spec`` into a ``Plan``; pure, and cached by the supervisor per spec and ``collect``.
+
+    ``collect``: the supervisor reads files of the container after its
+    program's end (``run(collect=...)``), so the init holds the container
+    until then (``hold_with_init``).
+
+    Raises:
+        SpecError: ``collect`` for a container without the init as its pid 1.
+    """
     ns = effective_namespaces(spec)
     b = _Builder(host.newroot)
     joined = joined_namespaces(spec)
@@ -291,6 +313,10 @@ def compile_plan(spec: ContainerSpec, host: HostLayout) -> Plan:
         b.op("namespaces", "send_namespaces", None, sent)
         b.op("userns", "not_dumpable", None)
     init = _init_call(spec, ns, host)
+    if collect:
+        if init != "spawn_with_init":
+            raise SpecError(COLLECT_NEEDS_INIT)
+        init = "hold_with_init"
     if init is not None:
         extra_kinds += ("status",)  # a pipe: the init writes the program's wait status on it (last extra fd)
 
@@ -299,7 +325,7 @@ def compile_plan(spec: ContainerSpec, host: HostLayout) -> Plan:
         _process_steps(b, spec, ns, extra_kinds, init)
         return Plan(clone_flags=clone_flags, ops=tuple(b.ops), extra_kinds=extra_kinds, enter=tuple(enter),
                     tty=spec.tty, cgroup=cgroup, dumpable=id_map is not None and host.rootless,
-                    sent_namespaces=sent)
+                    sent_namespaces=sent, holds_init=collect)
 
     # A shared bind must stay a peer of its host mount: clone it now, while
     # the copied tree is still in the host's peer groups; it is attached in
@@ -363,11 +389,13 @@ def compile_plan(spec: ContainerSpec, host: HostLayout) -> Plan:
     b.op("pivot_root", "chdir_root", "/")
     b.op("pivot_root", "pivot_root", "/", ".", ".")
     b.op("pivot_root", "umount2", "/", ".", MNT_DETACH)
+    if sent:  # rootless: the supervisor cannot open /proc/PID/root of a non-dumpable init
+        b.op("pivot_root", "send_root", None)
 
     _process_steps(b, spec, ns, extra_kinds, init)
     return Plan(clone_flags=clone_flags, ops=tuple(b.ops), skeleton=skeleton,
                 extra_kinds=extra_kinds, enter=tuple(enter), tty=spec.tty, cgroup=cgroup,
-                dumpable=id_map is not None and host.rootless, sent_namespaces=sent)
+                dumpable=id_map is not None and host.rootless, sent_namespaces=sent, holds_init=collect)
 
 
 def _cgroup_steps(b: _Builder, spec: ContainerSpec | None, host: HostLayout, extra_kinds: tuple[str, ...]

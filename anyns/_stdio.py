@@ -188,14 +188,15 @@ async def collect_into(stream: trio.abc.ReceiveStream, into: dict[str, bytes], n
 
 
 #: the messages a child sends on a socket channel with fds, before any failure record
-CHANNEL_TAGS = (b"TTY", b"NS")
+CHANNEL_TAGS = (b"TTY", b"NS", b"ROOT")
 
 
 async def read_channel(fd: int, is_socket: bool) -> tuple[bytes, dict[bytes, list[int]]]:
     """Read the child's error channel to EOF: a failure record (or b""), and the fds it sent, by tag.
 
     The channel is a SEQPACKET socket when the child sends fds (``Plan.channel_is_socket``):
-    the terminal's master end (``b"TTY"``), its namespace files (``b"NS"``). Otherwise it is a pipe.
+    the terminal's master end (``b"TTY"``), its namespace files (``b"NS"``), its root (``b"ROOT"``).
+    Otherwise it is a pipe.
     """
     if not is_socket:
         return await read_to_eof(fd), {}

@@ -40,8 +40,9 @@ from ._errors import (
     ZygoteError,
     diagnose,
 )
+from ._files import check_collect
 from ._network import Networking
-from ._plan import HostLayout, Plan, compile_exec_plan, compile_plan
+from ._plan import COLLECT_NEEDS_INIT, HostLayout, Plan, compile_exec_plan, compile_plan
 from ._security import seccomp_bpf
 from ._spec import (
     KIND_FLAGS,
@@ -314,15 +315,16 @@ class Supervisor(metaclass=NoPublicConstructor):
         self._plans[key] = cached  # most recently used last: eviction takes the oldest use
         return cached
 
-    async def _container_plan(self, spec: ContainerSpec) -> tuple[int, Plan]:
+    async def _container_plan(self, spec: ContainerSpec, collect: bool = False) -> tuple[int, Plan]:
+        """The plan of ``spec``; ``collect``: its init holds the container (``run(collect=...)``; part of the key)."""
         def compile_() -> Plan:
             layout_key = spec.rootfs if isinstance(spec.rootfs, HostRootfs) else None
             layout = self._layouts.get(layout_key)
             if layout is None:
                 layout = self._layouts[layout_key] = _probe_host(self._newroot, spec.rootfs, self._cgroups)
-            return compile_plan(spec, layout)
+            return compile_plan(spec, layout, collect=collect)
 
-        return await self._plan(_plan_key(spec), compile_)
+        return await self._plan((_plan_key(spec), collect), compile_)
 
     async def _spawn(self, spec: ContainerSpec, plan_id: int, plan: Plan, fds: list[int]) -> Container:
         """Ask the zygote for a container; return it once the clone succeeded (not yet exec)."""
@@ -373,6 +375,7 @@ class Supervisor(metaclass=NoPublicConstructor):
         stderr: StdoutArg = None,
         check: bool = True,
         max_output: int | None = None,
+        collect: Sequence[str | os.PathLike[str]] | None = None,
         task_status: trio.TaskStatus[Container] = trio.TASK_STATUS_IGNORED,
     ) -> CompletedContainer:
         """Run a container to completion, like ``trio.run_process``.
@@ -412,6 +415,16 @@ class Supervisor(metaclass=NoPublicConstructor):
                 you do not trust, cap it (the program can write gigabytes into
                 your memory otherwise). Streams handed out (``anyns.PIPE``)
                 are the caller's to bound. Default: no cap.
+            collect: absolute paths of files inside the container to read
+                after the program exits (a budget kill included: ``timeout``,
+                ``cpu_time``, ``max_output``), before the container is torn
+                down (its ``/tmp`` too): ``CompletedContainer.files`` maps each
+                to its content, a missing one left out. Resolved inside the
+                container's root as ``Container.read_file`` does (a symlink
+                the program planted never reaches a host file); at most 16 MiB
+                each. The init holds the container until they are read, so
+                ``collect`` needs ``init=True`` and a pid namespace of its
+                own (``SpecError`` otherwise).
 
         Raises:
             SetupError: the container could not be set up (``ExecError`` if
@@ -429,15 +442,18 @@ class Supervisor(metaclass=NoPublicConstructor):
             raise TypeError(f"expected an anyns.ContainerSpec, got {type(spec).__name__}")
         io = Io.of(stdin, capture_stdout, capture_stderr, stdout, stderr, check,
                    started=task_status is not trio.TASK_STATUS_IGNORED, max_output=max_output)
+        paths = check_collect(collect)
+        if paths and not (spec.init and Namespaces.PID in effective_namespaces(spec)):
+            raise SpecError(COLLECT_NEEDS_INIT)
         if self._capacity is None:  # nothing to retry, so no exits to note
             with _typed_fd_exhaustion():
-                return await self._run(spec, io, task_status)
+                return await self._run(spec, io, task_status, collect=paths)
         async with self._capacity:  # at max_containers: wait here until one is reaped
             delay = 0.005
             first_refusal = None
             while True:
                 try:
-                    return await self._run_counted(spec, io, task_status)
+                    return await self._run_counted(spec, io, task_status, paths)
                 except SetupError as e:
                     if e.resource != "namespaces":
                         raise
@@ -454,21 +470,23 @@ class Supervisor(metaclass=NoPublicConstructor):
                 delay = min(delay * 2, 0.05)
 
     async def _run_counted(self, spec: ContainerSpec, io: Io,
-                           task_status: trio.TaskStatus[Container]) -> CompletedContainer:
+                           task_status: trio.TaskStatus[Container], collect: tuple[str, ...] = ()
+                           ) -> CompletedContainer:
         """``_run``, noting when a container whose program ran has been reaped (its namespaces are on their way)."""
         try:
             with _typed_fd_exhaustion():
-                done = await self._run(spec, io, task_status)
+                done = await self._run(spec, io, task_status, collect=collect)
         except ContainerFailed:
             self._last_exit = trio.current_time()
             raise
         self._last_exit = trio.current_time()
         return done
 
-    async def _run(self, spec: ContainerSpec, io: Io, task_status: trio.TaskStatus[Container]) -> CompletedContainer:
+    async def _run(self, spec: ContainerSpec, io: Io, task_status: trio.TaskStatus[Container], *,
+                   collect: tuple[str, ...] = ()) -> CompletedContainer:
         if self._rootless:
             spec = self._rootless_spec(spec)
-        plan_id, plan = await self._container_plan(spec)
+        plan_id, plan = await self._container_plan(spec, bool(collect))
         leaf = self._new_cgroup(spec)
         go = -1
         owned: list[int] = []
@@ -489,7 +507,7 @@ class Supervisor(metaclass=NoPublicConstructor):
                 await self._release_cgroup(leaf)
             raise
         try:
-            return await self._launch(spec, plan_id, plan, extra, io, task_status, go, leaf, owned)
+            return await self._launch(spec, plan_id, plan, extra, io, task_status, go, leaf, owned, collect)
         finally:
             for fd in owned:
                 os.close(fd)
@@ -659,6 +677,7 @@ class Supervisor(metaclass=NoPublicConstructor):
         go: int = -1,
         leaf: _cgroups.Leaf | None = None,
         owned: list[int] | None = None,
+        collect: tuple[str, ...] = (),
     ) -> CompletedContainer:
         """Start the process ``plan`` describes, stream its stdio, wait for it and reap it.
 
@@ -681,7 +700,12 @@ class Supervisor(metaclass=NoPublicConstructor):
         status_r = status_w = -1
         try:
             if "status" in plan.extra_kinds:  # the init's report of the program's status (the last extra fd)
-                status_r, status_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+                if plan.holds_init:  # a socket: our close of it is the release of the holding init
+                    ours_s, theirs_s = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+                    status_r, status_w = ours_s.detach(), theirs_s.detach()
+                    os.set_blocking(status_r, False)
+                else:
+                    status_r, status_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
                 extra_fds = [*extra_fds, status_w]
             if plan.tty:  # the terminal is its stdio
                 stdio.child.extend((self._devnull, self._devnull, self._devnull))
@@ -707,6 +731,7 @@ class Supervisor(metaclass=NoPublicConstructor):
                 container._shares_cgroup = True
                 container._oom_base = int(_cgroups.statistics(container._leaf).get("oom_kills") or 0)
             container._status_fd, status_r = status_r, -1
+            container._holds, container._collect = plan.holds_init, collect
             os.set_blocking(err_r, False)
             if go >= 0:
                 await self._release_child(container, go, err_r)
@@ -714,7 +739,8 @@ class Supervisor(metaclass=NoPublicConstructor):
                 # nursery.start returns only once the program runs: wait for
                 # EOF on the error channel (it is close-on-exec) or a failure record.
                 failure, sent = await read_channel(err_r, plan.channel_is_socket)
-                container._adopt_sent_fds(sent.get(b"TTY", []), plan.sent_namespaces, sent.get(b"NS", []))
+                container._adopt_sent_fds(sent.get(b"TTY", []), plan.sent_namespaces, sent.get(b"NS", []),
+                                          sent.get(b"ROOT", []))
                 if failure:
                     with trio.CancelScope(shield=True):
                         await container._wait_and_reap()
@@ -810,7 +836,10 @@ class Supervisor(metaclass=NoPublicConstructor):
             captured.get("stdout") if io.capture_stdout else None,
             captured.get("stderr") if io.capture_stderr else None,
             container.pid, container._stats(), container.oom_killed, container.exceeded,
+            files=container._files,
         )
+        if container._collect_error is not None:  # a collected file too large, or not a regular file
+            raise container._collect_error
         if io.check and (done.returncode != 0 or done.exceeded in _ENFORCED):
             limits = container.spec.limits
             raise ContainerFailed(done.returncode, container.spec.argv, done.stdout, done.stderr,
@@ -888,6 +917,8 @@ class Supervisor(metaclass=NoPublicConstructor):
         """Kill and reap ``container`` unless it already was, then unwire it; shielded, so always completes."""
         try:
             with trio.CancelScope(shield=True):
+                if container.returncode is None:
+                    container._collect = ()  # an abandoned run: its files are for nobody
                 if container.returncode is None and container.spec.stop_grace > 0:
                     # Cancelled or failed while it runs: give it stop_grace seconds to end on SIGTERM.
                     container.terminate()

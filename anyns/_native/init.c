@@ -18,7 +18,17 @@
  *   FORK|SUBREAPER  no pid namespace and no cgroup (rootless): as FORK, and a
  *                   child subreaper (PR_SET_CHILD_SUBREAPER, as `tini -s`)
  *                   that kills what is left of the program's processes when
- *                   it ends.
+ *                   it ends;
+ *   HOLD            as 0, for a supervisor that reads files of the container
+ *                   after its program's end (run(collect=...)): when the
+ *                   program has ended, kill every other process of the pid
+ *                   namespace (kill(-1, SIGKILL) from its pid 1) and reap
+ *                   them, report the status, then hold the container (its
+ *                   mount namespace lives as long as we do) until the status
+ *                   fd, a socket, reads EOF: the supervisor's release. Also
+ *                   SIGNAL_END_ALL from outside the namespace (the
+ *                   supervisor's budget kill) ends the program and everything
+ *                   else but us, which then goes as above.
  *
  * The loop, in every mode, with the signals below blocked and taken by
  * sigwaitinfo (no handler runs):
@@ -62,6 +72,9 @@
 
 #define FLAG_FORK 1
 #define FLAG_SUBREAPER 2
+#define FLAG_HOLD 4
+/* A real-time signal by its kernel number (glibc's and musl's SIGRTMIN differ): _init.END_ALL. */
+#define SIGNAL_END_ALL 40
 #define CONTROL "ANYNS_INIT="
 #define EXIT_SETUP_FAILED 127
 #define STATUS_FD 3
@@ -120,7 +133,8 @@ static int parse(char **envp, struct control *c)
 		return 0;
 	while (envp[1 + total])
 		total++;
-	if (flags < 0 || flags > (FLAG_FORK | FLAG_SUBREAPER) || status < 0 || error < 0 || ncand < 1 ||
+	if (flags < 0 || flags > (FLAG_FORK | FLAG_SUBREAPER | FLAG_HOLD) ||
+	    ((flags & FLAG_HOLD) && flags != FLAG_HOLD) || status < 0 || error < 0 || ncand < 1 ||
 	    argc < 1 || (unsigned long)(ncand + argc) > total)
 		return 0;
 	for (i = 0; i < (unsigned long)(ncand + argc); i++)
@@ -460,13 +474,39 @@ static void kill_leftovers(int children_fd)
 	}
 }
 
-/* Report the program's wait status on the status fd and exit with the closest code an exit can give. */
-static void exit_like(int status, int status_fd)
+/*
+ * HOLD, pid 1 of the namespace: SIGKILL every other process in it (kill(-1)
+ * spares only the caller) and reap them, again until none is left (one may
+ * have forked meanwhile).
+ */
+static void end_all_but_us(void)
+{
+	for (;;) {
+		kill(-1, SIGKILL);
+		if (waitpid(-1, NULL, __WALL) < 0 && errno == ECHILD)
+			return;
+	}
+}
+
+/*
+ * Report the program's wait status on the status fd and exit with the closest code an exit can give.
+ * HOLD: first end everything else; after the report, wait for the supervisor's release (EOF).
+ */
+static void exit_like(int status, int status_fd, unsigned flags)
 {
 	char text[24];
 	int code = WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
 
+	if (flags & FLAG_HOLD)
+		end_all_but_us();
 	write_all(status_fd, text, format_int(text, code));
+	if (flags & FLAG_HOLD) {
+		char byte;
+		ssize_t n;
+		do
+			n = read(status_fd, &byte, 1);
+		while (n > 0 || (n < 0 && errno == EINTR));
+	}
 	_exit(code >= 0 ? code : 128 - code);
 }
 
@@ -498,6 +538,8 @@ int main(int argc, char **argv, char **envp)
 	sigaddset(&waited, SIGCHLD);
 	for (i = 0; i < sizeof forwarded / sizeof forwarded[0]; i++)
 		sigaddset(&waited, forwarded[i]);
+	if (c.flags & FLAG_HOLD)
+		sigaddset(&waited, SIGNAL_END_ALL);
 	sigprocmask(SIG_BLOCK, &waited, NULL);
 	if (c.flags & FLAG_SUBREAPER) {
 		char path[64] = "/proc/self/task/";
@@ -519,6 +561,13 @@ int main(int argc, char **argv, char **envp)
 		int sig = sigwaitinfo(&waited, &info);
 		if (sig < 0)
 			continue;
+		if (sig == SIGNAL_END_ALL) {
+			/* Only from outside the namespace (si_pid 0 there): the supervisor. The program's
+			 * end (SIGCHLD) then takes the usual way. */
+			if (info.si_code == SI_USER && info.si_pid == 0)
+				kill(-1, SIGKILL);
+			continue;
+		}
 		if (sig != SIGCHLD) {
 			if (info.si_code != SI_KERNEL)
 				kill(program, sig);
@@ -527,7 +576,7 @@ int main(int argc, char **argv, char **envp)
 		if (reap(program, &status)) {
 			if (c.flags & FLAG_SUBREAPER)
 				kill_leftovers(children_fd);
-			exit_like(status, c.status_fd);
+			exit_like(status, c.status_fd, c.flags);
 		}
 	}
 }

@@ -254,6 +254,29 @@ def openat2(dfd: int, path: bytes, flags: int, resolve: int, mode: int = 0) -> i
     return fd
 
 
+def fstatfs_type(fd: int) -> int:
+    """fstatfs(2)'s ``f_type``: the magic number of the filesystem ``fd`` lies on (``os.fstatvfs`` lacks it)."""
+    buf = ctypes.create_string_buffer(256)  # struct statfs: 120 bytes on 64-bit, f_type its first word
+    if _libc.fstatfs(ctypes.c_int(fd), buf) != 0:
+        raise _fail("fstatfs")
+    return ctypes.c_ulong.from_buffer(buf).value & 0xFFFFFFFF
+
+
+def setfsids(uid: int, gid: int) -> tuple[int, int]:
+    """setfsgid(2) and setfsuid(2) of the calling thread (no other: they are per thread); the previous ids.
+
+    Raises:
+        PermissionError: the kernel kept the old ids (no CAP_SETUID / CAP_SETGID).
+    """
+    old_gid = _libc.setfsgid(ctypes.c_uint(gid))
+    old_uid = _libc.setfsuid(ctypes.c_uint(uid))
+    if _libc.setfsgid(ctypes.c_uint(0xFFFFFFFF)) != gid or _libc.setfsuid(ctypes.c_uint(0xFFFFFFFF)) != uid:
+        _libc.setfsuid(ctypes.c_uint(old_uid))
+        _libc.setfsgid(ctypes.c_uint(old_gid))
+        raise PermissionError(1, "setfsuid failed: the ids were not changed")
+    return old_uid, old_gid
+
+
 def fsopen(fsname: bytes, flags: int) -> int:
     """fsopen(2), Linux 5.2."""
     fd: int = _syscall(ctypes.c_long(C.SYS_fsopen), ctypes.c_char_p(fsname), ctypes.c_uint(flags))

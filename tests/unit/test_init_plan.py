@@ -87,4 +87,4 @@ def test_linking_an_init_op_makes_the_arrays_execveat_takes_once() -> None:
 def test_the_control_record() -> None:
     """What init.c parses: flags, status fd, error fd, number of candidates, argc."""
     assert _init.control(3, 9, 8, 2, 1) == b"ANYNS_INIT=3 9 8 2 1"
-    assert _init.MODES == {"spawn_with_init": 0, "fork_and_wait": 1, "subreaper": 3}
+    assert _init.MODES == {"spawn_with_init": 0, "fork_and_wait": 1, "subreaper": 3, "hold_with_init": 4}
