@@ -343,6 +343,8 @@ _BENEATH = C.RESOLVE_BENEATH | C.RESOLVE_NO_SYMLINKS | C.RESOLVE_NO_MAGICLINKS
 _RETRIES = 16
 #: ``create`` of ``_open_beneath``: make a missing directory, or a missing file
 _CREATE_DIR, _CREATE_FILE = 1, 2
+#: the detached tmpfs holding a read-only root's files (``files_tmpfs``)
+_FILES: list[int] = []
 
 
 def _open_tree(rt: Rt, source: bytes, recursive: int) -> None:
@@ -498,6 +500,98 @@ def _bind_anchor(rt: Rt, path: bytes, source: bytes) -> None:
         os.close(tree)
         raise
     _ANCHORS[path] = tree
+
+
+def _files_tmpfs(rt: Rt, size: int) -> None:
+    """A detached tmpfs of ``size`` bytes for the files of a read-only root (``ContainerSpec.files``).
+
+    Never attached itself: ``write_file_in`` writes into it through its fd,
+    ``attach_file`` binds each file from it. It goes away with the container.
+    """
+    fs = _libc.fsopen(b"tmpfs", C.FSOPEN_CLOEXEC)
+    try:
+        for key, value in ((b"source", b"tmpfs"), (b"mode", b"0755"), (b"size", b"%d" % size)):
+            _libc.fsconfig(fs, C.FSCONFIG_SET_STRING, key, value, 0)
+        _libc.fsconfig(fs, C.FSCONFIG_CMD_CREATE, None, None, 0)
+        _FILES.append(_libc.fsmount(fs, C.FSMOUNT_CLOEXEC, C.MOUNT_ATTR_NOSUID | C.MOUNT_ATTR_NODEV))
+    finally:
+        os.close(fs)
+
+
+def _write_file_in(rt: Rt, path: bytes, data: bytes, mode: int) -> None:
+    """Write container path ``path`` into the files tmpfs (``files_tmpfs``), at the same path below it."""
+    _write_beneath(_FILES[-1], path.strip(b"/"), data, mode)
+
+
+def _write_file_under(rt: Rt, root: bytes, path: bytes, data: bytes, mode: int) -> None:
+    """Write container path ``path`` below directory ``root``, one of the child's own (an overlay's upper layer)."""
+    fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        _write_beneath(fd, path.strip(b"/"), data, mode)
+    finally:
+        os.close(fd)
+
+
+def _write_file_at(rt: Rt, path: bytes, data: bytes, mode: int) -> None:
+    """Write container path ``path``, resolved beneath the mount it lies in, on a writable mount of our own."""
+    _write_beneath(*_anchor_of(path), data, mode)
+
+
+def _write_beneath(anchor: int, rel: bytes, data: bytes, mode: int) -> None:
+    """A new file ``rel`` below directory fd ``anchor`` holding ``data``; missing parents made (0755).
+
+    No symlink is followed on the way (openat2 beneath, ``make_path_beneath``),
+    nor as the last name: an existing file or link there (of an overlay's
+    lower layer) is removed first, never written through.
+    """
+    head, _, name = rel.rpartition(b"/")
+    head = head or b"."
+    for _ in range(_RETRIES):
+        try:
+            parent = _libc.openat2(anchor, head, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, _BENEATH)
+            break
+        except OSError as e:
+            if e.errno == errno.EAGAIN:
+                continue
+            if e.errno != errno.ENOENT:
+                raise
+        _skeleton.make_path_beneath(anchor, head, False)
+    else:
+        raise OSError(errno.EAGAIN, "the path kept changing while it was resolved", rel)
+    try:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(name, flags, mode, dir_fd=parent)
+        except FileExistsError:
+            os.unlink(name, dir_fd=parent)
+            fd = os.open(name, flags, mode, dir_fd=parent)
+    finally:
+        os.close(parent)
+    try:  # the mode is exact: the child runs with the zygote's umask 0 until the ``umask`` step
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+
+
+def _attach_file(rt: Rt, path: bytes) -> None:
+    """Bind file ``path`` of the files tmpfs onto container path ``path`` beneath the root (made if missing)."""
+    # the files tmpfs holds only what write_file_in made: no link on the way
+    tree = _libc.open_tree(_FILES[-1], path.strip(b"/"), C.OPEN_TREE_CLONE | C.OPEN_TREE_CLOEXEC)
+    try:
+        target = _open_beneath(path, _CREATE_FILE)
+        try:
+            _libc.move_mount(tree, b"", target, b"", C.MOVE_MOUNT_F_EMPTY_PATH | C.MOVE_MOUNT_T_EMPTY_PATH)
+        finally:
+            os.close(target)
+    finally:
+        os.close(tree)
+
+
+def _root_readonly(rt: Rt, attr_set: int) -> None:
+    """Set ``attr_set`` (read-only …) on the root's own mount; what is mounted on it keeps its attributes."""
+    _libc.mount_setattr(_ANCHORS[b"/"], b"", C.AT_EMPTY_PATH, attr_set, 0, 0)
 
 
 def _mkdir_at(rt: Rt, path: bytes) -> None:
@@ -676,6 +770,12 @@ OPS: dict[str, Callable[..., None]] = {
     "bind_anchor": _bind_anchor,
     "mkdir_at": _mkdir_at,
     "symlink_at": _symlink_at,
+    "files_tmpfs": _files_tmpfs,
+    "write_file_in": _write_file_in,
+    "write_file_at": _write_file_at,
+    "write_file_under": _write_file_under,
+    "attach_file": _attach_file,
+    "root_readonly": _root_readonly,
     "chdir_root": _chdir_root,
     "makedirs": _makedirs,
     "stat": _stat,
@@ -716,6 +816,12 @@ _SYSCALL_OF = {
     "fsmount_at": "fsmount",
     "mkdir_at": "mkdir",
     "symlink_at": "symlink",
+    "files_tmpfs": "fsmount",
+    "write_file_in": "open",
+    "write_file_at": "open",
+    "write_file_under": "open",
+    "attach_file": "move_mount",
+    "root_readonly": "mount_setattr",
     "chdir_root": "fchdir",
     "root_anchor": "open",
     "attach_tree": "move_mount",
@@ -824,7 +930,11 @@ def link(ops: Sequence[Sequence[Any]], skeleton: list[int] | None = None, init_f
         fn = OPS.get(call)
         if fn is None:
             raise ValueError(f"unknown child operation {call!r}")
-        converted = tuple(_to_bytes(a) for a in args)
+        converted: tuple[Any, ...]
+        if call in ("write_file_in", "write_file_at", "write_file_under"):  # the contents travel as hex
+            converted = (*(_to_bytes(a) for a in args[:-2]), bytes.fromhex(args[-2]), int(args[-1]))
+        else:
+            converted = tuple(_to_bytes(a) for a in args)
         if call == "attach_skeleton":
             if skeleton is None:
                 raise ValueError("attach_skeleton without a skeleton")

@@ -37,11 +37,15 @@ from ._security_defaults import ALL_CAPABILITIES, DEFAULT_CAPABILITIES
 from ._spec import (
     DEFAULT_PATH,
     DEFAULT_SECCOMP,
+    DEFAULT_SHM_SIZE,
+    DEFAULT_TMP_SIZE,
+    MAX_FILES_SIZE,
     RLIM_INFINITY,
     Bind,
     Bridge,
     ContainerSpec,
     DirRootfs,
+    File,
     HostNetwork,
     HostRootfs,
     IdMap,
@@ -83,6 +87,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--ro-bind", metavar="SRC:DST", action="append", default=[],
                      help="bind-mount a host path read-only")
     run.add_argument("--tmpfs", metavar="DIR", action="append", default=[], help="mount a tmpfs")
+    run.add_argument("--file", metavar="SRC:DST", action="append", default=[],
+                     help="place a copy of host file SRC at DST before the program starts (on a tmpfs of the "
+                          "container's own; SRC's permission bits; 16 MiB in all)")
+    run.add_argument("--tmp-size", metavar="SIZE", default=DEFAULT_TMP_SIZE,
+                     help="the size of /tmp, e.g. 64M (default 256M)")
+    run.add_argument("--shm-size", metavar="SIZE", default=DEFAULT_SHM_SIZE,
+                     help="the size of /dev/shm, e.g. 64M (default 64M)")
     run.add_argument("--rlimit", metavar="NAME=SOFT[:HARD]", action="append", default=[],
                      help="a resource limit as prlimit names it, e.g. nofile=1024:4096 or core=unlimited")
     run.add_argument("--memory", metavar="SIZE", help="memory limit, e.g. 256M (a cgroup of its own; OOM past it)")
@@ -162,6 +173,7 @@ def spec_from_args(args: argparse.Namespace) -> ContainerSpec:
     for value in args.tmpfs:
         mounts.append(Tmpfs(value))
     rlimits = dict(_rlimit_from(value) for value in args.rlimit)
+    files = dict(_file_from(value) for value in args.file)
     user_ns = None
     if args.map:
         ranges = []
@@ -209,8 +221,23 @@ def spec_from_args(args: argparse.Namespace) -> ContainerSpec:
     return ContainerSpec(argv=cmd, rootfs=rootfs, hostname=args.hostname, domainname=args.domainname,
                          namespaces=namespaces, network=network, mounts=mounts, env=env, cwd=args.cwd,
                          tty=args.tty, tty_size=tty_size, rlimits=rlimits, limits=limits, init=args.init,
+                         files=files, tmp_size=args.tmp_size, shm_size=args.shm_size,
                          user_ns=user_ns, user=user, capabilities=capabilities, timeout=args.timeout,
                          seccomp=DEFAULT_SECCOMP if args.seccomp == "default" else None)
+
+
+def _file_from(value: str) -> tuple[str, File]:
+    """--file SRC:DST: host file SRC's content and permission bits, to be placed at DST."""
+    source, sep, target = value.partition(":")
+    if not sep or not source or not target:
+        raise AnynsError(f"--file {value!r}: expected SRC:DST, e.g. ./main.py:/box/main.py")
+    try:
+        with open(source, "rb") as f:
+            data = f.read(MAX_FILES_SIZE + 1)
+            mode = os.fstat(f.fileno()).st_mode & 0o777
+    except OSError as e:
+        raise AnynsError(f"--file {value!r}: cannot read {source}: {e.strerror}") from None
+    return target, File(data, mode=mode)
 
 
 def _cap_name(value: str) -> str:

@@ -39,7 +39,12 @@ The order (each line a step)::
                  the container (runc's default)
     rootfs       the new root: a copy of the zygote's prebuilt HostRootfs skeleton
                  (``_skeleton``: tmpfs, read-only host binds, mount points), a
-                 bind of a directory, or an overlay with its own upper layer
+                 bind of a directory, or an overlay with its own upper layer;
+                 then the files (``spec.files``) that land on the root: on a
+                 read-only one (HostRootfs, a read-only DirRootfs, which gets
+                 an overlay for their mount points) written on a detached tmpfs
+                 of the container's own and each bound on its path; on an
+                 OverlayRootfs written into its writable layer
     dev          /dev: a nodev tmpfs with the host's standard nodes bound on
                  empty files (bubblewrap's --dev: a node made inside opens
                  nothing), a devpts instance, /dev/shm
@@ -48,7 +53,8 @@ The order (each line a step)::
                  namespace proc can only be mounted while the host's is visible);
                  then the masked and read-only paths
     mounts       the spec's mounts, in order: each a detached copy (open_tree)
-                 whose attributes are set before it is attached
+                 whose attributes are set before it is attached; then the files
+                 under /tmp, /dev/shm and the spec's Tmpfs mounts
 
                  From the root on, every step names a container path that the
                  child resolves beneath a mount it made (the root, /dev, /proc:
@@ -97,11 +103,13 @@ from ._spec import (
     Bridge,
     ContainerSpec,
     DirRootfs,
+    File,
     HostRootfs,
     Namespaces,
     OverlayRootfs,
     Tmpfs,
     effective_namespaces,
+    files_on_root,
     joined_namespaces,
     needs_cgroup,
     user_namespace_map,
@@ -138,6 +146,11 @@ _ROOT_DIRS: Final = ("usr", "etc", "proc", "dev", "tmp", "run", "root", "home", 
 _PROPAGATION_FLAGS: Final = {"private": MS_PRIVATE, "slave": MS_SLAVE, "unbindable": MS_UNBINDABLE}
 _RO_ATTRS: Final = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV
 _DEFAULT_UMASK: Final = 0o022
+_PAGE: Final = 4096
+#: room a file on a read-only root may grow by, in all (``_bind_files``)
+_FILES_ROOM: Final = 1 << 20
+#: the tmpfs under the overlay a read-only DirRootfs gets for files: it holds only their mount points
+_MOUNT_POINTS_SIZE: Final = 1 << 20
 #: the first fd a user-namespaced child holds host paths at (see ``hold_path``);
 #: close-on-exec, above what the child has open (a few dozen), and far below
 #: any RLIMIT_NOFILE soft limit a container would run with (1024 at least)
@@ -339,11 +352,21 @@ def compile_plan(spec: ContainerSpec, host: HostLayout, *, collect: bool = False
     b.op("propagation", "mount", "/", None, "/", None, MS_REC | flag, None)
 
     skeleton = None
+    root_files = files_on_root(spec)
     if isinstance(spec.rootfs, HostRootfs):
         skeleton = _host_skeleton(spec, host, b)  # has every mount point below
         b.op("rootfs", "attach_skeleton", "/", host.newroot)
+        _bind_files(b, root_files)
     elif isinstance(spec.rootfs, OverlayRootfs):
-        _overlay_rootfs(b, spec.rootfs, in_userns=id_map is not None)
+        _overlay_rootfs(b, spec.rootfs, in_userns=id_map is not None, files=root_files)
+    elif root_files:
+        # A read-only directory with files: an overlay whose upper layer (the
+        # container's) holds the files' mount points, so that directories the
+        # host directory lacks appear; then read-only, as the directory is.
+        _overlay_rootfs(b, OverlayRootfs(spec.rootfs.path, size=_MOUNT_POINTS_SIZE), in_userns=id_map is not None,
+                        mount_points=tuple(path for path, _ in root_files))
+        _bind_files(b, root_files)
+        b.op("files", "root_readonly", "/", _RO_ATTRS)
     else:
         _dir_rootfs(b, spec.rootfs)
     # From here on every path is a container path, resolved beneath a mount
@@ -362,13 +385,13 @@ def compile_plan(spec: ContainerSpec, host: HostLayout, *, collect: bool = False
     tty_gid = ",gid=5" if id_map is None or id_map.maps_gid(5) else ""
     b.beneath("dev", "mount_at", "/dev/pts", "devpts", "devpts", MS_NOSUID | MS_NOEXEC,
               "newinstance,ptmxmode=0666,mode=0620" + tty_gid)
-    b.beneath("dev", "mount_at", "/dev/shm", "shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+    b.beneath("dev", "mount_at", "/dev/shm", "shm", "tmpfs", MS_NOSUID | MS_NODEV, f"mode=1777,size={spec.shm_size}")
     # No /dev/mqueue mount: mq_open(3) works without it, and a mount costs
     # twice (made here, torn down at exit) on every container.
     for target, name in _DEV_LINKS:
         b.beneath("dev", "symlink_at", f"/dev/{name}", target)
 
-    b.beneath("tmp", "mount_at", "/tmp", "tmpfs", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+    b.beneath("tmp", "mount_at", "/tmp", "tmpfs", "tmpfs", MS_NOSUID | MS_NODEV, f"mode=1777,size={spec.tmp_size}")
 
     if id_map is not None and Namespaces.PID not in ns:
         # A user namespace may mount proc only for a pid namespace it owns:
@@ -383,6 +406,10 @@ def compile_plan(spec: ContainerSpec, host: HostLayout, *, collect: bool = False
 
     for each in spec.mounts:
         _user_mount(b, each, shared.index(each) if each in shared else -1)
+    # Files on /tmp, /dev/shm and the spec's Tmpfs mounts: written there once all are in place.
+    for path, file in spec.files:
+        if (path, file) not in root_files:
+            _write_file(b, path, file)
 
     # pivot_root(".", "."): the old root ends up stacked under the new one and
     # is detached lazily; no put_old directory is needed (runc, LXC, pivot_root(2)).
@@ -598,10 +625,11 @@ def _host_skeleton(spec: ContainerSpec, host: HostLayout, b: _Builder) -> tuple[
     ops += [("touch", f"etc/{name}") for name in host.etc_files if name in wanted]
     # Mount points of the spec's mounts exist before the host binds (so making
     # one never writes through a bind into the host) and before the root turns
-    # read-only.
+    # read-only; so do those of the files on the root (``_bind_files``).
     for mount in spec.mounts:
         source = b.host(mount.source) if isinstance(mount, Bind) else None
         ops.append(("mountpoint", source, mount.target.lstrip("/")))
+    ops += [("touch", path.lstrip("/")) for path, _ in files_on_root(spec)]
     ops += [("bind", f"/{name}", name, 1) for name in ("usr", *host.top_dirs)]
     ops += [("bind", f"/etc/{name}", f"etc/{name}", 1) for name in host.etc_dirs if name in wanted]
     ops += [("bind", f"/etc/{name}", f"etc/{name}", 0) for name in host.etc_files if name in wanted]
@@ -610,8 +638,14 @@ def _host_skeleton(spec: ContainerSpec, host: HostLayout, b: _Builder) -> tuple[
     return tuple(ops)
 
 
-def _overlay_rootfs(b: _Builder, rootfs: OverlayRootfs, in_userns: bool = False) -> None:
+def _overlay_rootfs(b: _Builder, rootfs: OverlayRootfs, in_userns: bool = False,
+                    files: tuple[tuple[str, File], ...] = (), mount_points: tuple[str, ...] = ()) -> None:
     """overlayfs on ``<newroot>/root``; the per-container upper layer lives on a tmpfs at ``<newroot>``.
+
+    ``files`` (and empty files at ``mount_points``) are written into that
+    upper layer before the overlay is mounted: so the directories made for
+    them are the container's own, also in a user namespace where the lower
+    layers' directories belong to ids its map lacks (and cannot be written).
 
     The tmpfs is detached with the old root after the pivot, and lives on as
     long as the overlay that uses it: it vanishes with the container. In a
@@ -621,11 +655,15 @@ def _overlay_rootfs(b: _Builder, rootfs: OverlayRootfs, in_userns: bool = False)
     lower layers owned by ids the map lacks can be read, not changed.
     """
     scratch = b.root
-    if rootfs.upper is None:
-        b.op("rootfs", "mount", "/", "tmpfs", scratch, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")
+    if rootfs.upper is None:  # the writable layer is bounded by the tmpfs under it (OverlayRootfs.size)
+        b.op("rootfs", "mount", "/", "tmpfs", scratch, "tmpfs", MS_NOSUID | MS_NODEV, f"mode=0755,size={rootfs.size}")
         upper, work = f"{scratch}/upper", f"{scratch}/work"
         b.op("rootfs", "mkdir", None, upper)
         b.op("rootfs", "mkdir", None, work)
+        for path, file in files:
+            b.op("files", "write_file_under", path, upper, path, file.data.hex(), file.mode)
+        for path in mount_points:
+            b.op("files", "mkpath", path, upper, path.lstrip("/"), 1)
     else:
         upper, work = f"{rootfs.upper}/diff", f"{rootfs.upper}/work"
         b.op("rootfs", "makedirs", rootfs.upper, upper)  # a host path the caller chose
@@ -640,6 +678,30 @@ def _overlay_rootfs(b: _Builder, rootfs: OverlayRootfs, in_userns: bool = False)
     b.op("rootfs", "mount", rootfs.lower[0], "overlay", f"{scratch}/root", "overlay", MS_NODEV, data)
     b.root = f"{scratch}/root"
     b.op("rootfs", "root_anchor", "/", b.root)
+
+
+def _bind_files(b: _Builder, files: tuple[tuple[str, File], ...]) -> None:
+    """Files on a read-only root: written on a tmpfs of the container's own, each bound on its path.
+
+    The tmpfs is made detached (fsmount) and sized to the files plus
+    ``_FILES_ROOM``; the files are written into it from its fd, then each is
+    cloned (open_tree) onto its mount point, resolved beneath the root (the
+    HostRootfs skeleton has it, an overlay's upper layer got it made). Nothing
+    is written to a shared skeleton or a host directory.
+    """
+    if not files:
+        return
+    pages = sum(-(-len(file.data) // _PAGE) * _PAGE for _, file in files)
+    b.op("files", "files_tmpfs", None, pages + _FILES_ROOM)
+    for path, file in files:
+        b.op("files", "write_file_in", path, path, file.data.hex(), file.mode)
+    for path, _ in files:
+        b.beneath("files", "attach_file", path)
+
+
+def _write_file(b: _Builder, path: str, file: File) -> None:
+    """A file written at container path ``path`` of a writable mount of the container's own (resolved beneath)."""
+    b.beneath("files", "write_file_at", path, file.data.hex(), file.mode)
 
 
 def _dir_rootfs(b: _Builder, rootfs: DirRootfs) -> None:

@@ -35,6 +35,7 @@ __all__ = [
     "ContainerSpec",
     "DirRootfs",
     "Environment",
+    "File",
     "HostNetwork",
     "HostRootfs",
     "IdMap",
@@ -250,10 +251,22 @@ class OverlayRootfs:
     overlayfs's scratch space). Two running containers cannot share one
     ``upper``. Missing mount points (``/dev``, ``/proc``, ``/tmp``, the
     spec's mounts) are created in the upper layer.
+
+    ``size`` bounds the container's own writable layer (parsed like
+    ``Limits.memory``: ``"1G"``, bytes): the tmpfs under the upper layer
+    gets that size, and a write past it fails with ``ENOSPC`` inside. The
+    default is ``DEFAULT_OVERLAY_SIZE`` (1 GiB), never the kernel's share
+    of the RAM. With a host ``upper`` the host filesystem holds the changes
+    and bounds them: ``size`` is then None, and giving one is a ``SpecError``.
     """
 
     lower: tuple[str, ...] = attrs.field(converter=_to_paths)
     upper: str | None = attrs.field(default=None, kw_only=True)
+    size: int | None = attrs.field(kw_only=True)
+
+    @size.default
+    def _default_size(self) -> int | None:
+        return None if self.upper is not None else DEFAULT_OVERLAY_SIZE
 
     def __attrs_post_init__(self) -> None:
         if not self.lower:
@@ -264,6 +277,14 @@ class OverlayRootfs:
             object.__setattr__(self, "upper", _path(self.upper))
             assert self.upper is not None
             _check_overlay_path("OverlayRootfs.upper", self.upper)
+            if self.size is not None:
+                raise _fail("OverlayRootfs.size", "bounds the container's own writable layer (a tmpfs); with a "
+                                                  "host upper directory its filesystem holds the changes: "
+                                                  "leave size out, or drop upper")
+        elif self.size is None:
+            raise _fail("OverlayRootfs.size", "expected a size like '1G' (None only with a host upper)")
+        else:
+            object.__setattr__(self, "size", parse_size("OverlayRootfs.size", self.size))
 
 
 Rootfs = HostRootfs | DirRootfs | OverlayRootfs
@@ -339,6 +360,179 @@ class Tmpfs:
 
 
 Mount = Bind | Tmpfs
+
+#: the size of a container's /tmp (``ContainerSpec.tmp_size``): a fixed bound,
+#: not the kernel's default of half the RAM for each container. Room for a
+#: compiler's or a test suite's scratch files; a cap, not a reservation (a
+#: tmpfs holds only what is written to it)
+DEFAULT_TMP_SIZE: Final = 256 << 20
+#: the size of a container's /dev/shm (``ContainerSpec.shm_size``): Docker's default
+DEFAULT_SHM_SIZE: Final = 64 << 20
+#: the size of an ``OverlayRootfs``'s own writable layer (``OverlayRootfs.size``)
+DEFAULT_OVERLAY_SIZE: Final = 1 << 30
+#: the most ``ContainerSpec.files`` may hold in all: the contents travel in
+#: the plan (to the zygote, which keeps it while the spec is in use)
+MAX_FILES_SIZE: Final = 16 << 20
+#: the most files ``ContainerSpec.files`` may name
+MAX_FILES: Final = 1024
+#: where no file may go: the kernel's views and /dev (a small tmpfs of its nodes)
+_NO_FILES_UNDER: Final = ("/proc", "/sys", "/dev")
+#: HostRootfs paths that are the host's, bound read-only (or links into /usr)
+_HOST_ROOT_TOPS: Final = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+
+
+def _file_data(value: Any) -> bytes:
+    if isinstance(value, str):
+        try:
+            return value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise _fail("File.data", f"a str is written as UTF-8, and this one cannot be: {e}") from None
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    raise _fail("File.data", f"expected bytes or a str, got {type(value).__name__}")
+
+
+def _data_repr(data: bytes) -> str:
+    return repr(data) if len(data) <= 32 else f"<{len(data)} bytes>"
+
+
+@attrs.frozen
+class File:
+    """A file a container finds in place when its program starts (``ContainerSpec(files=...)``).
+
+    ``data`` is bytes, or a str (written as UTF-8); ``mode`` its permission
+    bits (0o644 by default; 0o755 for a program); setuid and setgid bits are
+    refused. The file and the directories made for it belong to root inside
+    the container (directories 0o755).
+    """
+
+    data: bytes = attrs.field(converter=_file_data, repr=_data_repr)
+    mode: int = attrs.field(default=0o644, kw_only=True)
+
+    def __attrs_post_init__(self) -> None:
+        if isinstance(self.mode, bool) or not isinstance(self.mode, int) or not 0 <= self.mode <= 0o777:
+            raise _fail("File.mode", f"expected permission bits from 0 to 0o777 such as 0o755, got {self.mode!r}")
+
+
+def _files_of(value: Any) -> tuple[tuple[str, File], ...]:
+    """``{path: bytes | str | File}`` (or pairs) -> ``((path, File), ...)`` sorted by normalised path."""
+    items = value.items() if isinstance(value, Mapping) else value
+    out: dict[str, File] = {}
+    for item in items:
+        fields: tuple[Any, ...] = tuple(item)
+        if len(fields) != 2:
+            raise _fail("files", f"expected a mapping of container path -> bytes, str or anyns.File, got {value!r}")
+        raw, content = _path(fields[0]), fields[1]
+        where = f"files[{raw!r}]"
+        path = _container_path(where, raw)
+        if path == "/":
+            raise _fail(where, "must name a file, not the root")
+        if path in out:
+            raise _fail(where, f"names {path!r} twice")
+        try:
+            out[path] = content if isinstance(content, File) else File(content)
+        except SpecError as e:
+            raise _fail(where, str(e)) from None
+    if len(out) > MAX_FILES:
+        raise _fail("files", f"at most {MAX_FILES} files, got {len(out)}")
+    total = sum(len(f.data) for f in out.values())
+    if total > MAX_FILES_SIZE:
+        raise _fail("files", f"{total} bytes in all, more than the {MAX_FILES_SIZE >> 20} MiB files may hold "
+                             f"(the contents travel in the container's plan): bind a host directory read-only "
+                             f"(anyns.Bind(..., readonly=True)) for larger data")
+    return tuple(sorted(out.items()))
+
+
+def _to_files(value: Any) -> Any:
+    return _shaped("files", _files_of, value)
+
+
+def _to_tmp_size(value: Any) -> int:
+    return parse_size("tmp_size", value)
+
+
+def _to_shm_size(value: Any) -> int:
+    return parse_size("shm_size", value)
+
+
+def _under(path: str, top: str) -> bool:
+    """Container path ``path`` is ``top`` or lies below it."""
+    return path == top or path.startswith(top.rstrip("/") + "/")
+
+
+def file_mount(spec: ContainerSpec, path: str) -> str | Mount:
+    """The mount container path ``path`` of ``spec.files`` lands on.
+
+    ``"/"`` for the root, ``"/tmp"`` or ``"/dev/shm"`` for those tmpfs of the
+    container's own, or the last of ``spec.mounts`` whose target is its
+    deepest ancestor (a later mount at the same target covers an earlier one).
+    """
+    best: str | Mount = "/"
+    depth = 0
+    for target, mount in (("/tmp", "/tmp"), ("/dev/shm", "/dev/shm"), *((m.target, m) for m in spec.mounts)):
+        if _under(path, target) and len(target) >= depth:
+            best, depth = mount, len(target)
+    return best
+
+
+def files_on_root(spec: ContainerSpec) -> tuple[tuple[str, File], ...]:
+    """The files of ``spec.files`` that land on the root (not on /tmp, /dev/shm or a ``Tmpfs`` of the spec)."""
+    return tuple((path, f) for path, f in spec.files if file_mount(spec, path) == "/")
+
+
+def _check_files(spec: ContainerSpec) -> None:
+    """Where ``spec.files`` may go; see ``ContainerSpec.files``."""
+    if not spec.files:
+        return
+    if "mnt" in joined_namespaces(spec):
+        raise _fail("files", "a container that joins another's mount namespace has no root of its own to place "
+                             "files on")
+    paths = {path for path, _ in spec.files}
+    tops = dict.fromkeys(("/tmp", "/dev/shm", *_NO_FILES_UNDER, *(m.target for m in spec.mounts)))
+    for path, _ in spec.files:
+        where = f"files[{path!r}]"
+        for ancestor in _ancestors(path):
+            if ancestor in paths:
+                raise _fail(where, f"lies below {ancestor!r}, another of the files")
+        for top in tops:
+            if _under(top, path):
+                raise _fail(where, f"is the directory where {top!r} is mounted: a file cannot go there")
+        mount = file_mount(spec, path)
+        if isinstance(mount, Bind):
+            raise _fail(where, f"lies under the Bind at {mount.target!r}: files are never written into a host "
+                               f"directory (bind the file itself, or place it elsewhere)")
+        if mount != "/":
+            continue
+        for top in _NO_FILES_UNDER:
+            if _under(path, top):
+                raise _fail(where, f"cannot go under {top} (only /dev/shm takes files)")
+        rootfs = spec.rootfs
+        if isinstance(rootfs, HostRootfs):
+            for top in (*_HOST_ROOT_TOPS, *(f"/etc/{name}" for name in rootfs.etc)):
+                if _under(path, top):
+                    raise _fail(where, f"lies under {top}, the host's, bound read-only into a HostRootfs"
+                                + (f": leave {top[5:]!r} out of HostRootfs(etc=...) to place it"
+                                   if top.startswith("/etc/") else ""))
+        elif isinstance(rootfs, DirRootfs):
+            if not rootfs.readonly:
+                raise _fail(where, "DirRootfs(readonly=False) is the host directory itself, and files are never "
+                                   "written to the host: use OverlayRootfs(path) (a writable layer of the "
+                                   "container's own), a read-only DirRootfs, or a path under /tmp")
+            for bad in (",", ":", "\\"):
+                if bad in rootfs.path:
+                    raise _fail(where, f"files reach a read-only DirRootfs through an overlay, whose layer paths "
+                                       f"cannot contain {bad!r}: {rootfs.path!r}")
+        elif rootfs.upper is not None:
+            raise _fail(where, "an OverlayRootfs with a host upper directory would keep the file there (files are "
+                               "never written to the host): drop upper, or place it under /tmp")
+
+
+def _ancestors(path: str) -> Iterator[str]:
+    """The directories above container path ``path``, deepest first (not ``/``)."""
+    head = posixpath.dirname(path)
+    while head != "/":
+        yield head
+        head = posixpath.dirname(head)
 
 _MAX_HOSTNAME: Final = 64  # HOST_NAME_MAX; sethostname(2) refuses longer names
 _IFNAMSIZ: Final = 16  # interface names are at most 15 bytes
@@ -942,6 +1136,36 @@ class ContainerSpec:
         root_propagation: ``"slave"`` (default: unmounts on the host reach the
             container, nothing flows back, as runc does) or ``"private"`` (no
             propagation either way). A ``Bind`` can choose its own.
+        tmp_size: the size of the container's ``/tmp`` tmpfs (parsed like
+            ``Limits.memory``; default ``DEFAULT_TMP_SIZE``, 256 MiB: a fixed
+            bound, never a share of the RAM). A write past it fails with
+            ``ENOSPC`` inside; nothing is reserved. A ``Tmpfs("/tmp")`` in
+            ``mounts`` replaces it.
+        shm_size: the size of its ``/dev/shm`` (default ``DEFAULT_SHM_SIZE``,
+            64 MiB, as Docker).
+        files: files in place before the program starts,
+            ``{"/box/main.py": b"...", "/etc/app.conf": "text",
+            "/box/run": anyns.File(data, mode=0o755)}`` (a str is UTF-8;
+            parent directories are made). Paths are absolute; the contents
+            total at most ``MAX_FILES_SIZE`` (16 MiB), checked here. They are
+            written on tmpfs of the container's own, never to the host: on a
+            ``HostRootfs`` or a read-only ``DirRootfs`` a small tmpfs holds
+            them (sized to the files plus 1 MiB), each bound on its path (a
+            read-only ``DirRootfs`` gets an overlay whose upper layer is the
+            container's, for the mount points only, so a directory such as
+            ``/box`` that it lacks appears; the root stays read-only); on an
+            ``OverlayRootfs`` they are written into its writable layer (and
+            count against its ``size``); under ``/tmp``, ``/dev/shm`` or a
+            ``Tmpfs`` of ``mounts`` they are written there, after the mounts.
+            The program may change its files (as their mode allows; on a
+            read-only root it may rewrite one, not remove or rename it, and
+            make no new file beside it); they vanish with the container.
+            Refused (``SpecError``): a path under a ``Bind`` target, under a
+            ``HostRootfs``'s host directories (``/usr``, ``/bin``, ``/lib``…,
+            the ``/etc`` entries it binds), under ``/proc``, ``/sys`` or
+            ``/dev`` (but ``/dev/shm``), on the root of a
+            ``DirRootfs(readonly=False)`` or of an ``OverlayRootfs`` with a
+            host ``upper`` (both are host directories).
     """
 
     argv: tuple[str, ...] = attrs.field(converter=_to_argv)
@@ -970,6 +1194,9 @@ class ContainerSpec:
     masked_paths: tuple[str, ...] = attrs.field(default=DEFAULT_MASKED_PATHS, converter=_to_masked_paths)
     readonly_paths: tuple[str, ...] = attrs.field(default=DEFAULT_READONLY_PATHS, converter=_to_readonly_paths)
     new_session: bool = True
+    tmp_size: int = attrs.field(default=DEFAULT_TMP_SIZE, converter=_to_tmp_size)
+    shm_size: int = attrs.field(default=DEFAULT_SHM_SIZE, converter=_to_shm_size)
+    files: tuple[tuple[str, File], ...] = attrs.field(default=(), converter=_to_files)
 
     def __attrs_post_init__(self) -> None:
         if (isinstance(self.stop_grace, bool) or not isinstance(self.stop_grace, (int, float))
@@ -1043,6 +1270,7 @@ class ContainerSpec:
             raise _fail("tty", f"expected True or False, got {self.tty!r}")
         if len(self.tty_size) != 2 or not all(isinstance(n, int) and 0 < n < 65536 for n in self.tty_size):
             raise _fail("tty_size", f"expected (rows, columns) of positive ints, got {self.tty_size!r}")
+        _check_files(self)
 
 
 def user_namespace_map(spec: ContainerSpec) -> IdMap | None:
