@@ -770,14 +770,10 @@ class Container(metaclass=NoPublicConstructor):
         now = trio.current_time()
         deadline = math.inf if timeout is None else now + timeout
         reason: str | None = None
+        used = 0.0  # just spawned: the first read waits for the first wake (most jobs have ended by then)
         while reason is None:
             wake = deadline
             if cpu_time is not None:
-                assert self._leaf is not None
-                used = _cgroups.cpu_usage(self._leaf) or 0.0
-                if used >= cpu_time:
-                    reason = "cpu_time"
-                    break
                 wake = min(wake, now + min(max((cpu_time - used) / (2 * _CPUS), _MIN_POLL), _MAX_POLL))
             with trio.move_on_at(wake):
                 await trio.lowlevel.wait_readable(self._ended_fd())
@@ -785,6 +781,11 @@ class Container(metaclass=NoPublicConstructor):
             now = trio.current_time()
             if now >= deadline:
                 reason = "timeout"
+            elif cpu_time is not None:
+                assert self._leaf is not None
+                used = _cgroups.cpu_usage(self._leaf) or 0.0
+                if used >= cpu_time:
+                    reason = "cpu_time"
         if reason is not None:
             await self._end_for_budget(reason)
         return await self._wait_and_reap()
