@@ -160,7 +160,7 @@ class AsyncioSupervisor:
         """``Supervisor.run(spec, **options)``, awaited from asyncio.
 
         Same options (``stdin`` bytes/None/DEVNULL/fd, ``capture_stdout``,
-        ``capture_stderr``, ``stdout``, ``stderr``, ``check``, ``max_output``)
+        ``capture_stderr``, ``stdout``, ``stderr``, ``check``, ``max_output``, ``collect``)
         and the same results and exceptions (``CompletedContainer.exceeded``
         when a budget ran out); ``anyns.PIPE`` is not available here.
         """
