@@ -70,6 +70,17 @@ SCRIPT = textwrap.dedent(
             say(step="overlay", returncode=done.returncode, stdout=done.stdout.decode(), stderr=done.stderr.decode(),
                 lower_after=lower_after)
 
+            # Files before start on a HostRootfs and a read-only DirRootfs; /tmp capped.
+            files = {"/box/run": anyns.File(b"#!/bin/sh\\necho hi\\n", mode=0o755), "/etc/app.conf": "conf",
+                     "/tmp/t": b"t"}
+            for name, rootfs in (("files-host", anyns.HostRootfs()), ("files-dir", anyns.DirRootfs(busybox_root))):
+                done = await sup.run(anyns.ContainerSpec(
+                    argv=["/bin/sh", "-c", "/box/run; cat /etc/app.conf /tmp/t; echo; stat -f -c '%b %S' /tmp"],
+                    rootfs=rootfs, env={"PATH": "/bin"}, files=files, tmp_size="8M"),
+                    capture_stdout=True, capture_stderr=True, check=False)
+                say(step=name, returncode=done.returncode, stdout=done.stdout.decode(), stderr=done.stderr.decode(),
+                    host_box=os.path.exists(os.path.join(busybox_root, "box")))
+
             async with trio.open_nursery() as nursery:
                 box = await nursery.start(functools.partial(sup.run, check=False),
                                           anyns.ContainerSpec(argv=["sleep", "1000"]))
@@ -180,6 +191,15 @@ def test_an_overlay_root_works_rootless(rootless_records: dict[str, dict[str, An
     assert overlay["returncode"] == 0, overlay["stderr"]
     assert overlay["stdout"] == "inside\nchanged\nnew\n"
     assert overlay["lower_after"] == "inside\n"
+
+
+def test_files_and_a_capped_tmp_work_rootless(rootless_records: dict[str, dict[str, Any]]) -> None:
+    """files= on a HostRootfs and a read-only DirRootfs, and tmp_size, from an unprivileged supervisor; the host
+    directory gets no /box."""
+    for name in ("files-host", "files-dir"):
+        record = rootless_records[name]
+        assert (record["returncode"], record["stdout"]) == (0, f"hi\nconft\n{8 << 20 >> 12} 4096\n"), record
+        assert not record["host_box"]
 
 
 def test_exec_and_signals_work_rootless(rootless_records: dict[str, dict[str, Any]]) -> None:
