@@ -227,6 +227,22 @@ async def test_collect_after_a_timeout_with_a_grace(sup: anyns.Supervisor) -> No
     assert dict(done.files) == {"/tmp/out": b"partial\n"}
 
 
+async def test_collect_after_the_cpu_budget_and_the_oom_killer(sup: anyns.Supervisor,
+                                                               skip_or_fail: Callable[[str], None]) -> None:
+    """Limits(cpu_time=) ends a busy program, the OOM killer a greedy one: the files are collected after both."""
+    limits = anyns.Limits(memory="64M", cpu_time=0.3)
+    try:
+        busy = await sup.run(sh_spec("echo partial > /tmp/out; while :; do :; done", limits=limits),
+                             collect=["/tmp/out"], check=False)
+    except anyns.UnsupportedError as e:
+        skip_or_fail(f"no cgroup for Limits(cpu_time=) here: {e}")
+        raise
+    assert (busy.exceeded, dict(busy.files)) == ("cpu_time", {"/tmp/out": b"partial\n"})
+    greedy = await sup.run(sh_spec("echo partial > /tmp/out; exec python3 -c 'x = bytearray(200 << 20)'",
+                                   limits=limits), collect=["/tmp/out"], check=False)
+    assert greedy.oom_killed and dict(greedy.files) == {"/tmp/out": b"partial\n"}
+
+
 async def test_collect_after_the_output_cap(sup: anyns.Supervisor) -> None:
     """max_output ends the program; the files are collected."""
     done = await sup.run(sh_spec("echo partial > /tmp/out; yes"), collect=["/tmp/out"], check=False,
