@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import io
 import os
 import socket
 import subprocess
@@ -160,18 +161,20 @@ async def collect_into(stream: trio.abc.ReceiveStream, into: dict[str, bytes], n
                        limit: int | None = None, over: Callable[[], Awaitable[object]] | None = None) -> None:
     """Read ``stream`` to EOF into ``into[name]``, keeping at most ``limit`` bytes.
 
-    The bytes are kept in one bytearray extended in place (no list of chunks
-    joined at the end), and no read asks for more than the room left, so the
-    memory this takes grows with what is kept, never past ``limit``. When the
-    stream has more than ``limit`` bytes, ``over()`` is awaited (it ends the
-    program) and reading stops there; exactly ``limit`` bytes then EOF is not
-    over. A terminal's master end reports the end of its other side as EIO:
-    that is EOF here too.
+    The bytes are kept in one ``io.BytesIO`` buffer grown in place (no list
+    of chunks joined at the end), whose ``getvalue()`` hands that very buffer
+    over as the result, without a copy; no read asks for more than the room
+    left. So the memory this takes is what is kept (once, never twice), and
+    never more than ``limit``. When the stream has more than ``limit``
+    bytes, ``over()`` is awaited (it ends the program) and reading stops
+    there; exactly ``limit`` bytes then EOF is not over. A terminal's master
+    end reports the end of its other side as EIO: that is EOF here too.
     """
-    kept = bytearray()
+    kept = io.BytesIO()
+    size = 0
     try:
         while True:
-            room = _READ_CHUNK if limit is None else min(_READ_CHUNK, limit - len(kept))
+            room = _READ_CHUNK if limit is None else min(_READ_CHUNK, limit - size)
             # At the cap, one byte more tells "exactly the cap" from "past it".
             chunk = await stream.receive_some(room or 1)
             if not chunk:
@@ -180,11 +183,11 @@ async def collect_into(stream: trio.abc.ReceiveStream, into: dict[str, bytes], n
                 if over is not None:
                     await over()
                 break
-            kept += chunk
+            size += kept.write(chunk)
     except trio.BrokenResourceError:  # EIO on a terminal: no process holds it any more
         pass
     finally:
-        into[name] = bytes(kept)
+        into[name] = kept.getvalue()
 
 
 #: the messages a child sends on a socket channel with fds, before any failure record

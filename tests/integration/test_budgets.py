@@ -200,6 +200,16 @@ async def test_output_cap_bounds_stdout_and_the_supervisors_memory(sup: anyns.Su
     assert peak_rss() - before < 64 * MiB
 
 
+async def test_capture_keeps_the_output_once(sup: anyns.Supervisor) -> None:
+    """Without a cap, 128 MiB captured raise the supervisor's peak RSS by about 128 MiB, not twice that
+    (no list of chunks joined at the end, no copy of the buffer into the result)."""
+    before = peak_rss()
+    with trio.fail_after(60):
+        done = await sup.run(sh_spec("head -c 128M /dev/zero"), capture_stdout=True)
+    assert len(done.stdout) == 128 * MiB and done.exceeded is None
+    assert peak_rss() - before < 192 * MiB
+
+
 async def test_output_cap_bounds_stderr_too(sup: anyns.Supervisor) -> None:
     """stderr has a cap of its own: a flood there is cut and ends the container, stdout is kept whole."""
     with trio.fail_after(30):
