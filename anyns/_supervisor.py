@@ -15,7 +15,6 @@ import functools
 import itertools
 import math
 import os
-import select
 import shutil
 import signal
 import socket
@@ -30,6 +29,7 @@ import trio
 
 from . import _cgroups, _protocol
 from ._container import CompletedContainer, Container, NoPublicConstructor, PersistedNamespace
+from ._container import _has_exited as _pidfd_has_exited
 from ._errors import (
     AnynsError,
     ContainerFailed,
@@ -249,6 +249,8 @@ class Supervisor(metaclass=NoPublicConstructor):
         self._cgroups = _open_cgroups(cgroup_parent)
         self._zygote: ZygoteConnection | None = None
         self._plans: dict[object, tuple[int, Plan]] = {}
+        #: seccomp policies being compiled in a worker thread, and the event set when that is done
+        self._seccomp_pending: dict[object, trio.Event] = {}
         self._layouts: dict[object, HostLayout] = {}
         self._newroot = _newroot_dir()
         self._running: set[Container] = set()
@@ -304,7 +306,7 @@ class Supervisor(metaclass=NoPublicConstructor):
             plan = compile_()
             policy = _seccomp_policy(plan)
             if policy is not None and policy not in _SECCOMP_HEX:
-                _remember_seccomp(policy, await trio.to_thread.run_sync(_seccomp_hex, *policy))
+                await self._compile_seccomp(policy)
             cached = self._plans.pop(key, None)  # another task may have made it meanwhile
         if cached is None:
             cached = (next(self._plan_ids), _with_seccomp_bpf(plan))
@@ -314,6 +316,19 @@ class Supervisor(metaclass=NoPublicConstructor):
                     self._zygote.drop(old_id)
         self._plans[key] = cached  # most recently used last: eviction takes the oldest use
         return cached
+
+    async def _compile_seccomp(self, policy: tuple[tuple[str, ...], int, tuple[str, ...], tuple[str, ...]]) -> None:
+        """Compile ``policy``'s filter in a worker thread, once: a burst of new specs waits for one compile."""
+        pending = self._seccomp_pending.get(policy)
+        if pending is not None:
+            await pending.wait()
+            return
+        self._seccomp_pending[policy] = done = trio.Event()
+        try:
+            _remember_seccomp(policy, await trio.to_thread.run_sync(_seccomp_hex, *policy))
+        finally:
+            del self._seccomp_pending[policy]
+            done.set()
 
     async def _container_plan(self, spec: ContainerSpec, collect: bool = False) -> tuple[int, Plan]:
         """The plan of ``spec``; ``collect``: its init holds the container (``run(collect=...)``; part of the key)."""
@@ -1151,7 +1166,7 @@ def _has_exited(container: Container) -> bool:
     """Whether the container's process has exited (its pidfd is readable), reaped or not."""
     if container.returncode is not None or container._pidfd < 0:
         return True
-    return bool(select.select((container._pidfd,), (), (), 0)[0])
+    return _pidfd_has_exited(container._pidfd)
 
 
 def check_max_containers(value: object) -> None:
