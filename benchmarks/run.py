@@ -55,10 +55,10 @@ if not __package__:  # python benchmarks/run.py: import this directory as the be
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import _common as common
-from benchmarks import latency, mounts, plot, scale, soak, spawn
+from benchmarks import jobs, latency, mounts, plot, scale, soak, spawn
 from benchmarks._common import fmt
 
-PARTS = ("spawn", "latency", "scale", "mounts", "bridge", "soak")
+PARTS = ("spawn", "latency", "scale", "mounts", "bridge", "jobs", "soak")
 BRIDGE_N = 500  # per batch; the bridge part is a variant, it needs fewer than spawn's 1000
 BRIDGE_CONCURRENCY = "1,16"
 
@@ -86,6 +86,7 @@ MAINS: dict[str, Callable[[Sequence[str] | None], int]] = {
     "scale": scale.main,
     "mounts": mounts.main,
     "bridge": spawn.main,
+    "jobs": jobs.main,
     "soak": soak.main,
 }
 
@@ -253,6 +254,17 @@ def mounts_rows(data: dict[str, Any]) -> list[Row]:
     return out
 
 
+def jobs_rows(data: dict[str, Any]) -> list[Row]:
+    """jobs: what each job-runner option adds per container, against the plain run."""
+    out: list[Row] = []
+    for m in data.get("measurements", []):
+        if m["variant"] == "plain":
+            continue
+        out.append(("jobs", f"{m['variant']}, C={m['concurrency']}: ms per container (extra)",
+                    f"{fmt(m['ms_per_container'])} ({m['extra_ms']:+.2f})", "", "", ""))
+    return out
+
+
 def soak_rows(data: dict[str, Any]) -> list[Row]:
     drift = data.get("drift") or {}
     totals = data.get("totals") or {}
@@ -279,6 +291,7 @@ ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "scale": scale_rows,
     "mounts": mounts_rows,
     "bridge": lambda data: spawn_rows(data, "bridge"),
+    "jobs": jobs_rows,
     "soak": soak_rows,
 }
 
@@ -329,7 +342,7 @@ def run_part(part: str, json_path: Path, quick: bool, draw: bool = True) -> dict
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
-        description="Run the whole benchmark suite (spawn, latency, scale, mounts, bridge, soak), write "
+        description="Run the whole benchmark suite (spawn, latency, scale, mounts, bridge, jobs, soak), write "
         "benchmarks/results/<part>.json and summary.json, print the key ratios, plot throughput.",
     )
     parser.add_argument("--quick", action="store_true", help="CI smoke of every part (a few seconds each)")
