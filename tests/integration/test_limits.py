@@ -328,7 +328,11 @@ async def test_pids_limit_contains_a_fork_bomb(sup: anyns.Supervisor) -> None:
                 await trio.sleep(0.01)
             watcher.cancel_scope.cancel()
 
-        assert seen and max(seen) <= 64
+        # The kernel charges a fork before it checks the limit and takes the
+        # charge back when it is over (pids_try_charge): for that moment
+        # pids.current reads 65, one per CPU forking at once. No 65th task exists.
+        assert seen and max(seen) <= 64 + (os.cpu_count() or 1)
+        assert max(seen) >= 64
         assert box.statistics().pids_current == 64
         assert int(read(current)) == 64
         events = controller_file(leaf, "pids", "pids.events", "pids.events")
