@@ -137,25 +137,21 @@ def _mask_paths(rt: Rt, masked: tuple[bytes, ...], readonly: tuple[bytes, ...]) 
             raise OSError(errno.EINVAL, "the host's /dev/null is not the null device (1:3)", b"/dev/null")
         source = b"/proc/self/fd/%d" % devnull
         for path in masked:
-            _mask_one(path, source)
+            _on_existing(path, lambda fd: _mask_fd(fd, source))
         for path in readonly:
-            _readonly_one(path)
+            _on_existing(path, _readonly_fd)
     finally:
         os.close(devnull)
 
 
-def _mask_one(path: bytes, devnull: bytes) -> None:
+def _on_existing(path: bytes, act: Callable[[int], None]) -> None:
+    """``act(fd)`` on container path ``path`` resolved beneath (O_PATH), if it exists; its errors name ``path``."""
     try:
         target = _open_beneath(path, 0)
     except FileNotFoundError:
         return
     try:
-        at = b"/proc/self/fd/%d" % target
-        if (os.fstat(target).st_mode & 0o170000) == 0o040000:
-            _libc.mount(b"tmpfs", at, b"tmpfs", C.MS_RDONLY | C.MS_NOSUID | C.MS_NODEV | C.MS_NOEXEC,
-                        b"size=4k,mode=0555")
-        else:
-            _libc.mount(devnull, at, None, C.MS_BIND, None)
+        act(target)
     except OSError as e:
         e.anyns_path = path  # type: ignore[attr-defined]
         raise
@@ -163,25 +159,25 @@ def _mask_one(path: bytes, devnull: bytes) -> None:
         os.close(target)
 
 
-def _readonly_one(path: bytes) -> None:
+def _mask_fd(target: int, devnull: bytes) -> None:
+    """/dev/null on a file, an empty read-only tmpfs on a directory."""
+    at = b"/proc/self/fd/%d" % target
+    if (os.fstat(target).st_mode & 0o170000) == 0o040000:
+        _libc.mount(b"tmpfs", at, b"tmpfs", C.MS_RDONLY | C.MS_NOSUID | C.MS_NODEV | C.MS_NOEXEC,
+                    b"size=4k,mode=0555")
+    else:
+        _libc.mount(devnull, at, None, C.MS_BIND, None)
+
+
+def _readonly_fd(target: int) -> None:
+    """A read-only recursive copy of the mount tree at ``target``, configured detached, attached on it."""
+    tree = _libc.open_tree(target, b"", C.OPEN_TREE_CLONE | C.OPEN_TREE_CLOEXEC | C.AT_RECURSIVE | C.AT_EMPTY_PATH)
     try:
-        target = _open_beneath(path, 0)
-    except FileNotFoundError:
-        return
-    try:
-        tree = _libc.open_tree(target, b"", C.OPEN_TREE_CLONE | C.OPEN_TREE_CLOEXEC | C.AT_RECURSIVE
-                               | C.AT_EMPTY_PATH)
-        try:
-            _libc.mount_setattr(tree, b"", C.AT_EMPTY_PATH | C.AT_RECURSIVE, C.MOUNT_ATTR_RDONLY
-                                | C.MOUNT_ATTR_NOSUID | C.MOUNT_ATTR_NODEV | C.MOUNT_ATTR_NOEXEC, 0, 0)
-            _libc.move_mount(tree, b"", target, b"", C.MOVE_MOUNT_F_EMPTY_PATH | C.MOVE_MOUNT_T_EMPTY_PATH)
-        finally:
-            os.close(tree)
-    except OSError as e:
-        e.anyns_path = path  # type: ignore[attr-defined]
-        raise
+        _libc.mount_setattr(tree, b"", C.AT_EMPTY_PATH | C.AT_RECURSIVE, C.MOUNT_ATTR_RDONLY
+                            | C.MOUNT_ATTR_NOSUID | C.MOUNT_ATTR_NODEV | C.MOUNT_ATTR_NOEXEC, 0, 0)
+        _libc.move_mount(tree, b"", target, b"", C.MOVE_MOUNT_F_EMPTY_PATH | C.MOVE_MOUNT_T_EMPTY_PATH)
     finally:
-        os.close(target)
+        os.close(tree)
 
 
 def _setsid(rt: Rt) -> None:

@@ -32,7 +32,7 @@ from collections.abc import Sequence
 import trio
 
 from ._container import Container, namespaces_of
-from ._errors import AnynsError, ContainerFailed, ExecError, SetupError, format_size
+from ._errors import AnynsError, ContainerFailed, ExecError, format_size
 from ._security_defaults import ALL_CAPABILITIES, DEFAULT_CAPABILITIES
 from ._spec import (
     DEFAULT_PATH,
@@ -487,12 +487,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             status = trio.run(demo, args.count, args.concurrency)
         return status
-    except ExecError as e:
-        return _fail(str(e), EXIT_NOT_FOUND if e.errno == errno.ENOENT else EXIT_NOT_EXECUTABLE)
-    except (SetupError, AnynsError) as e:
-        return _fail(str(e), EXIT_SETUP_FAILED)
+    except AnynsError as e:
+        return _report(e)
+    except BaseExceptionGroup as group:
+        # trio >= 0.25 wraps what a nursery's task raised (strict exception
+        # groups): one AnynsError (or ^C) in a group is still that error.
+        leaves = _leaves(group)
+        if len(leaves) == 1 and isinstance(leaves[0], AnynsError):
+            return _report(leaves[0])
+        if leaves and all(isinstance(e, KeyboardInterrupt) for e in leaves):
+            return 130
+        raise
     except KeyboardInterrupt:
         return 130
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    """The exceptions a (nested) group holds."""
+    found: list[BaseException] = []
+    for e in group.exceptions:
+        found.extend(_leaves(e) if isinstance(e, BaseExceptionGroup) else [e])
+    return found
+
+
+def _report(e: AnynsError) -> int:
+    """One line on stderr and the exit status of a failed start (125, 126, 127 as env(1) and docker run)."""
+    if isinstance(e, ExecError):
+        return _fail(str(e), EXIT_NOT_FOUND if e.errno == errno.ENOENT else EXIT_NOT_EXECUTABLE)
+    return _fail(str(e), EXIT_SETUP_FAILED)
 
 
 # ----------------------------------------------------------------------------- demo
