@@ -125,6 +125,15 @@ __all__ = [
     "persist_namespace",
 ]
 
+def __getattr__(name: str) -> object:
+    """``anyns.aio`` without importing it first: the asyncio bridge is loaded on first use."""
+    if name == "aio":
+        import importlib
+
+        return importlib.import_module(".aio", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 # Show public names in reprs and tracebacks (trio's convention).
 for _name in __all__:
     _obj = globals()[_name]

@@ -275,7 +275,8 @@ class Container(metaclass=NoPublicConstructor):
             ``eth0``; empty otherwise.
     """
 
-    def __init__(self, spec: ContainerSpec, pid: int, pidfd: int, supervisor: Supervisor) -> None:
+    def __init__(self, spec: ContainerSpec, pid: int, pidfd: int, supervisor: Supervisor,
+                 ns_pid: int | None = None) -> None:
         self.spec = spec
         self._supervisor = supervisor
         self.pid = pid
@@ -287,7 +288,7 @@ class Container(metaclass=NoPublicConstructor):
         #: set once it has been reaped *and* everything anyns set up for it is
         #: undone (its veth, its address): what wait() and the supervisor wait for
         self._finished = trio.Event()
-        self._ns_pid: int | None = None
+        self._ns_pid: int | None = ns_pid
         #: with ContainerSpec(tty=True) and nursery.start: the terminal's master end
         self.tty: trio.abc.Stream | None = None
         self._tty_fd = -1
@@ -337,7 +338,9 @@ class Container(metaclass=NoPublicConstructor):
     def ns_pid(self) -> int:
         """Its pid inside its own pid namespace (1 with ``Namespaces.PID``), from ``NSpid``.
 
-        Read while the container runs; the value is kept afterwards.
+        Known from the spawn on, so also after the container has exited: 1 for
+        a container born with a pid namespace of its own, else read from
+        ``/proc/PID/status`` when it was spawned.
         """
         if self._ns_pid is None:
             try:

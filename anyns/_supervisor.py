@@ -10,6 +10,7 @@ before it returns, inside a shielded scope.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import itertools
@@ -373,7 +374,14 @@ class Supervisor(metaclass=NoPublicConstructor):
             if pending.lost_pidfd:  # nothing may outlive this call: the container is gone before it raises
                 await _kill_and_reap_pid(pending.pid)
             raise pending.error
-        container: Container = Container._create(spec, pending.pid, pending.pidfd, self)
+        # Born with a pid namespace of its own, it is 1 there; else read now, while it surely
+        # runs, so that ns_pid is known after it exits too.
+        own_pid_namespace = bool(plan.clone_flags & Namespaces.PID)
+        container: Container = Container._create(spec, pending.pid, pending.pidfd, self,
+                                                 ns_pid=1 if own_pid_namespace else None)
+        if not own_pid_namespace:
+            with contextlib.suppress(AnynsError):  # already gone: it has no pid inside to report
+                container.ns_pid  # noqa: B018 - read and kept
         self._running.add(container)
         return container
 

@@ -115,6 +115,18 @@ async def test_ns_pid_without_pid_namespace_is_host_pid(sup: anyns.Supervisor) -
         box.kill()
 
 
+@pytest.mark.parametrize("namespaces", [NS.DEFAULT, NS.MOUNT], ids=["own-pid-namespace", "no-pid-namespace"])
+async def test_ns_pid_is_known_after_exit_without_being_read_before(sup: anyns.Supervisor,
+                                                                   namespaces: NS) -> None:
+    """ns_pid never read while the container ran: still known after it exited (1, or its host pid)."""
+    spec = anyns.ContainerSpec(argv=["true"], namespaces=namespaces)
+    async with trio.open_nursery() as nursery:
+        box = await nursery.start(partial(sup.run, spec, check=False))
+        await box.wait()
+    assert box.returncode == 0
+    assert box.ns_pid == (1 if namespaces == NS.DEFAULT else box.pid)
+
+
 async def test_only_stdio_fds_reach_the_program(sup: anyns.Supervisor) -> None:
     """Only fds 0, 1 and 2 are open in the program, even with many containers in flight."""
     results: list[list[str]] = []

@@ -6,6 +6,7 @@ import ast
 import os
 import pathlib
 import subprocess
+import sys
 
 import pytest
 
@@ -176,3 +177,22 @@ def test_layering_check_can_see_imports() -> None:
     assert "attrs" in _runtime_imports(PACKAGE / "_spec.py")
     assert PACKAGE / "_protocol.py" in _internal_imports(PACKAGE / "_child.py")
     assert PACKAGE / "_plan.py" in _closure([PACKAGE / "_supervisor.py"])
+
+
+def test_aio_is_an_attribute_of_anyns_without_importing_it() -> None:
+    """``import anyns`` then ``anyns.aio.open_supervisor()``: the bridge loads on first use; other names still fail."""
+    code = (
+        "import sys, anyns\n"
+        "assert 'anyns.aio' not in sys.modules\n"
+        "assert callable(anyns.aio.open_supervisor)\n"
+        "assert 'anyns.aio' in sys.modules\n"
+        "try:\n"
+        "    anyns.no_such_name\n"
+        "except AttributeError:\n"
+        "    pass\n"
+        "else:\n"
+        "    raise SystemExit('anyns.no_such_name did not raise AttributeError')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False,
+                          env={**os.environ, "PYTHONPATH": str(pathlib.Path(anyns.__file__).parents[1])})
+    assert done.returncode == 0, done.stderr
