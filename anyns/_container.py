@@ -28,6 +28,7 @@ import trio
 from . import _cgroups, _files, _init
 from ._errors import AnynsError, SetupError, SpecError, UnsupportedError
 from ._namespaces import persist_from_host, release_from_host
+from ._security import capability_numbers
 from ._spec import KIND_FLAGS, user_namespace_map
 from ._stdio import Io
 from ._sys import _libc
@@ -425,7 +426,8 @@ class Container(metaclass=NoPublicConstructor):
         where = os.fspath(path)
         root = self._open_root("read_file")
         try:
-            data: bytes = await trio.to_thread.run_sync(_files.read, root, where, max_size)
+            data: bytes = await trio.to_thread.run_sync(_files.as_program, self._program_credentials(),
+                                                         _files.read, root, where, max_size)
             return data
         except AnynsError as e:
             raise AnynsError(f"read_file: {e}") from None
@@ -438,8 +440,9 @@ class Container(metaclass=NoPublicConstructor):
         The path is resolved as by ``read_file`` (never onto a host file, only
         regular files, no kernel filesystem). A missing file is created (its
         directory must exist: ``FileNotFoundError`` otherwise), owned by the
-        container's root (uid 0 inside); an existing one is truncated and
-        rewritten, and gets ``mode`` too. A read-only mount refuses it
+        program's user; an existing one is truncated and rewritten, and gets
+        ``mode`` too. It is done with the program's rights (its ids, its file
+        capabilities): what it may not write, neither may this. A read-only mount refuses it
         (``OSError``, EROFS). Runs in a worker thread.
 
         Raises:
@@ -455,7 +458,8 @@ class Container(metaclass=NoPublicConstructor):
         where = os.fspath(path)
         root = self._open_root("write_file")
         try:
-            await trio.to_thread.run_sync(_files.write, root, where, bytes(data), mode, self._root_owner())
+            await trio.to_thread.run_sync(_files.as_program, self._program_credentials(), _files.write, root, where,
+                                          bytes(data), mode)
         except AnynsError as e:
             raise AnynsError(f"write_file: {e}") from None
         finally:
@@ -484,14 +488,25 @@ class Container(metaclass=NoPublicConstructor):
             raise AnynsError(f"{operation}: container pid {self.pid} has exited")
         return root
 
-    def _root_owner(self) -> tuple[int, int] | None:
-        """The host uid and gid of root inside its user namespace (a root supervisor's), for the files it makes."""
+    def _program_credentials(self) -> _files.Credentials | None:
+        """The program's rights, as the host sees them, for the supervisor's file operations on its files.
+
+        Its host uid, gid and groups (through the user namespace's maps, an
+        unmapped id as the overflow id 65534), and, for a root program outside
+        a user namespace, the file capabilities it kept. None for a rootless
+        supervisor: it can take no other ids, and its own are the container
+        root's already (a ``user=`` inside then reads and writes as root inside).
+        """
+        if self._supervisor._rootless:
+            return None
+        user = self.spec.user
+        uid, gid, groups = (user.uid, user.gid, user.groups) if user is not None else (0, 0, ())
         id_map = user_namespace_map(self.spec)
-        if id_map is None or self._supervisor._rootless:
-            return None  # root is root, or rootless: our own ids are root inside
-        uid = next((out - start for start, out, count in id_map.uid if start <= 0 < start + count), None)
-        gid = next((out - start for start, out, count in id_map.gid if start <= 0 < start + count), None)
-        return None if uid is None or gid is None else (uid, gid)
+        if id_map is not None:
+            return _files.Credentials(_outside(id_map.uid, uid), _outside(id_map.gid, gid),
+                                      tuple(_outside(id_map.gid, g) for g in groups))
+        kept = capability_numbers(_FILE_CAPABILITIES & set(self.spec.capabilities)) if uid == 0 else 0
+        return _files.Credentials(uid, gid, tuple(groups), kept)
 
     async def _collect_and_release(self) -> None:
         """A holding init: wait for its report of the program's end, read the collected files, release it.
@@ -517,7 +532,8 @@ class Container(metaclass=NoPublicConstructor):
                 root = self._open_root("collect")
                 try:
                     self._files, problem = await trio.to_thread.run_sync(
-                        _files.read_many, root, self._collect, _files.DEFAULT_MAX_SIZE)
+                        _files.as_program, self._program_credentials(), _files.read_many, root, self._collect,
+                        _files.DEFAULT_MAX_SIZE)
                 finally:
                     os.close(root)
                 if problem is not None:
@@ -910,6 +926,21 @@ class Freezing:
         while (box._leaf is not None and box.returncode is None  # noqa: ASYNC110
                and _cgroups.is_frozen(box._leaf) != self._frozen):
             await trio.sleep(0.001)
+
+
+#: the capabilities that bypass file permissions: a root program keeps those it was given
+_FILE_CAPABILITIES: Final = frozenset({"CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER",
+                                       "CAP_FSETID"})
+#: what an id with no outside id in a user namespace's map is, seen from outside (overflowuid)
+_OVERFLOW_ID: Final = 65534
+
+
+def _outside(ranges: tuple[tuple[int, int, int], ...], inside: int) -> int:
+    """The host id of id ``inside`` under uid/gid map ``ranges``; the overflow id if unmapped."""
+    for start, outside, count in ranges:
+        if start <= inside < start + count:
+            return outside + inside - start
+    return _OVERFLOW_ID
 
 
 def _has_exited(pidfd: int) -> bool:

@@ -7,8 +7,13 @@ top, stays in the root, as in a ``chroot``) and ``RESOLVE_NO_MAGICLINKS``
 therefore leads to the container's own file, never to the host's: the
 supervisor sees what the program would see at that path.
 
-The supervisor works with its own credentials, root's for a root
-supervisor, so two more rules keep that from being lent to the container:
+Each operation runs in a thread of its own that first takes the program's
+credentials (``as_program``): its host uid, gid and groups as the file
+system ids, and only the file capabilities the program has. A root
+supervisor's own would read a 0600 file the program cannot (a symlink it
+planted at a collected path) or rewrite a host file on a bind the program
+may only read. The thread ends after the operation, so the credentials go
+with it and never reach another task. Two more rules hold whatever the ids:
 only regular files are read or written (a FIFO, a device node or a
 directory is refused), and never one on a kernel filesystem (proc, sysfs,
 cgroup …), where a write as host root would reach a global setting (a
@@ -27,14 +32,19 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Sequence
-from typing import Final
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, Final, TypeVar
+
+import attrs
 
 from ._errors import AnynsError, SpecError
 from ._sys import _consts as C
 from ._sys import _libc
 
-__all__ = ["DEFAULT_MAX_SIZE", "check_collect", "read", "read_many", "write"]
+__all__ = ["DEFAULT_MAX_SIZE", "Credentials", "as_program", "check_collect", "read", "read_many", "write"]
+
+T = TypeVar("T")
 
 #: ``read_file``'s and ``collect``'s default bound on a file's size: 16 MiB
 DEFAULT_MAX_SIZE: Final = 16 * 1024 * 1024
@@ -49,6 +59,56 @@ _KERNEL_FILESYSTEMS: Final = {
 _READ_CHUNK: Final = 1 << 20
 #: openat2 says EAGAIN when a rename raced a ".." in the walk: try again this many times
 _RETRIES: Final = 8
+
+
+@attrs.frozen
+class Credentials:
+    """Whose rights a file operation has: the program's, as the host sees them.
+
+    Attributes:
+        uid, gid, groups: host ids (a user namespace's ids already mapped out).
+        capabilities: the capability bits this thread keeps (``capset``):
+            the program's file capabilities (CAP_DAC_OVERRIDE …) when it is
+            root and has them, else none.
+    """
+
+    uid: int
+    gid: int
+    groups: tuple[int, ...] = ()
+    capabilities: int = 0
+
+
+def as_program(credentials: Credentials | None, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` in a new thread that holds ``credentials``; blocking (call it from a worker thread).
+
+    The thread sets its supplementary groups (the raw syscall: glibc's
+    setgroups would change every thread of the process), its file system
+    ids (per thread), and its capabilities (per thread), then runs ``fn``
+    and ends: nothing of it is left on any other thread. None runs ``fn``
+    here as is (a rootless supervisor's ids are the container root's
+    already, and it can take no others).
+    """
+    if credentials is None:
+        return fn(*args)
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            _libc.set_thread_groups(credentials.groups)
+            _libc.setfsids(credentials.uid, credentials.gid)
+            _libc.set_thread_capabilities(credentials.capabilities)
+            outcome.append((True, fn(*args)))
+        except BaseException as e:  # handed to the caller's thread
+            outcome.append((False, e))
+
+    thread = threading.Thread(target=run, name="anyns-files", daemon=True)
+    thread.start()
+    thread.join()
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    result: T = value
+    return result
 
 
 def check_collect(collect: Sequence[str | os.PathLike[str]] | None) -> tuple[str, ...]:
@@ -153,41 +213,30 @@ def read_many(root: int, paths: Sequence[str], max_size: int) -> tuple[dict[str,
     return files, problem
 
 
-def write(root: int, path: str, data: bytes, mode: int, owner: tuple[int, int] | None = None) -> None:
+def write(root: int, path: str, data: bytes, mode: int) -> None:
     """Make ``path`` in the container hold ``data`` with permissions ``mode``; blocking.
 
     The file is created if missing (its directory must exist), else
-    truncated and rewritten. A file it creates belongs to ``owner`` (host
-    ids: those of root in the container's user namespace) if given, else
-    to the supervisor's user; it is created with those ids as this
-    thread's file system ids (a filesystem mounted in a user namespace
-    refuses a new file whose owner it cannot map: EOVERFLOW).
+    truncated and rewritten; a file it creates belongs to this thread's file
+    system ids (``as_program``: the program's).
 
     Raises:
         FileNotFoundError: its directory does not exist.
+        PermissionError: the program could not write it either.
         AnynsError: an existing path that is not a regular file, or on a kernel filesystem.
     """
-    created = False
     try:
         fd = _open(root, path, os.O_WRONLY)
     except FileNotFoundError:
-        previous = _libc.setfsids(*owner) if owner is not None else None
         try:
-            try:
-                fd = _open(root, path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode & 0o7777)
-                created = True
-            except FileExistsError:  # made meanwhile, or a symlink to nothing (followed, in the root)
-                fd = _open(root, path, os.O_WRONLY | os.O_CREAT, mode & 0o7777)
-        finally:
-            if previous is not None:
-                _libc.setfsids(*previous)
+            fd = _open(root, path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode & 0o7777)
+        except FileExistsError:  # made meanwhile, or a symlink to nothing (followed, in the root)
+            fd = _open(root, path, os.O_WRONLY | os.O_CREAT, mode & 0o7777)
     try:
-        if created and owner is not None and (os.fstat(fd).st_uid, os.fstat(fd).st_gid) != owner:
-            os.fchown(fd, *owner)
         os.ftruncate(fd, 0)
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
-        os.fchmod(fd, mode & 0o7777)  # after fchown, which clears set-id bits
+        os.fchmod(fd, mode & 0o7777)
     finally:
         os.close(fd)

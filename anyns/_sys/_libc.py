@@ -277,6 +277,28 @@ def setfsids(uid: int, gid: int) -> tuple[int, int]:
     return old_uid, old_gid
 
 
+#: setgroups(2) and capset(2) numbers: x86_64's, and the generic table's (aarch64, riscv64)
+_GENERIC_TABLE = os.uname().machine in ("aarch64", "riscv64")
+_SYS_SETGROUPS = 159 if _GENERIC_TABLE else 116
+_SYS_CAPSET = 91 if _GENERIC_TABLE else 126
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+
+def set_thread_groups(groups: tuple[int, ...]) -> None:
+    """setgroups(2) for the calling thread only: the raw syscall (glibc's changes every thread of the process)."""
+    array = (ctypes.c_uint * max(1, len(groups)))(*groups)
+    if _syscall(ctypes.c_long(_SYS_SETGROUPS), ctypes.c_int(len(groups)), array) != 0:
+        raise _fail("setgroups")
+
+
+def set_thread_capabilities(kept: int) -> None:
+    """capset(2) of the calling thread: effective and permitted become ``kept``, inheritable none."""
+    header = (ctypes.c_uint32 * 2)(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (ctypes.c_uint32 * 6)(kept & 0xFFFFFFFF, kept & 0xFFFFFFFF, 0, kept >> 32, kept >> 32, 0)
+    if _syscall(ctypes.c_long(_SYS_CAPSET), header, data) != 0:
+        raise _fail("capset")
+
+
 def fsopen(fsname: bytes, flags: int) -> int:
     """fsopen(2), Linux 5.2."""
     fd: int = _syscall(ctypes.c_long(C.SYS_fsopen), ctypes.c_char_p(fsname), ctypes.c_uint(flags))

@@ -11,6 +11,7 @@ import functools
 import json
 import os
 import pathlib
+import stat
 import subprocess
 import textwrap
 from collections.abc import Callable
@@ -383,3 +384,55 @@ def test_files_and_collect_rootless(tmp_path: pathlib.Path) -> None:
     assert secret.read_text() == "host secret\n"
     assert records["collect"] == {"step": "collect", "returncode": 4, "files": {"/tmp/out": "out\n"}}
     assert records["timeout"] == {"step": "timeout", "exceeded": "timeout", "files": {"/tmp/t": "t\n"}}
+
+
+async def test_collect_and_read_file_have_no_more_rights_than_the_program(
+    sup: anyns.Supervisor, tmp_path: pathlib.Path,
+) -> None:
+    """A program running as uid 1000 links /tmp/out to a 0600 root file it cannot read: collect and read_file
+    refuse it too (they open with the program's ids), and return its own files."""
+    data = tmp_path / "data"
+    data.mkdir()
+    secret = data / "secret"
+    secret.write_text("TOPSECRET\n")
+    secret.chmod(0o600)
+    spec = anyns.ContainerSpec(
+        argv=["/bin/sh", "-c", "cat /data/secret; ln -s /data/secret /tmp/out; echo mine > /tmp/mine; "
+                               "echo ready; exec sleep 1000"],
+        user=anyns.User(1000, 1000), mounts=(anyns.Bind(str(data), "/data", readonly=True),))
+    async with trio.open_nursery() as nursery:
+        box = await _started(sup, nursery, spec)
+        with pytest.raises(PermissionError):
+            await box.read_file("/tmp/out")
+        assert await box.read_file("/tmp/mine") == b"mine\n"
+        box.kill()
+    once = anyns.ContainerSpec(argv=["/bin/sh", "-c", "ln -s /data/secret /tmp/out; echo mine > /tmp/mine"],
+                               user=anyns.User(1000, 1000), mounts=(anyns.Bind(str(data), "/data", readonly=True),))
+    with pytest.raises(anyns.AnynsError, match="collect"):
+        await sup.run(once, collect=["/tmp/out", "/tmp/mine"], check=False)
+    done = await sup.run(once, collect=["/tmp/mine"], check=False)
+    assert done.files == {"/tmp/mine": b"mine\n"}
+
+
+async def test_write_file_cannot_rewrite_a_host_file_the_program_may_not_write(
+    sup: anyns.Supervisor, tmp_path: pathlib.Path,
+) -> None:
+    """A program (uid 1000) links /tmp/in to a root-owned 0644 file on a writable bind: write_file is refused
+    (PermissionError), the host file keeps its content and mode."""
+    shared = tmp_path / "rw"
+    shared.mkdir()
+    shared.chmod(0o777)
+    conf = shared / "conf"
+    conf.write_text("original\n")
+    conf.chmod(0o644)
+    spec = anyns.ContainerSpec(argv=["/bin/sh", "-c", "ln -s /rw/conf /tmp/in; echo ready; exec sleep 1000"],
+                               user=anyns.User(1000, 1000), mounts=(anyns.Bind(str(shared), "/rw"),))
+    async with trio.open_nursery() as nursery:
+        box = await _started(sup, nursery, spec)
+        with pytest.raises(PermissionError):
+            await box.write_file("/tmp/in", b"OWNED\n", 0o4777)
+        await box.write_file("/tmp/new", b"made\n")  # a file of its own: allowed, and the program's
+        assert await box.read_file("/tmp/new") == b"made\n"
+        box.kill()
+    assert conf.read_text() == "original\n"
+    assert stat.S_IMODE(conf.stat().st_mode) == 0o644
