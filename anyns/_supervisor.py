@@ -889,6 +889,7 @@ class Supervisor(metaclass=NoPublicConstructor):
                     nursery.start_soon(collect_tty, master, captured, io.max_output, _over_output(container))
                     task_status.started(container)
                     await container._wait_within_budgets()
+                    _bound_the_drain(nursery)
         finally:
             with trio.CancelScope(shield=True):
                 await master.aclose()
@@ -931,6 +932,7 @@ class Supervisor(metaclass=NoPublicConstructor):
                     stdio.parent_in = stdio.parent_out = stdio.parent_err = -1  # the streams own them
                     task_status.started(container)
                     await container._wait_within_budgets()
+                    _bound_the_drain(nursery)
         finally:
             with trio.CancelScope(shield=True):
                 for stream in ours:
@@ -984,6 +986,22 @@ class Supervisor(metaclass=NoPublicConstructor):
         if self._cgroups is not None:
             self._cgroups.close()
         os.close(self._devnull)
+
+
+#: seconds the captured streams may still be read after the container was reaped
+DRAIN_AFTER_EXIT: Final = 2.0
+
+
+def _bound_the_drain(nursery: trio.Nursery) -> None:
+    """The container is reaped: read what its pipes hold, then stop, at the latest ``DRAIN_AFTER_EXIT`` later.
+
+    Every process of the container is dead by now (its pid namespace, or its
+    cgroup, went with the program), so the pipes end at once, unless the
+    program handed its stdout to a process outside (SCM_RIGHTS over a socket
+    on a shared directory): that one would otherwise hold ``run`` open for
+    ever, past every budget. What was read is kept.
+    """
+    nursery.cancel_scope.deadline = min(nursery.cancel_scope.deadline, trio.current_time() + DRAIN_AFTER_EXIT)
 
 
 #: the budgets anyns itself enforces (by ending the program): with check=True they fail the run whatever its status

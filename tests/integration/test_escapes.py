@@ -24,6 +24,7 @@ import fcntl
 import os
 import pathlib
 import secrets
+import socket
 import stat
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -310,3 +311,44 @@ async def test_a_planted_symlink_redirects_no_bind_with_follow_symlinks_false(
     done = await sh(sup, "cat /data/mine", check=True,
                     mounts=(anyns.Bind(str(shared / "data"), "/data", follow_symlinks=False),), **fields)
     assert done.stdout == b"ok"
+
+
+#: inside: connect to the unix socket in /s, send our stdout there (SCM_RIGHTS), print, and exit
+HAND_OUT_STDOUT = """
+import socket
+s = socket.socket(socket.AF_UNIX)
+s.connect('/s/sock')
+socket.send_fds(s, [b'x'], [1])
+print('handed out', flush=True)
+"""
+
+
+async def test_a_stdout_handed_to_a_process_outside_does_not_hold_run_open(
+    sup: anyns.Supervisor, tmp_path: pathlib.Path,
+) -> None:
+    """The program sends its stdout pipe to a process outside the container and exits; that process keeps it
+    open. run(capture_stdout=True) still returns soon after the container is reaped, with what was written."""
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(tmp_path / "sock"))
+    os.chmod(tmp_path / "sock", 0o777)
+    listener.listen()
+    kept: list[int] = []
+
+    async def outside() -> None:  # the process outside: takes the fd and keeps it
+        conn, _ = await trio.to_thread.run_sync(listener.accept)
+        with conn:
+            _msg, fds, _flags, _addr = socket.recv_fds(conn, 16, 4)
+        kept.extend(fds)
+
+    spec = anyns.ContainerSpec(argv=[PYTHON, "-c", HAND_OUT_STDOUT], mounts=(anyns.Bind(str(tmp_path), "/s"),))
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(outside)
+            with trio.fail_after(30):
+                done = await sup.run(spec, capture_stdout=True)
+        assert kept, "the fd never came out"
+        assert done.stdout == b"handed out\n"
+    finally:
+        listener.close()
+        for fd in kept:
+            os.close(fd)
