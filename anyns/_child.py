@@ -3,7 +3,7 @@
 The child executes a linked plan: a list of ``(function, args)`` pairs made
 once per plan in the zygote (``link``), so that the child itself only calls
 functions. It must not import, start threads, log, or touch much memory:
-every page it writes is a copy-on-write fault (research/spawn-path.md §1).
+every page it writes is a copy-on-write fault (docs/spawn-path.md §1).
 
 Each operation is ``fn(rt, *args)`` where ``rt`` is the per-spawn tuple
 ``(stdin, stdout, stderr, errpipe, supervisor_pidfd, *extra)``; the extra
@@ -685,7 +685,7 @@ def _tty(rt: Rt, rows: int, cols: int) -> None:
 
 def _close_fds(rt: Rt) -> None:
     # Nothing but 0-2 may reach the program: fds inherited from the zygote would
-    # hold pipes open (research/spawn-path.md pitfall 3). CLOEXEC rather than
+    # hold pipes open (docs/spawn-path.md §2, pitfall 3). CLOEXEC rather than
     # close keeps the error pipe and the supervisor pidfd usable until execve.
     _libc.close_range(3, 0xFFFFFFFF, C.CLOSE_RANGE_CLOEXEC)
 

@@ -6,7 +6,7 @@ and needs no framing; file descriptors travel as SCM_RIGHTS. Never pickle.
 Every message starts with a fixed header ``struct.pack("=4sII", tag, a, b)``;
 the common messages are nothing more, so the zygote decodes and encodes them
 without allocating much (every page it writes between two clones is copied
-again, research/spawn-path.md §8). JSON appears only in rare messages.
+again, docs/spawn-path.md §4). JSON appears only in rare messages.
 
 supervisor → zygote
     ``SPWN`` a=request id, b=plan id; then, the first time a plan id is used

@@ -1,6 +1,6 @@
 """User namespaces: the uid/gid maps (host half) and the identity inside (child half).
 
-The order (research/spawn-path.md §4.1): clone3 makes the child in a new user
+The order (docs/spawn-path.md §3): clone3 makes the child in a new user
 namespace (and its pid namespace, owned by it); the child blocks on its go
 pipe at once. The supervisor, in the parent namespace, writes
 ``/proc/PID/uid_map`` and ``gid_map``, then the go byte. Only then does the

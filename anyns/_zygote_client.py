@@ -68,7 +68,7 @@ class ZygoteConnection:
                               "anyns/_native/init.c (Debian: apt-get install build-essential first)")
         # Started synchronously from the calling (trio) thread, never from a
         # worker thread: the zygote's PDEATHSIG, and through CLONE_PARENT the
-        # containers' parent, are tied to this thread (spawn-path.md §9.1).
+        # containers' parent, are tied to this thread (docs/spawn-path.md §2, pitfall 2).
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         try:
             self.process = subprocess.Popen(

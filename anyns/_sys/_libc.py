@@ -25,7 +25,7 @@ _EXECVEAT_NR = ctypes.c_long({"aarch64": 281, "riscv64": 281}.get(os.uname().mac
 
 _libc = ctypes.CDLL(None, use_errno=True)
 # clone3 must run with the GIL held (PyDLL): with CDLL the GIL would be
-# released and re-taken in both processes (research/spawn-path.md §1.1).
+# released and re-taken in both processes (docs/spawn-path.md §1.1).
 _libc_gil = ctypes.PyDLL(None, use_errno=True)
 
 _syscall = _libc.syscall
