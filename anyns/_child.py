@@ -361,26 +361,67 @@ def _anchor_of(path: bytes) -> tuple[int, bytes]:
 
 
 def _open_beneath(path: bytes, create: int) -> int:
-    """An O_PATH fd of container path ``path``, resolved beneath its anchor without following a symlink.
+    """An O_PATH fd of container path ``path``, resolved beneath its anchor (``_resolve``)."""
+    return _resolve(*_anchor_of(path), create)
+
+
+def _resolve(anchor: int, rel: bytes, create: int, flags: int = os.O_PATH | os.O_NOFOLLOW) -> int:
+    """``rel`` opened below directory fd ``anchor``, without following a symlink or leaving it.
 
     ``create``: 0, or make it when missing: ``_CREATE_DIR`` a directory,
     ``_CREATE_FILE`` a file (missing parents are directories), never through
-    a symlink (``_skeleton.make_path_beneath``).
+    a symlink (``_skeleton.make_path_beneath``). With the default ``flags``
+    a symlink as the last component is opened itself (O_NOFOLLOW: a mount
+    then covers the link, never its target); anywhere else it is ELOOP.
     """
-    anchor, rel = _anchor_of(path)
     for _ in range(_RETRIES):
         try:
-            # O_NOFOLLOW: a symlink as the last component is opened itself (a
-            # mount then covers the link, never its target); anywhere else it is ELOOP
-            return _libc.openat2(anchor, rel, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, _BENEATH)
+            return _libc.openat2(anchor, rel, flags | os.O_CLOEXEC, _BENEATH)
         except OSError as e:
-            if e.errno == errno.EAGAIN:
+            if e.errno == errno.EAGAIN:  # a rename raced the lookup: look again
                 continue
             if e.errno != errno.ENOENT or not create:
                 raise
         _skeleton.make_path_beneath(anchor, rel, create == _CREATE_FILE)
         create = 0
-    raise OSError(errno.EAGAIN, "the path kept changing while it was resolved", path)
+    raise OSError(errno.EAGAIN, "the path kept changing while it was resolved", rel)
+
+
+def _move_onto(tree: int, path: bytes, create: int) -> None:
+    """Attach detached mount ``tree`` on container path ``path``, made if missing as ``create`` says.
+
+    A directory mount point must be one: a file or a symlink there is ENOTDIR.
+    """
+    target = _open_beneath(path, create)
+    try:
+        if create == _CREATE_DIR and (os.fstat(target).st_mode & 0o170000) != 0o040000:
+            raise OSError(errno.ENOTDIR, "mount point is not a directory (or is a symlink)", path)
+        _libc.move_mount(tree, b"", target, b"", C.MOVE_MOUNT_F_EMPTY_PATH | C.MOVE_MOUNT_T_EMPTY_PATH)
+    finally:
+        os.close(target)
+
+
+def _anchor(path: bytes, mnt: int) -> None:
+    """Attach detached mount ``mnt`` on directory ``path`` and keep it as the anchor below ``path``."""
+    try:
+        _move_onto(mnt, path, _CREATE_DIR)
+    except BaseException:
+        os.close(mnt)
+        raise
+    _ANCHORS[path] = mnt
+
+
+def _new_filesystem(fstype: bytes, options: tuple[bytes, ...], attr_flags: int) -> int:
+    """A detached mount of a new ``fstype`` (fsopen, fsconfig ``key=value`` options, fsmount)."""
+    fs = _libc.fsopen(fstype, C.FSOPEN_CLOEXEC)
+    try:
+        for option in options:
+            key, _, value = option.partition(b"=")
+            _libc.fsconfig(fs, C.FSCONFIG_SET_STRING, key, value, 0)
+        _libc.fsconfig(fs, C.FSCONFIG_CMD_CREATE, None, None, 0)
+        return _libc.fsmount(fs, C.FSMOUNT_CLOEXEC, attr_flags)
+    finally:
+        os.close(fs)
 
 
 def _parent_beneath(path: bytes) -> tuple[int, bytes]:
@@ -417,13 +458,7 @@ def _attach(tree: int, path: bytes, attr_set: int, propagation: int, recursive: 
         if attr_set:
             _libc.mount_setattr(tree, b"", C.AT_EMPTY_PATH | at_rec, attr_set, 0, 0)
         is_dir = (os.fstat(tree).st_mode & 0o170000) == 0o040000
-        target = _open_beneath(path, _CREATE_DIR if is_dir else _CREATE_FILE)
-        try:
-            if is_dir and (os.fstat(target).st_mode & 0o170000) != 0o040000:  # a file, or a link
-                raise OSError(errno.ENOTDIR, "mount point is not a directory (or is a symlink)", path)
-            _libc.move_mount(tree, b"", target, b"", C.MOVE_MOUNT_F_EMPTY_PATH | C.MOVE_MOUNT_T_EMPTY_PATH)
-        finally:
-            os.close(target)
+        _move_onto(tree, path, _CREATE_DIR if is_dir else _CREATE_FILE)
         if propagation:
             _libc.mount_setattr(tree, b"", C.AT_EMPTY_PATH | at_rec, 0, 0, propagation)
     finally:
@@ -457,45 +492,17 @@ def _mount_at(rt: Rt, path: bytes, source: bytes, fstype: bytes | None, flags: i
 
 
 def _fsmount_at(rt: Rt, path: bytes, fstype: bytes, options: tuple[bytes, ...], attr_flags: int) -> None:
-    """A new ``fstype`` (fsopen, fsconfig, fsmount) attached on container path ``path``, which it anchors.
+    """A new ``fstype`` attached on container path ``path``, which it anchors.
 
     Made detached, so the fd names this mount whatever happens to the path
     later; what goes below it (device nodes, masks) is resolved from it.
     """
-    fs = _libc.fsopen(fstype, C.FSOPEN_CLOEXEC)
-    try:
-        for option in options:
-            key, _, value = option.partition(b"=")
-            _libc.fsconfig(fs, C.FSCONFIG_SET_STRING, key, value, 0)
-        _libc.fsconfig(fs, C.FSCONFIG_CMD_CREATE, None, None, 0)
-        mnt = _libc.fsmount(fs, C.FSMOUNT_CLOEXEC, attr_flags)
-    finally:
-        os.close(fs)
-    try:
-        target = _open_beneath(path, _CREATE_DIR)
-        try:
-            _libc.move_mount(mnt, b"", target, b"", C.MOVE_MOUNT_F_EMPTY_PATH | C.MOVE_MOUNT_T_EMPTY_PATH)
-        finally:
-            os.close(target)
-    except BaseException:
-        os.close(mnt)
-        raise
-    _ANCHORS[path] = mnt
+    _anchor(path, _new_filesystem(fstype, options, attr_flags))
 
 
 def _bind_anchor(rt: Rt, path: bytes, source: bytes) -> None:
     """A recursive bind of host ``source`` on container path ``path``, which it anchors (the host's /proc)."""
-    tree = _open_source(source, C.OPEN_TREE_CLONE | C.OPEN_TREE_CLOEXEC | C.AT_RECURSIVE, 1)
-    try:
-        target = _open_beneath(path, _CREATE_DIR)
-        try:
-            _libc.move_mount(tree, b"", target, b"", C.MOVE_MOUNT_F_EMPTY_PATH | C.MOVE_MOUNT_T_EMPTY_PATH)
-        finally:
-            os.close(target)
-    except BaseException:
-        os.close(tree)
-        raise
-    _ANCHORS[path] = tree
+    _anchor(path, _open_source(source, C.OPEN_TREE_CLONE | C.OPEN_TREE_CLOEXEC | C.AT_RECURSIVE, 1))
 
 
 def _files_tmpfs(rt: Rt, size: int) -> None:
@@ -504,14 +511,8 @@ def _files_tmpfs(rt: Rt, size: int) -> None:
     Never attached itself: ``write_file_in`` writes into it through its fd,
     ``attach_file`` binds each file from it. It goes away with the container.
     """
-    fs = _libc.fsopen(b"tmpfs", C.FSOPEN_CLOEXEC)
-    try:
-        for key, value in ((b"source", b"tmpfs"), (b"mode", b"0755"), (b"size", b"%d" % size)):
-            _libc.fsconfig(fs, C.FSCONFIG_SET_STRING, key, value, 0)
-        _libc.fsconfig(fs, C.FSCONFIG_CMD_CREATE, None, None, 0)
-        _FILES.append(_libc.fsmount(fs, C.FSMOUNT_CLOEXEC, C.MOUNT_ATTR_NOSUID | C.MOUNT_ATTR_NODEV))
-    finally:
-        os.close(fs)
+    _FILES.append(_new_filesystem(b"tmpfs", (b"source=tmpfs", b"mode=0755", b"size=%d" % size),
+                                  C.MOUNT_ATTR_NOSUID | C.MOUNT_ATTR_NODEV))
 
 
 def _write_file_in(rt: Rt, path: bytes, data: bytes, mode: int) -> None:
@@ -541,19 +542,7 @@ def _write_beneath(anchor: int, rel: bytes, data: bytes, mode: int) -> None:
     lower layer) is removed first, never written through.
     """
     head, _, name = rel.rpartition(b"/")
-    head = head or b"."
-    for _ in range(_RETRIES):
-        try:
-            parent = _libc.openat2(anchor, head, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, _BENEATH)
-            break
-        except OSError as e:
-            if e.errno == errno.EAGAIN:
-                continue
-            if e.errno != errno.ENOENT:
-                raise
-        _skeleton.make_path_beneath(anchor, head, False)
-    else:
-        raise OSError(errno.EAGAIN, "the path kept changing while it was resolved", rel)
+    parent = _resolve(anchor, head or b".", _CREATE_DIR, os.O_PATH | os.O_DIRECTORY)
     try:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
@@ -576,11 +565,7 @@ def _attach_file(rt: Rt, path: bytes) -> None:
     # the files tmpfs holds only what write_file_in made: no link on the way
     tree = _libc.open_tree(_FILES[-1], path.strip(b"/"), C.OPEN_TREE_CLONE | C.OPEN_TREE_CLOEXEC)
     try:
-        target = _open_beneath(path, _CREATE_FILE)
-        try:
-            _libc.move_mount(tree, b"", target, b"", C.MOVE_MOUNT_F_EMPTY_PATH | C.MOVE_MOUNT_T_EMPTY_PATH)
-        finally:
-            os.close(target)
+        _move_onto(tree, path, _CREATE_FILE)
     finally:
         os.close(tree)
 
