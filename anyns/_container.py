@@ -424,6 +424,7 @@ class Container(metaclass=NoPublicConstructor):
         if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 0:
             raise ValueError(f"read_file: max_size must be a number of bytes >= 0, got {max_size!r}")
         where = os.fspath(path)
+        await trio.lowlevel.checkpoint_if_cancelled()  # a cancelled caller gets Cancelled, not "has exited"
         root = self._open_root("read_file")
         try:
             data: bytes = await trio.to_thread.run_sync(_files.as_program, self._program_credentials(),
@@ -456,6 +457,7 @@ class Container(metaclass=NoPublicConstructor):
         if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o7777:
             raise ValueError(f"write_file: mode must be permission bits (0 to 0o7777), got {mode!r}")
         where = os.fspath(path)
+        await trio.lowlevel.checkpoint_if_cancelled()  # a cancelled caller gets Cancelled, not "has exited"
         root = self._open_root("write_file")
         try:
             await trio.to_thread.run_sync(_files.as_program, self._program_credentials(), _files.write, root, where,

@@ -632,6 +632,9 @@ class Supervisor(metaclass=NoPublicConstructor):
         except TypeError as e:
             raise SpecError(f"exec: {e}") from None
         if container.returncode is not None or container._pidfd < 0:
+            # Gone because the caller's own scope was cancelled (it ended the container): that
+            # caller gets Cancelled, as from any trio call, not an error about the container.
+            await trio.lowlevel.checkpoint_if_cancelled()
             raise _exited(container, "setns")
         # Its own namespaces and those it joined: every one it lives in apart from ours.
         flags = container.spec.namespaces
@@ -680,6 +683,7 @@ class Supervisor(metaclass=NoPublicConstructor):
             if e.errno in (errno.ENOMEM, errno.ESRCH) and _has_exited(container):
                 # clone3 (or, rootless, a fork) into a pid namespace whose init is
                 # gone; setns into a reaped process, or into a dead one's namespaces
+                await trio.lowlevel.checkpoint_if_cancelled()
                 error = _exited(container, e.syscall)
                 raise error from error.__cause__
             raise

@@ -297,3 +297,23 @@ async def test_exec_env_and_cwd(sup: anyns.Supervisor, monkeypatch: pytest.Monke
             await box.exec(["pwd"], cwd="/no/such/dir")
         assert isinstance(err.value.__cause__, FileNotFoundError)
         box.kill()
+
+
+async def test_exec_after_own_scope_ended_the_container_is_cancelled(sup: anyns.Supervisor) -> None:
+    """The caller's scope is cancelled and its container reaped before the exec runs: the exec
+    raises Cancelled, as any trio call in a cancelled scope does, not "has exited" (a soak found
+    the error escaping a scope that had already been cancelled)."""
+    with trio.CancelScope() as scope:
+        async with trio.open_nursery() as nursery:
+            box = await nursery.start(partial(sup.run, sleeper(), check=False))
+            box.kill()
+            await box.wait()
+            scope.cancel()
+            await box.exec(["true"])
+            raise AssertionError("exec returned in a cancelled scope")  # pragma: no cover
+    assert scope.cancelled_caught
+    assert box.returncode == -9
+    with trio.CancelScope() as scope2:
+        scope2.cancel()
+        await box.read_file("/etc/hostname")
+    assert scope2.cancelled_caught
