@@ -22,6 +22,7 @@ import errno as _errno
 import os
 import subprocess
 from collections.abc import Sequence
+from typing import Self
 
 __all__ = [
     "AnynsError",
@@ -104,6 +105,52 @@ class SetupError(AnynsError):
             type(self),
             (self.step, self.syscall, self.path, self.errno, self.strerror, self.hint),
         )
+
+    # The ways to make one: each sets ``__cause__`` to the matching OSError
+    # (FileNotFoundError for ENOENT …), so ``raise SetupError.from_errno(...)``
+    # is the whole of it; ``hint`` left out is ``diagnose()``'s.
+
+    @classmethod
+    def from_errno(cls, step: str, syscall: str, errno: int, path: str | None = None, hint: str | None = None,
+                   message: str | None = None) -> Self:
+        """A setup error for ``syscall`` failing with ``errno`` (0: not a syscall error, no cause).
+
+        ``message`` defaults to ``os.strerror(errno)``; ``hint`` to what
+        ``diagnose()`` advises for it. Makes an instance of ``cls`` as called:
+        ``SetupError.from_errno`` a ``SetupError`` whatever the step.
+        """
+        text = message or (os.strerror(errno) if errno else "error")
+        if hint is None:
+            hint = diagnose(step, syscall, errno, path)
+        error = cls(step, syscall, path, errno, text, hint)
+        if errno:
+            error.__cause__ = oserror(errno, text, path)
+        return error
+
+    @classmethod
+    def from_oserror(cls, step: str, syscall: str, exc: OSError, path: str | None = None,
+                     hint: str | None = None) -> Self:
+        """A setup error for ``exc``, raised by ``syscall`` here in the supervisor; ``exc`` is its cause.
+
+        ``path`` defaults to the exception's ``filename``.
+        """
+        if path is None and isinstance(exc.filename, str):
+            path = exc.filename
+        err = exc.errno or 0
+        error = cls(step, syscall, path, err, exc.strerror or str(exc),
+                    hint if hint is not None else diagnose(step, syscall, err, path))
+        error.__cause__ = exc
+        return error
+
+    @staticmethod
+    def from_record(step: str, syscall: str, path: str | None, errno: int, message: str) -> SetupError:
+        """The error a child, the init or the zygote reported in a failure record (``_protocol``).
+
+        The one place the subclass is chosen: a failure of step ``"exec"`` is
+        an ``ExecError`` (the program could not be executed).
+        """
+        kind = ExecError if step == "exec" else SetupError
+        return kind.from_errno(step, syscall, errno, path, message=message)
 
 
 class ExecError(SetupError):
