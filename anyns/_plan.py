@@ -87,7 +87,7 @@ The order (each line a step)::
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Final
 
 import attrs
@@ -234,6 +234,28 @@ class Plan:
     def channel_is_socket(self) -> bool:
         """The error channel carries fds (a terminal, namespace files): a SEQPACKET socket, not a pipe."""
         return self.tty or bool(self.sent_namespaces)
+
+    def extra_fds(self, by_kind: Mapping[str, Sequence[int]]) -> list[int]:
+        """The extra fds of one spawn request, in ``extra_kinds`` order: the one place that order is known.
+
+        ``by_kind[kind]`` holds the fds of that kind, each taken in turn: one
+        for a joined kind (``"net"`` …), ``"container"``, ``"go"`` and
+        ``"status"``; for ``"cgroup"`` the leaf's fds as ``Leaf.open_fds``
+        gives them (the v2 directory, then each v1 ``cgroup.procs``), from
+        which the ``"cgroup1"`` kinds take theirs too. Kinds the plan lacks
+        are ignored.
+
+        Raises:
+            ValueError: a kind of the plan with no fd (left) for it.
+        """
+        taken = {kind: iter(fds) for kind, fds in by_kind.items()}
+        out = []
+        for kind in self.extra_kinds:
+            fd = next(taken.get("cgroup" if kind == "cgroup1" else kind, iter(())), None)
+            if fd is None:
+                raise ValueError(f"the plan's extra fd {kind!r} was not given")
+            out.append(fd)
+        return out
 
     def to_wire(self) -> dict[str, object]:
         """The JSON-able form the zygote receives (see ``_protocol``)."""
