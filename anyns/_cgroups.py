@@ -45,12 +45,14 @@ import _thread
 import contextlib
 import errno
 import os
+import stat
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from ._spec import Limits
+    from ._errors import SetupError
+    from ._spec import ContainerSpec, Limits
 
 #: the controllers a leaf uses where the host has them
 CONTROLLERS = ("memory", "pids", "cpu")
@@ -298,6 +300,20 @@ class CgroupWriteError(Exception):
         self.path = path
         self.error = error
 
+    def setup_error(self) -> SetupError:
+        """The SetupError (step "cgroup") the supervisor raises for it, with the likely host cause."""
+        from ._errors import SetupError  # host half only: the zygote never gets here
+
+        err = self.error.errno or 0
+        hint = None
+        if err in (errno.EACCES, errno.EPERM, errno.EROFS):
+            hint = "cgroups need root, or a delegated cgroup (open_supervisor(cgroup_parent=...))"
+        elif err == errno.EINVAL:
+            hint = "the kernel refused the value: check the Limits"
+        elif err == errno.EBUSY and self.path.endswith("memory.limit_in_bytes"):
+            hint = "the memory in use is already above the limit"
+        return SetupError.from_oserror("cgroup", self.syscall, self.error, self.path, hint)
+
 
 class Leaf:
     """The cgroup of one container: a directory in each hierarchy used.
@@ -305,11 +321,11 @@ class Leaf:
     Attributes:
         v2: its v2 directory, or None.
         v1: ``(hierarchy, directory)`` for each v1 hierarchy.
-        limits: what it was made with.
+        limits: what it was made with (None: no limits, only the cgroup).
         users: the container and each process exec'd into it; removed at 0.
     """
 
-    def __init__(self, v2: str | None, v1: list[tuple[Hierarchy, str]], limits: Limits,
+    def __init__(self, v2: str | None, v1: list[tuple[Hierarchy, str]], limits: Limits | None,
                  v2_controllers: frozenset[str] = frozenset()) -> None:
         self.v2 = v2
         self.v1 = v1
@@ -494,9 +510,9 @@ class Cgroups:
             return "v1"
         return None
 
-    def create(self, limits: Limits, purpose: str = "limits",
+    def create(self, limits: Limits | None, purpose: str = "limits",
                devices: tuple[tuple[str, int, int, str], ...] = ()) -> Leaf:
-        """A new leaf with ``limits`` written and devices denied but ``DEVICE_RULES`` and ``devices``.
+        """A new leaf with ``limits`` (if any) written and devices denied but ``DEVICE_RULES`` and ``devices``.
 
         ``purpose`` opens the message of an ``Unavailable``.
 
@@ -508,11 +524,12 @@ class Cgroups:
             raise Unavailable(f"{purpose}: no cgroup hierarchy is mounted here (/sys/fs/cgroup)",
                               "mount cgroup2 on /sys/fs/cgroup")
         parents = self._ensure_parents(purpose)
-        for controller, value in (("memory", limits.memory), ("pids", limits.pids), ("cpu", limits.cpu)):
+        for controller, value in (("memory", limits.memory), ("pids", limits.pids),
+                                  ("cpu", limits.cpu)) if limits is not None else ():
             if value is not None and self._home(controller) is None:
                 raise Unavailable(f"limits.{controller}: this host has no {controller} cgroup controller "
                                   "that anyns can use", self._v2_refused)
-        if limits.cpu_time is not None and self.v2 is None and self._home("cpuacct") is None:
+        if limits is not None and limits.cpu_time is not None and self.v2 is None and self._home("cpuacct") is None:
             # cpu.stat is a core file of every v2 cgroup; v1 counts CPU in cpuacct
             raise Unavailable("limits.cpu_time: this host has no CPU accounting for a cgroup "
                               "(cgroup v2's cpu.stat or the v1 cpuacct controller)")
@@ -534,7 +551,8 @@ class Cgroups:
                 made.append(d)
                 v1_dirs.append((hierarchy, d))
             leaf = Leaf(v2_dir, v1_dirs, limits, self._v2_enabled)
-            _write_limits(leaf, limits)
+            if limits is not None:
+                _write_limits(leaf, limits)
             self._restrict_devices(leaf, DEVICE_RULES + devices)
         except BaseException:
             for d in reversed(made):
@@ -811,3 +829,107 @@ def describe(hierarchies: Iterable[Hierarchy]) -> str:
         names = ",".join(sorted(h.controllers)) or "core files only"
         parts.append(f"{'v2' if h.v2 else 'v1'} {names} at {h.own}")
     return "; ".join(parts) or "none"
+
+
+# --------------------------------------------------------------------------- the supervisor's policy
+#
+# Which containers get a leaf and with what, as the supervisor asks it (the
+# async parts, such as waiting for a busy leaf to empty, stay in the
+# supervisor). These raise the anyns errors; ``_errors`` and the spec are
+# imported where used, the zygote never gets here.
+
+#: what an UnsupportedError names when a container without a pid namespace of its own can have no cgroup
+NO_PID_PURPOSE = (
+    "namespaces without PID (such a container's processes are tracked and killed through a cgroup of its own)"
+)
+
+
+def open_for_supervisor(parent: str | None) -> Cgroups | None:
+    """A supervisor's cgroups (made on first use), after removing what dead supervisors left; None without any.
+
+    Raises:
+        UnsupportedError: ``parent`` is not a directory of the v2 hierarchy.
+    """
+    from ._errors import UnsupportedError
+
+    try:
+        v2, v1 = probe()
+    except OSError:
+        return None
+    if parent is not None and (
+        v2 is None or not os.path.isdir(parent)
+        or not (os.path.realpath(parent) + "/").startswith(v2.mount.rstrip("/") + "/")
+    ):
+        where = v2.mount if v2 is not None else "a cgroup v2 hierarchy"
+        raise UnsupportedError(f"open_supervisor: cgroup_parent {parent!r} is not a directory in {where}")
+    cgroups = Cgroups(v2, v1, parent)
+    cgroups.collect_leftovers()
+    return cgroups
+
+
+def bound_devices(spec: ContainerSpec) -> tuple[tuple[str, int, int, str], ...]:
+    """Device nodes the spec binds itself with ``nodev=False``: its cgroup lets them open (read-only binds: read).
+
+    A ``Tmpfs`` has no ``nodev`` field: it binds nothing.
+    """
+    rules = []
+    for mount in spec.mounts:
+        if getattr(mount, "nodev", True):
+            continue
+        source, readonly = mount.source, mount.readonly  # type: ignore[union-attr]  # a Bind: only it has nodev
+        try:
+            info = os.stat(source)
+        except OSError:
+            continue  # the spawn names a missing source
+        if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode):
+            kind = "c" if stat.S_ISCHR(info.st_mode) else "b"
+            rules.append((kind, os.major(info.st_rdev), os.minor(info.st_rdev), "r" if readonly else "rw"))
+    return tuple(rules)
+
+
+def leaf_for(cgroups: Cgroups | None, spec: ContainerSpec) -> Leaf:
+    """The new leaf of a container that needs one (``_spec.needs_cgroup``): its limits, its devices.
+
+    With ``limits``, and (a root supervisor) for every container without a
+    pid namespace of its own: its cgroup is then what kills the processes it
+    leaves behind when its program exits.
+
+    Raises:
+        UnsupportedError: a limit this host cannot enforce, or no cgroups here.
+        SetupError: the kernel refused a limit (step "cgroup").
+    """
+    from ._errors import UnsupportedError
+
+    purpose = "limits" if spec.limits is not None else NO_PID_PURPOSE
+    if cgroups is None:
+        raise UnsupportedError(f"{purpose}: no cgroup hierarchy could be read here (/proc/self/cgroup)")
+    try:
+        return cgroups.create(spec.limits, purpose, bound_devices(spec))
+    except Unavailable as e:
+        raise UnsupportedError(str(e) + (f" (hint: {e.hint})" if e.hint else "")) from e.__cause__
+    except CgroupWriteError as e:
+        raise e.setup_error() from e.error
+
+
+def spawn_fds(leaf: Leaf) -> list[int]:
+    """``leaf.open_fds()``, a failure as the SetupError (step "cgroup") the spawn raises."""
+    try:
+        return leaf.open_fds()
+    except CgroupWriteError as e:
+        raise e.setup_error() from e.error
+
+
+#: Limits.cpu_time: the CPUs this process may use (how fast a container can spend its budget), and
+#: the bounds of the interval its cgroup's usage is polled at
+_CPUS = max(1, len(os.sched_getaffinity(0)))
+_MIN_POLL = 0.01
+_MAX_POLL = 0.1
+
+
+def cpu_time_poll(budget: float, used: float) -> float:
+    """Seconds until a CPU budget is checked again, ``used`` of ``budget`` being spent.
+
+    Scaled to what is left, so that all the CPUs busy at once overshoot it by
+    at most about half of that: every 100 ms at most, every 10 ms at least.
+    """
+    return min(max((budget - used) / (2 * _CPUS), _MIN_POLL), _MAX_POLL)

@@ -25,8 +25,13 @@ syscall libseccomp knows (allowed, or refused with the errno), and
 libseccomp's binary tree over syscall numbers (1,821 instructions for
 x86_64 + x86 + x32 with the default capabilities, ~0.25 ms to install; the
 kernel walks it for every syscall number when it caches the allowed ones,
-and as a plain list that took ~0.8 ms). Child half: the ``*_in_child`` functions, a few syscalls
-each, with the ctypes arguments prepared once per plan (``prepare_*``).
+and as a plain list that took ~0.8 ms). The filters compiled, one per
+policy (``seccomp_policy``, the key), are cached for the process
+(``compile_seccomp``; the supervisor calls it in a worker thread, once per
+policy however many spawns wait for it), and ``with_seccomp_bpf`` rewrites a
+plan's ``seccomp`` op into the ``seccomp_bpf`` op the child installs.
+Child half: the ``*_in_child`` functions, a few syscalls each, with the
+ctypes arguments prepared once per plan (``prepare_*``).
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ from ._sys import _libc
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterable
+
+    from ._plan import Op
 
 _PR_CAPBSET_DROP = 24
 _PR_SET_NO_NEW_PRIVS = 38
@@ -87,6 +94,67 @@ def seccomp_bpf(capabilities: Iterable[str], allow: Iterable[str] = (), deny: It
             for action, conditions in rules.rules_for(name):
                 f.rule(action, name, *conditions, optional=action != P.ACT_ALLOW)  # refused either way
         return f.export_bpf()
+
+
+#: a plan's seccomp policy: (deny, errno, capabilities, allow), the key of the compiled filters
+SeccompPolicy = tuple[tuple[str, ...], int, tuple[str, ...], tuple[str, ...]]
+#: policy -> its filter as hex; shared by every supervisor of the process, the oldest forgotten past _MAX_SECCOMP
+_SECCOMP_HEX: dict[SeccompPolicy, str] = {}
+_MAX_SECCOMP = 64
+
+
+def seccomp_policy(ops: Iterable[Op]) -> SeccompPolicy | None:
+    """The policy of a plan's uncompiled ``seccomp`` op, as the filter cache's key; None without one."""
+    for _step, call, _path, args in ops:
+        if call == "seccomp":
+            deny, err, caps, allow = args
+            assert isinstance(deny, tuple) and isinstance(err, int) and isinstance(caps, tuple)
+            assert isinstance(allow, tuple)
+            return (tuple(str(d) for d in deny), err, tuple(str(c) for c in caps), tuple(str(a) for a in allow))
+    return None
+
+
+def seccomp_compiled(policy: SeccompPolicy) -> bool:
+    """Whether ``policy``'s filter is in the cache (else ``compile_seccomp`` it first, in a worker thread)."""
+    return policy in _SECCOMP_HEX
+
+
+def compile_seccomp(policy: SeccompPolicy) -> str:
+    """Compile ``policy``'s filter into the cache and return it as hex; blocking (tens of ms).
+
+    Raises:
+        UnsupportedError: libseccomp is missing or refused a rule.
+    """
+    from ._errors import UnsupportedError  # host half only
+
+    deny, err, capabilities, allow = policy
+    try:
+        hexed = seccomp_bpf(capabilities, allow, deny, err).hex()
+    except OSError as e:
+        raise UnsupportedError(
+            f"seccomp: the filter could not be built: {e} (hint: install libseccomp2, "
+            "or pass seccomp=None to run without a filter)") from e
+    if len(_SECCOMP_HEX) >= _MAX_SECCOMP:
+        del _SECCOMP_HEX[next(iter(_SECCOMP_HEX))]
+    _SECCOMP_HEX[policy] = hexed
+    return hexed
+
+
+def with_seccomp_bpf(ops: tuple[Op, ...]
+                     ) -> tuple[Op, ...]:
+    """``ops`` with the ``seccomp`` policy op rewritten to ``seccomp_bpf`` (its compiled filter, as hex).
+
+    The child only installs it. A policy not in the cache (evicted meanwhile
+    by 64 others) is compiled here, once.
+    """
+    policy = seccomp_policy(ops)
+    if policy is None:
+        return ops
+    bpf = _SECCOMP_HEX.get(policy)
+    if bpf is None:
+        bpf = compile_seccomp(policy)
+    return tuple((step, "seccomp_bpf", path, (bpf,)) if call == "seccomp" else (step, call, path, args)
+                 for step, call, path, args in ops)
 
 
 # --------------------------------------------------------------------------- child half

@@ -160,3 +160,36 @@ def test_max_containers_must_be_a_positive_int(value: object) -> None:
         check_max_containers(value)
     check_max_containers(None)
     check_max_containers(1)
+
+
+def test_from_errno_causes_the_matching_oserror_and_diagnoses() -> None:
+    """SetupError.from_errno: the strerror by default, diagnose()'s hint unless given, the OSError subclass as cause."""
+    err = anyns.SetupError.from_errno("mounts", "mount", errno.ENOENT, "/m")
+    assert type(err) is anyns.SetupError
+    assert (err.step, err.syscall, err.path, err.errno) == ("mounts", "mount", "/m", errno.ENOENT)
+    assert err.strerror == "No such file or directory"
+    assert err.hint == _errors.diagnose("mounts", "mount", errno.ENOENT, "/m")
+    assert type(err.__cause__) is FileNotFoundError and err.__cause__.filename == "/m"
+    gone = anyns.SetupError.from_errno("exec", "setns", errno.ESRCH, hint="container pid 7 has exited")
+    assert type(gone) is anyns.SetupError and type(gone.__cause__) is ProcessLookupError
+    assert gone.hint == "container pid 7 has exited"
+    assert anyns.SetupError.from_errno("protocol", "recvmsg", 0, message="bad").__cause__ is None
+
+
+def test_from_oserror_keeps_the_exception_as_its_cause() -> None:
+    """SetupError.from_oserror: the fields of the OSError (its filename unless a path is given), itself as cause."""
+    try:
+        open("/nonexistent/anyns-test")  # noqa: SIM115
+    except OSError as e:
+        err = anyns.SetupError.from_oserror("userns", "write", e)
+        assert err.__cause__ is e and err.path == "/nonexistent/anyns-test" and err.errno == errno.ENOENT
+        assert anyns.SetupError.from_oserror("cgroup", "open", e, "/x", "a hint").path == "/x"
+
+
+@pytest.mark.parametrize(("step", "cls"), [("exec", anyns.ExecError), ("mounts", anyns.SetupError),
+                                           ("clone", anyns.SetupError)])
+def test_from_record_is_where_an_exec_failure_becomes_an_exec_error(step: str, cls: type) -> None:
+    """A failure record of step "exec" is an ExecError, any other a SetupError; both caused by the OSError."""
+    err = anyns.SetupError.from_record(step, "execve", "/bin/x", errno.EACCES, "Permission denied")
+    assert type(err) is cls
+    assert isinstance(err.__cause__, PermissionError)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import attrs
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from strategies import specs
@@ -222,3 +223,14 @@ def test_init_spawns_the_program_and_reports_on_the_last_extra_fd(spec: anyns.Co
     assert plan.ops[:-1] == bare.ops[:-1]
     assert plan.ops[-1] == ("exec", "spawn_with_init", spec.argv[0],
                            (len(plan.extra_kinds) - 1, *bare.ops[-1][3]))
+
+
+def test_extra_fds_follow_the_plans_kinds() -> None:
+    """Plan.extra_fds puts each kind's fds where extra_kinds has them; the v1 cgroup kinds draw on "cgroup"."""
+    from anyns._plan import Plan
+
+    plan = Plan(clone_flags=0, ops=(), extra_kinds=("net", "cgroup", "cgroup1", "cgroup1", "go", "status"))
+    assert plan.extra_fds({"status": [9], "go": [8], "cgroup": [5, 6, 7], "net": [4], "pid": [3]}) == [
+        4, 5, 6, 7, 8, 9]
+    with pytest.raises(ValueError, match="'go'"):
+        plan.extra_fds({"net": [4], "cgroup": [5, 6, 7], "status": [9]})
