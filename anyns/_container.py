@@ -30,24 +30,21 @@ from ._errors import AnynsError, SetupError, SpecError, UnsupportedError
 from ._namespaces import persist_from_host, release_from_host
 from ._security import capability_numbers
 from ._spec import KIND_FLAGS, user_namespace_map
-from ._stdio import Io
+from ._stdio import StdioOptions
 from ._sys import _libc
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from ._network import Attachment
     from ._spec import ContainerSpec
     from ._stdio import StdinArg, StdoutArg
-    from ._supervisor import Supervisor
 
 __all__ = ["CompletedContainer", "Container", "ContainerStats", "NamespaceId", "PersistedNamespace", "namespaces_of",
            "persist_namespace"]
 
 #: the namespace kinds of /proc/PID/ns, in the names the kernel uses there
 NAMESPACE_KINDS: Final = ("cgroup", "ipc", "mnt", "net", "pid", "time", "user", "uts")
-#: Limits.cpu_time: the CPUs this process may use (how fast a container can spend its budget), and
-#: the bounds of the interval its cgroup's usage is polled at
-_CPUS: Final = max(1, len(os.sched_getaffinity(0)))
-_MIN_POLL: Final = 0.01
-_MAX_POLL: Final = 0.1
 
 
 class NoPublicConstructor(type):
@@ -166,14 +163,13 @@ def persist_namespace(source: int | str | os.PathLike[str], kind: str, path: str
     try:
         created = persist_from_host(src, where)
     except OSError as e:
-        raise SetupError("persist", "mount", src, e.errno or 0, e.strerror or str(e),
-                         "the source must be a namespace file such as /proc/PID/ns/net") from e
+        raise SetupError.from_oserror("persist", "mount", e, src,
+                                      "the source must be a namespace file such as /proc/PID/ns/net") from e
     try:
         ns_id = _nsfs_name(where, kind)
     except OSError as e:
         release_from_host(where, created)
-        raise SetupError("persist", "ioctl", src, e.errno or 0, e.strerror or str(e),
-                         f"{src!r} is not a {kind} namespace file") from e
+        raise SetupError.from_oserror("persist", "ioctl", e, src, f"{src!r} is not a {kind} namespace file") from e
     kept: PersistedNamespace = PersistedNamespace._create(kind, where, ns_id, created)
     return kept
 
@@ -261,9 +257,68 @@ class CompletedContainer(subprocess.CompletedProcess[bytes]):
         return f"<anyns.CompletedContainer {self.args!r} pid={self.pid} returncode={self.returncode}{oom}{over}>"
 
 
+@attrs.frozen(eq=False)
+class ContainerHooks:
+    """What a container asks of the supervisor that made it; one per supervisor, shared by its containers.
+
+    The container holds these callables, not the supervisor: it calls
+    nothing of the supervisor's but them.
+
+    Attributes:
+        rootless: the supervisor is unprivileged (its containers' files are reached as its own user).
+        exec: ``Container.exec``'s work: a new process in the container's namespaces.
+        keep: remember a namespace kept with ``keep_namespace``, released when the supervisor closes.
+        detach_network: undo a container's place on a bridge (its veth, its address).
+        release_leaf: one user fewer of a cgroup leaf; the last removes it.
+        forget: the container is reaped and unwired: the supervisor stops tracking it.
+    """
+
+    rootless: bool
+    exec: Callable[[Container, Sequence[str], Mapping[str, str] | None, str | None, StdioOptions,
+                    trio.TaskStatus[Container]], Awaitable[CompletedContainer]]
+    keep: Callable[[PersistedNamespace], None]
+    detach_network: Callable[[Attachment], Awaitable[None]]
+    release_leaf: Callable[[_cgroups.Leaf], Awaitable[None]]
+    forget: Callable[[Container], None]
+
+
+@attrs.frozen(eq=False)
+class ContainerResources:
+    """What a container owns from its clone on: ``Container._create(resources)`` makes it from them.
+
+    Attributes:
+        spec: the spec it runs (an exec: the container's, with its argv).
+        pid: its first process, as the host sees it.
+        pidfd: that process's pidfd, from the zygote (the container closes it once reaped).
+        hooks: its supervisor's ``ContainerHooks``.
+        ns_pid: its pid in its own pid namespace, if known at the clone (1 for one born with its own).
+        leaf: its cgroup, one use of which it releases (an exec shares its container's).
+        shares_cgroup: ``leaf`` is its container's (an exec): no budget, statistics or freezer of its own.
+        status_fd: with an init, its end of the channel the init reports the program's status on.
+        holds: the init holds the container after its program's end, until the status channel is closed.
+        collect: the paths to read then (``run(collect=...)``).
+    """
+
+    spec: ContainerSpec
+    pid: int
+    pidfd: int
+    hooks: ContainerHooks
+    ns_pid: int | None = None
+    leaf: _cgroups.Leaf | None = None
+    shares_cgroup: bool = False
+    status_fd: int | None = None
+    holds: bool = False
+    collect: tuple[str, ...] = ()
+
+
 @final
 class Container(metaclass=NoPublicConstructor):
     """A running (or finished) container; returned by ``nursery.start(sup.run, spec)``.
+
+    Made complete from its ``ContainerResources`` right after its clone
+    (``Container._create(resources)``); what arrives later comes through
+    ``_wired`` (its place on a bridge) and ``_adopt_sent_fds`` (what its child
+    sent), and ``_release`` is the one place it lets go of all of it.
 
     Attributes:
         spec: the spec it was made from.
@@ -276,53 +331,55 @@ class Container(metaclass=NoPublicConstructor):
             ``eth0``; empty otherwise.
     """
 
-    def __init__(self, spec: ContainerSpec, pid: int, pidfd: int, supervisor: Supervisor,
-                 ns_pid: int | None = None) -> None:
-        self.spec = spec
-        self._supervisor = supervisor
-        self.pid = pid
+    def __init__(self, resources: ContainerResources) -> None:
+        self.spec = resources.spec
+        self._hooks = resources.hooks
+        self.pid = resources.pid
         self.returncode: int | None = None
         self.stdin: trio.abc.SendStream | None = None
         self.stdout: trio.abc.ReceiveStream | None = None
         self.stderr: trio.abc.ReceiveStream | None = None
-        self._pidfd = pidfd
+        #: None once closed (after the reap)
+        self._pidfd: int | None = resources.pidfd
         #: set once it has been reaped *and* everything anyns set up for it is
         #: undone (its veth, its address): what wait() and the supervisor wait for
         self._finished = trio.Event()
-        self._ns_pid: int | None = ns_pid
+        self._ns_pid: int | None = resources.ns_pid
         #: with ContainerSpec(tty=True) and nursery.start: the terminal's master end
         self.tty: trio.abc.Stream | None = None
-        self._tty_fd = -1
+        #: the terminal's master end its child sent, until it is handed out or served
+        self._tty_fd: int | None = None
         #: what this container got on a Bridge: its eth0 address (empty otherwise)
         self.addresses: tuple[ipaddress.IPv4Interface, ...] = ()
-        #: (bridge, host end, address) while wired, for the supervisor to undo
-        self._network: tuple[Any, str, ipaddress.IPv4Interface] | None = None
+        #: its place on a bridge while wired, for ``_release`` to undo
+        self._network: Attachment | None = None
         self._namespaces: Mapping[str, NamespaceId] | None = None
         #: a rootless container's namespace files by kind, sent by its child
         #: (Plan.sent_namespaces): exec enters through them, ``namespaces``
         #: reads them; its init is not dumpable, so /proc/PID/ns is closed to us
         self._ns_fds: dict[str, int] = {}
         #: its cgroup (ContainerSpec.limits), shared with processes exec'd into it
-        self._leaf: _cgroups.Leaf | None = None
+        self._leaf: _cgroups.Leaf | None = resources.leaf
         self._started_at = time.monotonic()
         self._ended_at: float | None = None
         #: (user s, system s, max RSS bytes) from waitid's rusage
         self._usage: tuple[float, float, int] = (0.0, 0.0, 0)
         #: its cgroup's figures when it was reaped (read before the cgroup is removed)
         self._final: dict[str, float | int | None] | None = None
-        #: with an init: the pipe the init reports the program's status on
-        self._status_fd = -1
+        #: with an init: the channel the init reports the program's status on (None once closed)
+        self._status_fd: int | None = resources.status_fd
         #: an exec'd process shares its container's cgroup: OOM kills before it
         #: started are not its own, and the cgroup's figures are the container's
-        self._oom_base = 0
-        self._shares_cgroup = False
+        self._shares_cgroup = resources.shares_cgroup and resources.leaf is not None
+        self._oom_base = int(_cgroups.statistics(resources.leaf).get("oom_kills") or 0) \
+            if self._shares_cgroup and resources.leaf is not None else 0
         #: rootless: an O_PATH fd of its root, sent by its child after the pivot (``read_file``)
-        self._root_fd = -1
+        self._root_fd: int | None = None
         #: run(collect=...): the init holds the container after the program's end
         #: (``hold_with_init``), its status channel a socket whose close releases it
-        self._holds = False
+        self._holds = resources.holds
         #: the paths to read then (emptied when the run is abandoned), and what was read
-        self._collect: tuple[str, ...] = ()
+        self._collect: tuple[str, ...] = resources.collect
         self._files: dict[str, bytes] = {}
         #: why a collected file could not be read (too large, not a regular file …), raised by run
         self._collect_error: AnynsError | None = None
@@ -356,6 +413,13 @@ class Container(metaclass=NoPublicConstructor):
                 self._ns_pid = self.pid
         return self._ns_pid
 
+    # ---- what the supervisor gives it after the clone, and the one place it lets go
+
+    def _wired(self, attachment: Attachment) -> None:
+        """Its eth0 on a bridge is up: ``_release`` detaches it."""
+        self._network = attachment
+        self.addresses = (attachment.address,)
+
     def _adopt_sent_fds(self, tty: list[int], kinds: tuple[str, ...], namespaces: list[int],
                         root: list[int] | None = None) -> None:
         """Keep what the child sent on its error channel: a terminal's master end, its namespace files, its root."""
@@ -373,13 +437,63 @@ class Container(metaclass=NoPublicConstructor):
             return
         self._ns_fds = dict(zip(kinds, namespaces, strict=True))
 
-    def _close_namespace_fds(self) -> None:
-        fds, self._ns_fds = self._ns_fds, {}
-        for fd in fds.values():
-            os.close(fd)
-        if self._root_fd >= 0:
-            os.close(self._root_fd)
-            self._root_fd = -1
+    def _take_tty_fd(self) -> int | None:
+        """The terminal's master end its child sent, now the caller's to close; None without one."""
+        fd, self._tty_fd = self._tty_fd, None
+        return fd
+
+    def _dup_pidfd(self) -> int:
+        """A duplicate of its pidfd for the caller to close: its own may be closed meanwhile (reaped).
+
+        Raises:
+            ProcessLookupError: it has been reaped.
+        """
+        if self._pidfd is None:
+            raise ProcessLookupError(errno.ESRCH, f"container pid {self.pid} has been reaped")
+        return os.dup(self._pidfd)
+
+    def _process_exited(self) -> bool:
+        """Whether its first process has exited (its pidfd is readable), reaped or not."""
+        return self.returncode is not None or self._pidfd is None or _has_exited(self._pidfd)
+
+    async def _release(self) -> None:
+        """Kill and reap it unless it already was, then undo everything set up for it; shielded, so always completes.
+
+        The one place a container lets go of what it owns: its process (given
+        ``spec.stop_grace`` on SIGTERM first, when cancelled or failed while it
+        runs), its place on a bridge, its use of its cgroup, the fds its child
+        sent; then its supervisor forgets it and ``wait()`` returns.
+        """
+        try:
+            with trio.CancelScope(shield=True):
+                if self.returncode is None:
+                    self._collect = ()  # an abandoned run: its files are for nobody
+                if self.returncode is None and self.spec.stop_grace > 0:
+                    self.terminate()
+                    with trio.move_on_after(self.spec.stop_grace):
+                        await self._wait_and_reap()
+                if self.returncode is None:
+                    self.kill()
+                    await self._wait_and_reap()
+                network, self._network = self._network, None
+                if network is not None:
+                    # Now, not when the kernel gets round to it: "no veth left" holds when run returns.
+                    await self._hooks.detach_network(network)
+                leaf, self._leaf = self._leaf, None
+                if leaf is not None:
+                    await self._hooks.release_leaf(leaf)
+        finally:
+            tty = self._take_tty_fd()  # a terminal nobody took (its program failed to start)
+            if tty is not None:
+                os.close(tty)
+            fds, self._ns_fds = self._ns_fds, {}
+            for fd in fds.values():
+                os.close(fd)
+            root, self._root_fd = self._root_fd, None
+            if root is not None:
+                os.close(root)
+            self._hooks.forget(self)
+            self._finished.set()
 
     @property
     def namespaces(self) -> Mapping[str, NamespaceId]:
@@ -475,11 +589,11 @@ class Container(metaclass=NoPublicConstructor):
         has no root: ENOENT); the pidfd is checked afterwards all the same.
         Rootless, a duplicate of the fd its child sent.
         """
-        if self.returncode is not None or self._pidfd < 0:
+        if self.returncode is not None or self._pidfd is None:
             raise AnynsError(f"{operation}: container pid {self.pid} has exited")
-        if self._root_fd >= 0:
+        if self._root_fd is not None:
             return os.dup(self._root_fd)
-        if self._ns_fds or self._supervisor._rootless:
+        if self._ns_fds or self._hooks.rootless:
             raise UnsupportedError(f"{operation}: container pid {self.pid} sent no root to reach its files by")
         try:
             root = os.open(f"/proc/{self.pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -499,7 +613,7 @@ class Container(metaclass=NoPublicConstructor):
         supervisor: it can take no other ids, and its own are the container
         root's already (a ``user=`` inside then reads and writes as root inside).
         """
-        if self._supervisor._rootless:
+        if self._hooks.rootless:
             return None
         user = self.spec.user
         uid, gid, groups = (user.uid, user.gid, user.groups) if user is not None else (0, 0, ())
@@ -518,10 +632,12 @@ class Container(metaclass=NoPublicConstructor):
         Cancelled before the report, nothing is released: whoever kills the
         container later reaps it (``_reap`` reads the report then).
         """
+        status = self._status_fd
+        assert status is not None
         while True:
-            await trio.lowlevel.wait_readable(self._status_fd)
+            await trio.lowlevel.wait_readable(status)
             try:
-                report = os.read(self._status_fd, 32)  # its report, or EOF: the init itself was killed
+                report = os.read(status, 32)  # its report, or EOF: the init itself was killed
                 break
             except BlockingIOError:
                 continue
@@ -543,14 +659,12 @@ class Container(metaclass=NoPublicConstructor):
         except AnynsError as e:  # it died meanwhile (killed from outside): nothing to collect
             self._collect_error = self._collect_error or e
         finally:
-            trio.lowlevel.notify_closing(self._status_fd)
-            os.close(self._status_fd)  # the release: EOF, and the init exits
-            self._status_fd = -1
+            self._close_status()  # the release: EOF, and the init exits
 
     def _end_all_but_init(self) -> bool:
         """End the program and every other process, but spare a holding init: its files are still to be
         collected (it reports, and holds until released); without one, SIGKILL. Whether an init was spared."""
-        if self._holds and self._status_fd >= 0:
+        if self._holds and self._status_fd is not None:
             self.send_signal(_init.END_ALL)
             return True
         self.kill()
@@ -558,7 +672,10 @@ class Container(metaclass=NoPublicConstructor):
 
     def _ended_fd(self) -> int:
         """What turns readable when the program has ended: a holding init's report (it stays), else the pidfd."""
-        return self._status_fd if self._holds and self._status_fd >= 0 else self._pidfd
+        if self._holds and self._status_fd is not None:
+            return self._status_fd
+        assert self._pidfd is not None
+        return self._pidfd
 
     async def exec(
         self,
@@ -597,9 +714,9 @@ class Container(metaclass=NoPublicConstructor):
                 ``ExecError`` when the program cannot be executed.
             ContainerFailed: ``check`` is true and the program failed.
         """
-        io = Io.of(stdin, capture_stdout, capture_stderr, stdout, stderr, check,
-                   started=task_status is not trio.TASK_STATUS_IGNORED, max_output=max_output)
-        return await self._supervisor._exec(self, argv, env, cwd, io, task_status)
+        options = StdioOptions.of(stdin, capture_stdout, capture_stderr, stdout, stderr, check,
+                                  started=task_status is not trio.TASK_STATUS_IGNORED, max_output=max_output)
+        return await self._hooks.exec(self, argv, env, cwd, options, task_status)
 
     def resize_tty(self, rows: int, columns: int) -> None:
         """Set the terminal's window size (``tty=True``); the program gets SIGWINCH."""
@@ -627,7 +744,7 @@ class Container(metaclass=NoPublicConstructor):
         if self._ns_fds:  # rootless: its /proc/PID/ns is closed to us, and a bind mount needs CAP_SYS_ADMIN
             raise UnsupportedError("keep_namespace: a rootless supervisor cannot bind-mount a namespace on the host")
         kept = persist_namespace(self.pid, kind, path)
-        self._supervisor._kept.add(kept)
+        self._hooks.keep(kept)
         return kept
 
     async def wait(self) -> int:
@@ -645,7 +762,7 @@ class Container(metaclass=NoPublicConstructor):
         Does nothing once the container has been reaped. Note that pid 1 of a
         pid namespace ignores signals it has no handler for, except SIGKILL.
         """
-        if self.returncode is not None:
+        if self.returncode is not None or self._pidfd is None:
             return
         with suppress(ProcessLookupError):  # exited, not yet reaped
             signal.pidfd_send_signal(self._pidfd, sig)
@@ -758,7 +875,7 @@ class Container(metaclass=NoPublicConstructor):
         """
         if self._exceeded is None:
             self._exceeded = "memory" if self.oom_killed else reason
-        if self.returncode is not None or self._pidfd < 0:
+        if self.returncode is not None or self._pidfd is None:
             return
         grace = self.spec.stop_grace if reason == "timeout" else 0
         if grace > 0:
@@ -795,7 +912,7 @@ class Container(metaclass=NoPublicConstructor):
         while reason is None:
             wake = deadline
             if cpu_time is not None:
-                wake = min(wake, now + min(max((cpu_time - used) / (2 * _CPUS), _MIN_POLL), _MAX_POLL))
+                wake = min(wake, now + _cgroups.cpu_time_poll(cpu_time, used))
             with trio.move_on_at(wake):
                 await trio.lowlevel.wait_readable(self._ended_fd())
                 break  # it has exited
@@ -855,8 +972,9 @@ class Container(metaclass=NoPublicConstructor):
         A holding init (``collect``) first reports, has the files read, and is released.
         """
         if self.returncode is None:
-            if self._holds and self._status_fd >= 0:
+            if self._holds and self._status_fd is not None:
                 await self._collect_and_release()
+            assert self._pidfd is not None
             await trio.lowlevel.wait_readable(self._pidfd)
             self._reap()
         assert self.returncode is not None
@@ -865,6 +983,7 @@ class Container(metaclass=NoPublicConstructor):
     def _reap(self) -> None:
         # Only after the pidfd polled readable: WNOHANG then never returns None.
         # The raw syscall, for the rusage glibc's waitid leaves out.
+        assert self._pidfd is not None
         result = _libc.waitid_pidfd(self._pidfd, os.WEXITED | os.WNOHANG)
         assert result is not None
         code, status, user, system, max_rss = result
@@ -875,16 +994,14 @@ class Container(metaclass=NoPublicConstructor):
         else:  # CLD_KILLED or CLD_DUMPED
             self.returncode = -status
         program = self._program_status  # a holding init reported it already
-        if self._status_fd >= 0:
+        if self._status_fd is not None:
             # The init's exit mirrors the program's as far as an exit code can;
             # its report is exact. No report: the init itself was killed.
             try:
                 program = _init.program_status(os.read(self._status_fd, 32))
             except OSError:  # BlockingIOError; a socket whose peer was killed: ECONNRESET
                 program = None
-            trio.lowlevel.notify_closing(self._status_fd)
-            os.close(self._status_fd)
-            self._status_fd = -1
+            self._close_status()
         if program is not None:
             self.returncode = program
         if self._leaf is not None:  # its figures, before the cgroup goes
@@ -899,10 +1016,16 @@ class Container(metaclass=NoPublicConstructor):
         self._close_pidfd()
 
     def _close_pidfd(self) -> None:
-        if self._pidfd >= 0:
-            trio.lowlevel.notify_closing(self._pidfd)
-            os.close(self._pidfd)
-            self._pidfd = -1
+        fd, self._pidfd = self._pidfd, None
+        if fd is not None:
+            trio.lowlevel.notify_closing(fd)
+            os.close(fd)
+
+    def _close_status(self) -> None:
+        fd, self._status_fd = self._status_fd, None
+        if fd is not None:
+            trio.lowlevel.notify_closing(fd)
+            os.close(fd)
 
 
 @final

@@ -37,6 +37,7 @@ from collections.abc import Callable
 from contextlib import suppress
 from typing import Any, TypeVar
 
+import attrs
 import trio
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -384,6 +385,21 @@ def remove_bridge_from_host(ipr: IPRoute, *, name: str) -> None:
             raise _netlink_error("bridge del", name, e) from e
 
 
+@attrs.frozen
+class Attachment:
+    """A container's place on a bridge, while it is wired: what ``Networking.detach`` undoes.
+
+    Attributes:
+        bridge: the bridge.
+        host_end: the name of the veth's host end (``anyns<pid>``).
+        address: the container's ``eth0`` address, with its prefix.
+    """
+
+    bridge: Bridge
+    host_end: str
+    address: ipaddress.IPv4Interface
+
+
 class Networking:
     """The supervisor's bridges: one netlink thread per bridge namespace, addresses per bridge."""
 
@@ -404,8 +420,8 @@ class Networking:
             thread = self._threads[netns] = NetlinkThread(netns)
         return thread
 
-    async def attach(self, bridge: Bridge, pid: int) -> tuple[str, ipaddress.IPv4Interface]:
-        """Give container ``pid`` its eth0 on ``bridge``; return (host end name, address)."""
+    async def attach(self, bridge: Bridge, pid: int) -> Attachment:
+        """Give container ``pid`` its eth0 on ``bridge``; return what ``detach`` undoes."""
         state = self._bridges.get(bridge)
         if state is None:
             state = self._bridges[bridge] = _BridgeState(bridge)
@@ -416,15 +432,16 @@ class Networking:
                 raise NetworkError(f"bridge netns {bridge.netns!r}: open failed: [Errno {e.errno}] {e.strerror}") from e
         host_end = f"anyns{pid}"
         address = await self._thread(bridge.netns).call(lambda ipr: attach_from_host(ipr, state, pid, host_end))
-        return host_end, address
+        return Attachment(bridge, host_end, address)
 
-    async def detach(self, bridge: Bridge, host_end: str, address: ipaddress.IPv4Interface) -> None:
+    async def detach(self, attachment: Attachment) -> None:
         """Remove a reaped container's veth and free its address; returns once the veth is gone.
 
         Deletions are batched: the first caller deletes everything queued
         (its own included) in one group delete, while later callers queue up
         for the next batch and wait for theirs.
         """
+        bridge, host_end, address = attachment.bridge, attachment.host_end, attachment.address
         state = self._bridges[bridge]
         try:
             with trio.CancelScope(shield=True):

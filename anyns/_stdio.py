@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import os
@@ -14,7 +15,7 @@ from typing import IO, Any, Final
 import attrs
 import trio
 
-from ._errors import SetupError, SpecError, diagnose
+from ._errors import SetupError, SpecError
 
 PIPE: Final = subprocess.PIPE
 DEVNULL: Final = subprocess.DEVNULL
@@ -27,8 +28,11 @@ _READ_CHUNK: Final = 65536
 
 
 @attrs.frozen
-class Io:
-    """How a run or an exec wires stdio, as ``trio.run_process`` takes it (see ``Supervisor.run``)."""
+class StdioOptions:
+    """What a ``run`` or an ``exec`` was asked for its stdio, as ``trio.run_process`` takes it (see ``Supervisor.run``).
+
+    Checked, not yet opened: ``StdioFds.open`` makes the fds of one spawn from it.
+    """
 
     stdin: StdinArg
     capture_stdout: bool
@@ -41,7 +45,7 @@ class Io:
 
     @classmethod
     def of(cls, stdin: StdinArg, capture_stdout: bool, capture_stderr: bool, stdout: StdoutArg,
-           stderr: StdoutArg, check: bool, *, started: bool, max_output: int | None = None) -> Io:
+           stderr: StdoutArg, check: bool, *, started: bool, max_output: int | None = None) -> StdioOptions:
         """Check the combination (ValueError, as trio.run_process) and keep it."""
         if max_output is not None and (isinstance(max_output, bool) or not isinstance(max_output, int)
                                        or max_output < 1):
@@ -61,48 +65,73 @@ class Io:
         return bytes(stdin) if isinstance(stdin, (bytes, bytearray, memoryview)) and len(stdin) else None
 
 
-class Stdio:
-    """The fds one container gets, and the supervisor's ends of its pipes."""
+class StdioFds:
+    """The fds of one spawn made from ``StdioOptions``: the child's stdin, stdout, stderr, and our pipe ends.
+
+    The child's ends of the pipes go to the ``ExitStack`` given to ``open``
+    (closed once the zygote has its copies); ours are owned here until
+    ``hand_over()`` gives them to the streams that wrap them, and ``close()``
+    closes what was not handed over.
+
+    Attributes:
+        child: the fds the child gets as 0, 1 and 2.
+        parent_in: our end of its stdin pipe, or None.
+        parent_out: our end of its stdout pipe (captured, or ``anyns.PIPE``), or None.
+        parent_err: likewise for stderr.
+    """
 
     def __init__(self) -> None:
-        self.child: list[int] = []  # stdin, stdout, stderr for the child
-        self.to_close_after_spawn: list[int] = []
-        self.parent_in: int = -1
-        self.parent_out: int = -1
-        self.parent_err: int = -1
+        self.child: list[int] = []
+        self.parent_in: int | None = None
+        self.parent_out: int | None = None
+        self.parent_err: int | None = None
+        self._ours = contextlib.ExitStack()
 
-    def _pipe(self) -> tuple[int, int]:
+    @classmethod
+    def open(cls, options: StdioOptions, devnull: int, child_ends: contextlib.ExitStack, *,
+             tty: bool = False) -> StdioFds:
+        """The fds for ``options`` (with a terminal, /dev/null: the terminal is its stdio)."""
+        fds = cls()
+        try:
+            if tty:
+                fds.child.extend((devnull, devnull, devnull))
+            else:
+                fds.parent_in = fds._stdin(options.stdin, devnull, child_ends)
+                fds.parent_out = fds._output(options.stdout, options.capture_stdout, 1, devnull, child_ends)
+                fds.parent_err = fds._output(options.stderr, options.capture_stderr, 2, devnull, child_ends)
+        except BaseException:
+            fds.close()
+            raise
+        return fds
+
+    def _pipe(self, child_ends: contextlib.ExitStack, ours_reads: bool) -> tuple[int, int]:
+        """A pipe: (child's end, our end), each owned by its stack."""
         r, w = os.pipe2(os.O_CLOEXEC)
-        return r, w
+        child, ours = (w, r) if ours_reads else (r, w)
+        child_ends.callback(os.close, child)
+        self._ours.callback(os.close, ours)
+        return child, ours
 
-    def stdin(self, arg: StdinArg, devnull: int) -> None:
+    def _stdin(self, arg: StdinArg, devnull: int, child_ends: contextlib.ExitStack) -> int | None:
         if arg is None:
             self.child.append(0)
-        elif isinstance(arg, (bytes, bytearray, memoryview)):
-            if len(arg) == 0:
-                self.child.append(devnull)
-            else:
-                r, w = self._pipe()
-                self.child.append(r)
-                self.to_close_after_spawn.append(r)
-                self.parent_in = w
-        elif arg == PIPE:
-            r, w = self._pipe()
-            self.child.append(r)
-            self.to_close_after_spawn.append(r)
-            self.parent_in = w
-        elif arg == DEVNULL:
+        elif (isinstance(arg, (bytes, bytearray, memoryview)) and len(arg) == 0) or arg == DEVNULL:
             self.child.append(devnull)
+        elif isinstance(arg, (bytes, bytearray, memoryview)) or arg == PIPE:
+            child, ours = self._pipe(child_ends, ours_reads=False)
+            self.child.append(child)
+            return ours
         else:
             self.child.append(fileno_of(arg))
+        return None
 
-    def output(self, arg: StdoutArg, capture: bool, inherit: int, devnull: int) -> int:
-        """Add the child's fd for stdout or stderr; return the parent's read end or -1."""
+    def _output(self, arg: StdoutArg, capture: bool, inherit: int, devnull: int,
+                child_ends: contextlib.ExitStack) -> int | None:
+        """Add the child's fd for stdout or stderr; return our read end, or None."""
         if capture or arg == PIPE:
-            r, w = self._pipe()
-            self.child.append(w)
-            self.to_close_after_spawn.append(w)
-            return r
+            child, ours = self._pipe(child_ends, ours_reads=True)
+            self.child.append(child)
+            return ours
         if arg is None:
             self.child.append(inherit)
         elif arg == DEVNULL:
@@ -111,18 +140,20 @@ class Stdio:
             self.child.append(self.child[1])
         else:
             self.child.append(fileno_of(arg))
-        return -1
+        return None
 
-    def close_child_ends(self) -> None:
-        for fd in self.to_close_after_spawn:
-            os.close(fd)
-        self.to_close_after_spawn.clear()
+    @property
+    def has_pipes(self) -> bool:
+        """Whether there is a pipe of ours to serve."""
+        return self.parent_in is not None or self.parent_out is not None or self.parent_err is not None
 
-    def close_parent_ends(self) -> None:
-        for fd in (self.parent_in, self.parent_out, self.parent_err):
-            if fd >= 0:
-                os.close(fd)
-        self.parent_in = self.parent_out = self.parent_err = -1
+    def hand_over(self) -> None:
+        """Our ends belong to the streams made of them from now on: ``close()`` leaves them."""
+        self._ours.pop_all()
+
+    def close(self) -> None:
+        """Close our ends that were not handed over."""
+        self._ours.close()
 
 
 def fileno_of(arg: Any) -> int:
@@ -224,9 +255,8 @@ async def read_channel(fd: int, is_socket: bool) -> tuple[bytes, dict[bytes, lis
                 # Some of the fds were dropped: no room in our table (EMFILE), or more than we take.
                 for partial in fds:
                     os.close(partial)
-                raise SetupError("clone", "recvmsg", None, errno.EMFILE,
-                                 "the fds the child sent did not all arrive (MSG_CTRUNC)",
-                                 diagnose("clone", "recvmsg", errno.EMFILE, None))
+                raise SetupError.from_errno("clone", "recvmsg", errno.EMFILE,
+                                            message="the fds the child sent did not all arrive (MSG_CTRUNC)")
             if data in CHANNEL_TAGS:
                 sent.setdefault(data, []).extend(fds)
                 continue

@@ -24,7 +24,7 @@ import attrs
 import trio
 
 from . import _init, _protocol
-from ._errors import ExecError, SetupError, ZygoteError, diagnose, oserror
+from ._errors import SetupError, ZygoteError
 from ._plan import Plan
 
 _ZYGOTE_FILE: Final = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_zygote_main.py")
@@ -147,7 +147,7 @@ class ZygoteConnection:
                 self._on_orphan(-b)
                 return
             pending.pid, pending.lost_pidfd = b, True  # the waiting spawn kills and reaps it, then fails
-            pending.error = setup_error("clone", "recvmsg", None, errno.EMFILE, os.strerror(errno.EMFILE))
+            pending.error = SetupError.from_errno("clone", "recvmsg", errno.EMFILE)
             pending.event.set()
             return
         if tag == _protocol.DONE and len(fds) == 1:
@@ -162,7 +162,7 @@ class ZygoteConnection:
             if pending is None:
                 return
             if tag == _protocol.FAIL and body is not None:
-                pending.error = setup_error(
+                pending.error = SetupError.from_record(
                     str(body.get("step") or "clone"), str(body.get("call") or "clone3"),
                     body.get("path"), b, str(body.get("message")),
                 )
@@ -277,9 +277,71 @@ class RequestNotSent(Exception):
     """The zygote was gone before the request was sent; retrying on a new one is safe."""
 
 
-def setup_error(step: str, call: str, path: str | None, err: int, message: str) -> SetupError:
-    kind = ExecError if step == "exec" else SetupError
-    exc = kind(step, call, path, err, message, diagnose(step, call, err, path))
-    if err:
-        exc.__cause__ = oserror(err, message, path)
-    return exc
+#: how long a cancelled spawn waits for the zygote's answer before leaving the
+#: container to the reply reader (only a hung zygote takes this long)
+ABANDON_AFTER: Final = 5.0
+
+
+async def answer(pending: Pending) -> tuple[int, int]:
+    """Wait for the zygote's answer to a spawn request: the container's ``(pid, pidfd)``, the pidfd ours.
+
+    Nothing outlives a cancelled or failed call: cancelled before the answer,
+    it waits for it (shielded; the zygote answers in well under a
+    millisecond) and kills and reaps the container; a hung zygote's late
+    answer is left to the reply reader, which adopts the orphan.
+
+    Raises:
+        SetupError: the clone failed (or its pidfd did not arrive: out of fds).
+        ZygoteError: the zygote died before it answered.
+    """
+    try:
+        await pending.event.wait()
+    except BaseException:
+        with trio.move_on_after(ABANDON_AFTER) as scope:
+            scope.shield = True
+            await pending.event.wait()
+            if pending.pidfd >= 0:
+                await kill_and_reap(pending.pidfd)
+                pending.pidfd = -1
+            elif pending.lost_pidfd:
+                await kill_and_reap_pid(pending.pid)
+        if not pending.event.is_set():
+            pending.abandoned = True  # a hung zygote: the reply reader adopts it later
+        raise
+    if pending.error is not None:
+        if pending.lost_pidfd:  # nothing may outlive this call: the container is gone before it raises
+            await kill_and_reap_pid(pending.pid)
+        raise pending.error
+    return pending.pid, pending.pidfd
+
+
+async def kill_and_reap(pidfd: int) -> None:
+    """SIGKILL a container nobody owns, wait for it, reap it, close its pidfd; shielded."""
+    with trio.CancelScope(shield=True):
+        with suppress(ProcessLookupError):
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        await trio.lowlevel.wait_readable(pidfd)
+        with suppress(ChildProcessError):
+            os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG)  # noqa: ASYNC222 - WNOHANG
+        trio.lowlevel.notify_closing(pidfd)
+        os.close(pidfd)
+
+
+async def kill_and_reap_pid(pid: int) -> None:
+    """SIGKILL and reap our unreaped child ``pid`` without a pidfd (there was no fd to spare); shielded.
+
+    Until it is reaped the pid cannot name another process, so kill(2) is
+    safe; waitpid with WNOHANG is polled, as there is nothing to wait on.
+    """
+    with trio.CancelScope(shield=True):
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        while True:
+            try:
+                done, _status = os.waitpid(pid, os.WNOHANG)  # noqa: ASYNC222 - WNOHANG
+            except ChildProcessError:
+                return
+            if done:
+                return
+            await trio.sleep(0.005)
+

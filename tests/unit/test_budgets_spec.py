@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 import anyns
 from anyns import ContainerSpec, Limits
 from anyns._spec import needs_cgroup
-from anyns._stdio import Io
+from anyns._stdio import StdioOptions
 
 BAD_SECONDS = [0, -1, -0.5, math.inf, -math.inf, math.nan, "1", True, False, [1]]
 
@@ -49,8 +49,8 @@ def test_a_cpu_budget_gives_the_container_a_cgroup() -> None:
 @pytest.mark.parametrize("value", [0, -1, 1.5, "1M", True])
 def test_max_output_must_be_positive_bytes(value: Any) -> None:
     with pytest.raises(anyns.SpecError, match="max_output"):
-        Io.of(b"", True, False, None, None, True, started=False, max_output=value)
-    assert Io.of(b"", True, False, None, None, True, started=False, max_output=1).max_output == 1
+        StdioOptions.of(b"", True, False, None, None, True, started=False, max_output=value)
+    assert StdioOptions.of(b"", True, False, None, None, True, started=False, max_output=1).max_output == 1
 
 
 @pytest.mark.parametrize(("exceeded", "budget", "words"), [
