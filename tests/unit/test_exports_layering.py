@@ -196,3 +196,120 @@ def test_aio_is_an_attribute_of_anyns_without_importing_it() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False,
                           env={**os.environ, "PYTHONPATH": str(pathlib.Path(anyns.__file__).parents[1])})
     assert done.returncode == 0, done.stderr
+
+
+# --------------------------------------------------------------------------- who may touch what
+
+
+def _module_name(path: pathlib.Path) -> str:
+    parts = path.with_suffix("").relative_to(PACKAGE.parent).parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _all_imports(path: pathlib.Path) -> set[str]:
+    """The anyns modules ``path`` imports anywhere: at the top, in a function, or only for annotations.
+
+    ``from . import x`` counts as importing ``anyns.x`` when x is a module, else the package itself.
+    """
+    modules = {_module_name(p) for p in PACKAGE.rglob("*.py")}
+    here = _module_name(path)
+    package = here if path.name == "__init__.py" else here.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if target.split(".")[0] != "anyns":
+                continue
+            submodules = {f"{target}.{alias.name}" for alias in node.names} & modules
+            found |= submodules or {target}
+        elif isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names if alias.name.split(".")[0] == "anyns"}
+    return {m for m in found if m in modules and m != here}
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle of ``graph`` (module -> modules it imports), or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(module: str) -> list[str] | None:
+        state[module] = 1
+        path.append(module)
+        for target in sorted(graph.get(module, ())):
+            if state.get(target) == 1:
+                return [*path[path.index(target):], target]
+            if target not in state and (found := visit(target)) is not None:
+                return found
+        path.pop()
+        state[module] = 2
+        return None
+
+    for module in sorted(graph):
+        if module not in state and (found := visit(module)) is not None:
+            return found
+    return None
+
+
+def _foreign_private_writes(source: str) -> list[str]:
+    """``x._y = ...`` (and ``+=``, tuple targets, ``setattr(x, "_y", ...)``) where x is not ``self``; dunders aside."""
+    found: list[str] = []
+
+    def check(target: ast.expr) -> None:
+        if isinstance(target, (ast.Tuple, ast.List)):
+            for element in target.elts:
+                check(element)
+        elif (isinstance(target, ast.Attribute) and target.attr.startswith("_") and not target.attr.endswith("__")
+              and not (isinstance(target.value, ast.Name) and target.value.id in ("self", "cls"))):
+            found.append(ast.unparse(target))
+
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Assign):
+            for target in node.targets:
+                check(target)
+        elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+            check(node.target)
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "setattr"
+              and len(node.args) >= 2 and isinstance(node.args[1], ast.Constant)
+              and str(node.args[1].value).startswith("_")):
+            found.append(ast.unparse(node))
+    return found
+
+
+def _supervisor_reaches(source: str) -> list[str]:
+    """Any use of a ``_supervisor`` attribute (``self._supervisor._exec``, ``self._supervisor``) in ``source``."""
+    return [ast.unparse(node) for node in ast.walk(ast.parse(source))
+            if isinstance(node, ast.Attribute) and node.attr == "_supervisor"]
+
+
+def test_no_import_cycles() -> None:
+    """No anyns module imports one that imports it back, directly or not, even for annotations only."""
+    graph = {_module_name(p): _all_imports(p) for p in PACKAGE.rglob("*.py") if p.name != "__init__.py"}
+    graph = {module: targets - {"anyns"} for module, targets in graph.items()}  # the package re-exports all
+    assert graph["anyns._supervisor"] >= {"anyns._container"}
+    assert _cycle(graph) is None, " -> ".join(_cycle(graph) or [])
+
+
+def test_the_supervisor_never_writes_a_private_of_another_object() -> None:
+    """The supervisor builds a Container from its resources and calls its methods: no ``container._x =``."""
+    assert _foreign_private_writes((PACKAGE / "_supervisor.py").read_text()) == []
+
+
+def test_the_container_never_reaches_into_its_supervisor() -> None:
+    """A Container calls its ContainerHooks, never a supervisor's privates (nor holds the supervisor)."""
+    source = (PACKAGE / "_container.py").read_text()
+    assert _supervisor_reaches(source) == []
+    assert "anyns._supervisor" not in _all_imports(PACKAGE / "_container.py")
+
+
+def test_ownership_checks_can_fail() -> None:
+    """The checkers above find what they look for (so those tests can fail)."""
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set()}) is None
+    writes = _foreign_private_writes(
+        "container._leaf, leaf = leaf, None\nbox._x += 1\nself._ok = 1\nbox.public = 2\nsetattr(box, '_y', 3)\n")
+    assert writes == ["container._leaf", "box._x", "setattr(box, '_y', 3)"]
+    assert _supervisor_reaches("self._supervisor._exec(x)\n") == ["self._supervisor"]
