@@ -43,8 +43,8 @@ if TYPE_CHECKING:
 __all__ = ["CompletedContainer", "Container", "ContainerStats", "NamespaceId", "PersistedNamespace", "namespaces_of",
            "persist_namespace"]
 
-#: the namespace kinds of /proc/PID/ns, in the names the kernel uses there
-NAMESPACE_KINDS: Final = ("cgroup", "ipc", "mnt", "net", "pid", "time", "user", "uts")
+#: the namespace kinds of /proc/PID/ns, in the names the kernel uses there (those of ``_spec.KIND_FLAGS``)
+NAMESPACE_KINDS: Final = tuple(sorted(KIND_FLAGS))
 
 
 class NoPublicConstructor(type):

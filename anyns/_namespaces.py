@@ -24,8 +24,11 @@ import os
 from ._sys import _consts as C
 from ._sys import _libc
 
-#: /proc/PID/ns names and CLONE_NEW* flags, in the order the zygote steps back
-KIND_FLAGS = (
+#: the kinds the zygote steps back into after entering a container's (all but user, which it never
+#: enters), with their CLONE_NEW* flags, in that order. The table of namespace kinds is
+#: ``_spec.KIND_FLAGS``; this is its zygote-side part, which may not import the spec (a test
+#: keeps the two in agreement).
+STEP_BACK = (
     ("mnt", C.CLONE_NEWNS),
     ("pid", C.CLONE_NEWPID),
     ("net", C.CLONE_NEWNET),
@@ -42,7 +45,7 @@ class ZygoteNamespaces:
     def __init__(self) -> None:
         self.own_mnt = os.stat("/proc/self/ns/mnt").st_ino
         self.own: list[tuple[int, int]] = []
-        for kind, flag in KIND_FLAGS:
+        for kind, flag in STEP_BACK:
             # pid_for_children and time_for_children are what setns changes
             name = {"pid": "pid_for_children", "time": "time_for_children"}.get(kind, kind)
             try:

@@ -313,3 +313,12 @@ def test_ownership_checks_can_fail() -> None:
         "container._leaf, leaf = leaf, None\nbox._x += 1\nself._ok = 1\nbox.public = 2\nsetattr(box, '_y', 3)\n")
     assert writes == ["container._leaf", "box._x", "setattr(box, '_y', 3)"]
     assert _supervisor_reaches("self._supervisor._exec(x)\n") == ["self._supervisor"]
+
+
+def test_one_table_of_namespace_kinds() -> None:
+    """_spec.KIND_FLAGS is the table; the /proc names and the zygote's step-back order agree with it."""
+    from anyns import _container, _namespaces
+    from anyns._spec import KIND_FLAGS
+
+    assert set(_container.NAMESPACE_KINDS) == set(KIND_FLAGS)
+    assert dict(_namespaces.STEP_BACK) == {kind: int(flag) for kind, flag in KIND_FLAGS.items() if kind != "user"}
