@@ -626,6 +626,11 @@ def compile_exec_plan(spec: ContainerSpec, container_namespaces: Namespaces, hos
         if flags & Namespaces.CGROUP:
             flags &= ~int(Namespaces.CGROUP)
             b.op("namespaces", "setns", "cgroup", 0, int(Namespaces.CGROUP))
+    if flags & Namespaces.TIME:
+        # Not entered by the zygote: a process whose memory a set-up child shares may not
+        # enter a time namespace (EUSERS), so this child does, in a memory of its own.
+        flags &= ~int(Namespaces.TIME)
+        b.op("namespaces", "setns", "time", 0, int(Namespaces.TIME))
     if userns:
         flags &= ~int(Namespaces.USER)
         b.op("userns", "setns", "user", 0, int(Namespaces.USER))

@@ -15,6 +15,6 @@ if __name__ == "__main__":
     package.__path__ = [sys.argv[3]]
     sys.modules["anyns"] = package
 
-    from anyns._zygote import main
+    from anyns._zygote._server import main
 
     main(int(sys.argv[1]), int(sys.argv[2]), sys.argv[4], sys.argv[5] if len(sys.argv) > 5 else "")

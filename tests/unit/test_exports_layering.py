@@ -14,7 +14,10 @@ import anyns
 
 PACKAGE = pathlib.Path(anyns.__file__).parent
 #: modules the zygote and the cloned child may load: never trio, pyroute2 or attrs
-ZYGOTE_SIDE = ("_child.py", "_zygote.py", "_zygote_main.py", "_protocol.py", "_cgroups.py", "_sys")
+ZYGOTE_SIDE = ("_zygote", "_zygote_main.py", "_protocol.py", "_cgroups.py", "_sys")
+#: what the zygote package may import from the rest of anyns (its package docstring says why)
+ZYGOTE_MAY_IMPORT = {"_sys", "_protocol.py", "_cgroups.py", "_init.py", "_namespaces.py", "_skeleton.py",
+                     "_security_defaults.py"}
 #: modules that must stay synchronous: never trio or pyroute2
 SYNC_SIDE = ("_spec.py", "_plan.py", "_errors.py", *ZYGOTE_SIDE)
 ASYNC_ONLY = {"trio", "pyroute2", "outcome", "sniffio"}
@@ -165,17 +168,28 @@ def test_sync_layers_never_import_trio(module: str) -> None:
 def test_zygote_side_never_imports_attrs() -> None:
     """child, zygote, protocol and _sys (and what they import) avoid attrs."""
     closure = _closure(_files(ZYGOTE_SIDE))
-    assert PACKAGE / "_zygote.py" in closure and PACKAGE / "_child.py" in closure
+    assert PACKAGE / "_zygote" / "_server.py" in closure and PACKAGE / "_zygote" / "_ops.py" in closure
     for path in closure:
         bad = _runtime_imports(path) & ATTRS
         assert not bad, f"{path.relative_to(PACKAGE)} imports {sorted(bad)}"
+
+
+def test_zygote_package_imports_only_what_it_may() -> None:
+    """Nothing under ``_zygote/`` imports from the rest of anyns but the modules its docstring names."""
+    zygote = PACKAGE / "_zygote"
+    for path in sorted(zygote.glob("*.py")):
+        for imported in _internal_imports(path):
+            if zygote in imported.parents or imported == PACKAGE / "__init__.py":  # ``from .. import x``
+                continue
+            top = imported.relative_to(PACKAGE).parts[0]
+            assert top in ZYGOTE_MAY_IMPORT, f"_zygote/{path.name} imports {imported.relative_to(PACKAGE)}"
 
 
 def test_layering_check_can_see_imports() -> None:
     """The checker finds the imports it looks for (so the tests above can fail)."""
     assert "trio" in _runtime_imports(PACKAGE / "_supervisor.py")
     assert "attrs" in _runtime_imports(PACKAGE / "_spec.py")
-    assert PACKAGE / "_protocol.py" in _internal_imports(PACKAGE / "_child.py")
+    assert PACKAGE / "_protocol.py" in _internal_imports(PACKAGE / "_zygote" / "_server.py")
     assert PACKAGE / "_plan.py" in _closure([PACKAGE / "_supervisor.py"])
 
 

@@ -29,18 +29,17 @@ import select
 import struct
 import time
 
-from . import _cgroups, _child, _init, _namespaces, _protocol, _skeleton
-from ._sys import _consts as C
-from ._sys import _libc
+from .. import _cgroups, _init, _namespaces, _protocol, _skeleton
+from .._sys import _consts as C
+from .._sys import _libc
+from . import _native, _ops
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import ctypes
     from typing import Any
 
 _monotonic = time.monotonic
-if TYPE_CHECKING:
-    _LinkedPlan = tuple[int, _child.Linked, _child.Meta, int, tuple[tuple[int, int], ...], "list[Any] | None", int,
-                        bool]
 _CLONE_BASE = C.CLONE_PIDFD | C.CLONE_PARENT | C.CLONE_CLEAR_SIGHAND
 _FDS_PER_SPAWN = 4
 #: pieces one plan may come in (each up to MAX_MESSAGE): a bound on a garbled sender
@@ -87,18 +86,49 @@ _SCM_RIGHTS = _socket.SCM_RIGHTS
 _pack_fd = struct.Struct("i").pack
 
 
+class LinkedPlan:
+    """A plan as the zygote keeps it: the native op list, linked once, and what each spawn of it needs."""
+
+    __slots__ = ("flags", "ops", "extra", "enter", "skeleton", "cgroup", "dumpable", "shared_vm", "last_serial")
+
+    def __init__(self, flags: int, ops: ctypes.Array[ctypes.c_char], extra: int, enter: tuple[tuple[int, int], ...],
+                 skeleton: list[Any] | None, cgroup: int, dumpable: bool, shared_vm: bool) -> None:
+        #: the plan's clone flags (namespaces born with the child)
+        self.flags = flags
+        #: the linked native op list (``_native.Native.link``)
+        self.ops = ops
+        #: how many extra fds a spawn request carries (after stdin, stdout, stderr, error pipe)
+        self.extra = extra
+        #: (extra fd index, namespace flags) the zygote enters before the clone and leaves after it
+        self.enter = enter
+        #: the holder ``[fd, ops, due]`` of the prebuilt root tree, or None
+        self.skeleton = skeleton
+        #: the extra fd index of the cgroup to clone into (CLONE_INTO_CGROUP), or -1
+        self.cgroup = cgroup
+        #: born dumpable (rootless: the supervisor writes its id maps)
+        self.dumpable = dumpable
+        #: cloned with CLONE_VM on a stack of its own (``_ops.needs_own_memory`` says when not)
+        self.shared_vm = shared_vm
+        #: the serial of its latest spawn: while a child of it may still read ``ops``, they stay
+        self.last_serial = 0
+
+
 class Zygote:
     """The serving loop and its plan cache."""
 
-    def __init__(self, sock: _socket.socket, supervisor_pidfd: int, newroot: str, init_fd: int = -1) -> None:
+    def __init__(self, sock: _socket.socket, supervisor_pidfd: int, newroot: str, init_fd: int = -1,
+                 native: _native.Native | None = None) -> None:
         self.sock = sock
+        #: the native spawn core
+        self.native = native if native is not None else _native.Native()
+        #: plans dropped while a child of theirs may still be in setup, reading them
+        self.retired: list[LinkedPlan] = []
         self.supervisor_pidfd = supervisor_pidfd
         self.newroot = newroot
         #: the init program the children exec (``_init.open_binary``: a sealed memfd copy)
         self.init_fd = init_fd
-        #: plan id -> (clone flags, linked ops, error metadata, extra fds, what to
-        #: enter first, its root tree holder or None)
-        self.plans: dict[int, _LinkedPlan] = {}
+        #: plan id -> the linked plan
+        self.plans: dict[int, LinkedPlan] = {}
         self.namespaces = _namespaces.ZygoteNamespaces()
         #: pieces of plans too large for one message, by plan id
         self.parts: dict[int, list[bytes]] = {}
@@ -174,7 +204,10 @@ class Zygote:
                     raise ValueError(f"plan {request_id} has more than {_MAX_PIECES} pieces")
                 return
             if tag == _protocol.DROP:
-                self.plans.pop(plan_id, None)
+                dropped = self.plans.pop(plan_id, None)
+                if dropped is not None:
+                    self.retired.append(dropped)
+                self._free_retired()
                 return
             if tag != _protocol.SPAWN:
                 raise ValueError(f"unknown request {tag!r}")
@@ -184,12 +217,12 @@ class Zygote:
                 pieces.append(bytes(data[_protocol.HEADER_SIZE:]))
                 body = _protocol.decode_body(b"".join(pieces)) if pieces[-1] or len(pieces) > 1 else None
                 plan = self._link(plan_id, body)
-            if len(fds) != _FDS_PER_SPAWN + plan[3]:
-                raise ValueError(f"spawn needs {_FDS_PER_SPAWN + plan[3]} fds, got {len(fds)}")
+            if len(fds) != _FDS_PER_SPAWN + plan.extra:
+                raise ValueError(f"spawn needs {_FDS_PER_SPAWN + plan.extra} fds, got {len(fds)}")
         except Exception as e:  # whatever a malformed request breaks, the zygote carries on
             self.fail(request_id, 0, "protocol", "recvmsg", f"bad request: {type(e).__name__}: {e}")
             return
-        skeleton = plan[5]
+        skeleton = plan.skeleton
         if skeleton is not None and _monotonic() > skeleton[2]:
             self._refresh(skeleton)
         # SIGTERM (the supervisor died) waits until the answer is sent: its
@@ -201,33 +234,34 @@ class Zygote:
         finally:
             _signal.pthread_sigmask(_SIG_UNBLOCK, _TERM)
 
-    def _spawn(self, request_id: int, plan: _LinkedPlan, fds: list[int]) -> None:
+    def _spawn(self, request_id: int, plan: LinkedPlan, fds: list[int]) -> None:
         """Enter what the plan says, clone, come back, answer with the pidfd (or a FAIL)."""
-        flags, linked, meta, _extra, enter, _skeleton_holder, cgroup, dumpable = plan
         entered = 0
         step, call = "namespaces", "setns"
+        dumpable = plan.dumpable
         try:
-            for index, nsflags in enter:
+            for index, nsflags in plan.enter:
                 self.namespaces.enter(fds[_FDS_PER_SPAWN + index], nsflags)
                 entered |= nsflags
             step, call = "clone", "clone3"
             if dumpable:  # only for the clone: the child is born dumpable, we are not for longer
                 _libc.prctl(C.PR_SET_DUMPABLE, 1)
+            # the per-spawn fds the child's ops refer to (spawn.c: RT_*), then the extra ones
+            rt = (fds[0], fds[1], fds[2], fds[3], self.supervisor_pidfd,
+                  plan.skeleton[0] if plan.skeleton is not None else -1, self.init_fd, *fds[_FDS_PER_SPAWN:])
             try:
-                pid, pidfd = _libc.clone3(_CLONE_BASE | flags, 0, fds[_FDS_PER_SPAWN + cgroup] if cgroup >= 0 else -1)
-            except OSError:
+                pid, pidfd, serial = self.native.spawn(
+                    plan.ops, _CLONE_BASE | plan.flags,
+                    fds[_FDS_PER_SPAWN + plan.cgroup] if plan.cgroup >= 0 else -1, plan.shared_vm, rt)
+            finally:
                 if dumpable:
                     _libc.prctl(C.PR_SET_DUMPABLE, 0)
-                raise
-            if dumpable and pid != 0:
-                _libc.prctl(C.PR_SET_DUMPABLE, 0)
+            plan.last_serial = serial
         except OSError as e:
             if entered:
                 self._come_back(entered)
             self.fail(request_id, e.errno or 0, step, call, os.strerror(e.errno or 0))
             return
-        if pid == 0:  # the child: it stays where it was born
-            _child.run(linked, meta, (fds[0], fds[1], fds[2], fds[3], self.supervisor_pidfd, *fds[4:]))
         if entered:
             self._come_back(entered)
         try:
@@ -238,6 +272,12 @@ class Zygote:
         finally:
             os.close(pidfd)
 
+    def _free_retired(self) -> None:
+        """Let go of dropped plans no child in setup may still read."""
+        if self.retired:
+            oldest = self.native.oldest_busy()
+            self.retired = [plan for plan in self.retired if plan.last_serial >= oldest]
+
     def _come_back(self, entered: int) -> None:
         """Return to the zygote's own namespaces, or die: never clone from inside a container."""
         try:
@@ -245,30 +285,30 @@ class Zygote:
         except OSError:
             os._exit(70)  # the supervisor sees EOF and starts a new zygote
 
-    def _link(
-        self, plan_id: int, body: dict[str, Any] | None
-    ) -> _LinkedPlan:
+    def _link(self, plan_id: int, body: dict[str, Any] | None) -> LinkedPlan:
         if body is None:
             raise ValueError(f"unknown plan {plan_id} and no plan sent")
         ops = body["ops"]
+        flags = int(body["flags"])
         holder = None
         skeleton = body.get("skeleton")
         if skeleton is not None:
             # In a user namespace a clone of the zygote's tree is refused
             # (open_tree: EINVAL): the child builds the root itself.
-            holder = None if int(body["flags"]) & C.CLONE_NEWUSER else self._skeleton(skeleton)
+            holder = None if flags & C.CLONE_NEWUSER else self._skeleton(skeleton)
             if holder is None:  # no detached trees here: the child builds the root itself
-                at = next(i for i, op in enumerate(ops) if op[1] == "attach_skeleton")
+                at = next(i for i, op in enumerate(ops) if op[1] == _ops.SKELETON_CALL)
                 ops = [*ops[:at], *_skeleton.expand_for_child(skeleton, self.newroot), *ops[at + 1:]]
-        linked, meta = _child.link(ops, holder, self.init_fd)
         extra = int(body.get("extra", 0))
-        enter = tuple((int(index), int(flags)) for index, flags in body.get("enter", ()))
+        enter = tuple((int(index), int(nsflags)) for index, nsflags in body.get("enter", ()))
         cgroup = int(body.get("cgroup", -1))
         if (not 0 <= extra <= _protocol.MAX_FDS - _FDS_PER_SPAWN or any(not 0 <= i < extra for i, _ in enter)
                 or not -1 <= cgroup < extra):
             raise ValueError(f"extra fds {extra}, enter {enter} and cgroup {cgroup} do not fit")
-        plan = self.plans[plan_id] = (int(body["flags"]), linked, meta, extra, enter, holder, cgroup,
-                                      bool(body.get("dumpable", 0)))
+        dumpable = bool(body.get("dumpable", 0))
+        linked = self.native.link(_ops.encode(ops))
+        plan = self.plans[plan_id] = LinkedPlan(flags, linked, extra, enter, holder, cgroup, dumpable,
+                                                not _ops.needs_own_memory(flags, ops, dumpable))
         return plan
 
     def _skeleton(self, ops: list[Any]) -> list[Any] | None:
@@ -342,7 +382,6 @@ def main(sock_fd: int, supervisor_pid: int, newroot: str, cgroup_parent: str = "
     init_fd, _sealed = _init.open_binary()
     zygote = Zygote(sock, supervisor_pidfd, newroot, init_fd)
     sock.send(_protocol.encode(_protocol.HELLO, _protocol.PROTOCOL_VERSION, os.getpid()))
-    _child.warm_up()
     # Keep the pages the children share clean: no collection will touch them
     # (Python docs on gc.freeze for fork-without-exec servers).
     gc.collect()
