@@ -1,6 +1,12 @@
-"""Build anyns: the Python package and the container's init, a small static C program.
+"""Build anyns: the Python package and its native core, two small C programs.
 
-The metadata lives in pyproject.toml; this file only adds the build step.
+The metadata lives in pyproject.toml; this file only adds the build step
+(plain setuptools: two C files with no Python headers need no build system
+of their own, and one build serves every CPython 3).
+
+``anyns/_native/spawn.c`` is compiled with ``$CC`` or ``cc`` into the shared
+library ``anyns/_native/libanyns-spawn.so``, which the zygote loads with
+ctypes: it runs each container's setup in the cloned child (see its header).
 ``anyns/_native/init.c`` is compiled with the system C compiler into
 ``anyns/_native/anyns-init``: statically linked, so it runs in any container
 root, a busybox directory without a libc too. The compiler is ``$ANYNS_INIT_CC``
@@ -35,6 +41,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCE = os.path.join("anyns", "_native", "init.c")
 BINARY = os.path.join("anyns", "_native", "anyns-init")
 CFLAGS = ("-static", "-Os", "-s", "-Wall", "-Wextra")
+SPAWN_SOURCE = os.path.join("anyns", "_native", "spawn.c")
+LIBRARY = os.path.join("anyns", "_native", "libanyns-spawn.so")
+# No stack protector (its canary is thread state the CLONE_VM child must not rely on), no loops turned
+# into libc calls, every symbol bound at load (-z now: a cloned child must never enter the dynamic linker).
+SPAWN_CFLAGS = ("-shared", "-fPIC", "-O2", "-Wall", "-Wextra", "-fno-stack-protector",
+                "-fno-tree-loop-distribute-patterns", "-fvisibility=hidden", "-Wl,-z,now", "-Wl,-z,noexecstack", "-s")
 HINT = ("anyns: building the container init (anyns/_native/init.c) needs a C compiler and the static C "
         "library (libc.a); on Debian or Ubuntu: apt-get install build-essential (and musl-tools, for an init "
         "that starts ten times faster)")
@@ -69,22 +81,53 @@ def compile_init(target: str) -> None:
             os.unlink(scratch)
 
 
+def compile_spawn_library(target: str) -> None:
+    """Compile the native spawn core into ``target`` (replaced at once, like the init).
+
+    Raises:
+        CompileError: no compiler, or the compiler failed (one line, with the fix).
+    """
+    compiler = shlex.split(os.environ.get("CC") or "cc")
+    if not compiler or shutil.which(compiler[0]) is None:
+        raise CompileError(f"{SPAWN_HINT} (no C compiler {compiler[0] if compiler else ''!r} found)")
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    fd, scratch = tempfile.mkstemp(prefix=".libanyns-spawn-", dir=os.path.dirname(target))
+    os.close(fd)
+    try:
+        done = subprocess.run([*compiler, *SPAWN_CFLAGS, "-o", scratch, os.path.join(HERE, SPAWN_SOURCE)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            lines = [line.strip() for line in (done.stderr or done.stdout).splitlines() if line.strip()]
+            said = next((line for line in lines if "error" in line), lines[-1] if lines else "nothing")
+            raise CompileError(f"{SPAWN_HINT} ({' '.join(compiler)} said: {said})")
+        os.chmod(scratch, 0o755)
+        os.replace(scratch, target)
+    finally:
+        if os.path.exists(scratch):
+            os.unlink(scratch)
+
+
+SPAWN_HINT = ("anyns: building the native spawn core (anyns/_native/spawn.c) needs a C compiler; on Debian or "
+              "Ubuntu: apt-get install build-essential")
+
+
 class BuildPy(build_py):
-    """build_py, then the init beside the package (in the source tree for an editable install)."""
+    """build_py, then the native core beside the package (in the source tree for an editable install)."""
 
     def run(self) -> None:
         super().run()
-        compile_init(self._init_target())
+        compile_init(self._target(BINARY))
+        compile_spawn_library(self._target(LIBRARY))
 
-    def _init_target(self) -> str:
+    def _target(self, name: str) -> str:
         if getattr(self, "editable_mode", False):
-            return os.path.join(HERE, BINARY)
-        return os.path.join(self.build_lib, BINARY)
+            return os.path.join(HERE, name)
+        return os.path.join(self.build_lib, name)
 
     def get_outputs(self, include_bytecode: bool = True) -> list[str]:
         outputs = list(super().get_outputs(include_bytecode))
         if not getattr(self, "editable_mode", False):
-            outputs.append(os.path.join(self.build_lib, BINARY))
+            outputs += [os.path.join(self.build_lib, BINARY), os.path.join(self.build_lib, LIBRARY)]
         return outputs
 
 

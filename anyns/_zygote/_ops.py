@@ -245,3 +245,35 @@ _CLONE_NEWUSER = 0x10000000
 _CLONE_NEWTIME = 0x00000080
 #: namespaces a process whose memory is shared may not enter or make
 _OWN_MEMORY = _CLONE_NEWUSER | _CLONE_NEWTIME
+
+
+def decode(encoded: bytes) -> list[dict[str, Any]]:
+    """The ops of an encoded (not yet linked) plan, field by field: for tests and for reading a plan."""
+    magic, version, nops, size, _words, _linked = _HEADER.unpack_from(encoded)
+    if magic != MAGIC or version != VERSION or size != len(encoded):
+        raise ValueError("not an encoded op list of this version")
+
+    def string(offset: int) -> bytes | None:
+        return None if offset == 0 else encoded[offset:encoded.index(b"\0", offset)]
+
+    def vector(offset: int) -> list[bytes | None] | None:
+        if offset == 0:
+            return None
+        items = []
+        while True:
+            (item,) = struct.unpack_from("=Q", encoded, offset)
+            if item == 0:
+                return items
+            items.append(string(item))
+            offset += 8
+
+    ops = []
+    for i in range(nops):
+        fields = _OP.unpack_from(encoded, HEADER_SIZE + i * OP_SIZE)
+        code, _reserved, step, call, path = fields[:5]
+        n, s, v = fields[5:11], fields[11:15], fields[15:18]
+        data, ndata = fields[18:20]
+        ops.append({"op": OPS[code][0], "step": string(step), "call": string(call), "path": string(path),
+                    "n": list(n), "s": [string(o) for o in s], "v": [vector(o) for o in v],
+                    "data": encoded[data:data + ndata] if data else b""})
+    return ops

@@ -9,7 +9,8 @@ import attrs
 import pytest
 
 import anyns
-from anyns import _child, _files, _init, _plan
+from anyns import _files, _init, _plan
+from anyns._zygote import _ops
 from anyns._spec import Namespaces
 
 ROOT = _plan.HostLayout(newroot="/x", cgroup_v2=True)
@@ -31,10 +32,9 @@ def test_collect_makes_the_init_hold(layout: _plan.HostLayout) -> None:
     assert plain.ops[-1][1] == "spawn_with_init" and held.ops[-1][1] == "hold_with_init"
     assert plain.ops[:-1] == held.ops[:-1] and plain.ops[-1][2:] == held.ops[-1][2:]
     assert plain != held  # so the supervisor caches them apart
-    linked, meta = _child.link([list(held.ops[-1])], None, 7)
-    fn, (_init_fd, mode, *_rest) = linked[0]
-    assert fn is _child.OPS["hold_with_init"] and mode == _init.MODES["hold_with_init"] == 4
-    assert meta[0][:2] == ("exec", "execve")
+    (op,) = _ops.decode(_ops.encode([held.ops[-1]]))
+    assert op["op"] == "exec_init" and op["n"][1] == _ops.INIT_MODES["hold_with_init"] == _init.MODES["hold_with_init"] == 4
+    assert (op["step"], op["call"]) == (b"exec", b"execve")
 
 
 @pytest.mark.parametrize("fields", [{"init": False}, {"namespaces": Namespaces.DEFAULT & ~Namespaces.PID}],

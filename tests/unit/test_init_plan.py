@@ -6,7 +6,8 @@ import attrs
 import pytest
 
 import anyns
-from anyns import _child, _init, _plan
+from anyns import _init, _plan
+from anyns._zygote import _ops
 from anyns._spec import Namespaces
 
 ROOT = _plan.HostLayout(newroot="/x", cgroup_v2=True)
@@ -69,19 +70,16 @@ def test_the_plan_docstring_names_the_init_program() -> None:
     assert "execveat" in exec_line and "posix_spawn" not in exec_line
 
 
-def test_linking_an_init_op_makes_the_arrays_execveat_takes_once() -> None:
-    """The zygote links an init op to the init's fd, its mode and the argv/envp arrays; the first entry of
-    envp is left for the control record of each spawn."""
+def test_an_init_op_encodes_its_mode_counts_and_one_vector() -> None:
+    """An init op becomes exec_init with its mode and counts, and one vector of candidates, argv and env;
+    the control record that goes before it is made by each spawn (spawn.c)."""
     ops = [list(op) for op in _plan.compile_plan(spec(namespaces=NO_PID), ROOTLESS).ops]
-    linked, meta = _child.link(ops[-1:], None, 7)
-    fn, (init_fd, mode, status, counts, argv, envp) = linked[0]
-    assert fn is _child.OPS["subreaper"] and meta[0] == ("exec", "execve", "tool")
-    assert (init_fd, mode, counts) == (7, _init.MODES["subreaper"], (2, 2))
-    assert list(argv) == [b"anyns-init", None]
-    assert list(envp) == [None, b"/a/tool", b"/b/tool", b"tool", b"-v", b"PATH=/a:/b", b"K=v", None]
+    (op,) = _ops.decode(_ops.encode(ops[-1:]))
+    assert op["op"] == "exec_init" and (op["step"], op["call"], op["path"]) == (b"exec", b"execve", b"tool")
+    status, mode, candidates, argc = op["n"][:4]
+    assert (mode, candidates, argc) == (_init.MODES["subreaper"], 2, 2)
+    assert op["v"][0] == [b"/a/tool", b"/b/tool", b"tool", b"-v", b"PATH=/a:/b", b"K=v"]
     assert status == ops[-1][3][0]
-    with pytest.raises(ValueError, match="without the init program"):
-        _child.link(ops[-1:], None)
 
 
 def test_the_control_record() -> None:
