@@ -91,15 +91,6 @@ _leaf_count = 0
 # --------------------------------------------------------------------------- child half
 
 
-def enter_in_child(procs_fd: int) -> None:
-    """Move the calling process into the v1 cgroup whose ``cgroup.procs`` is open as ``procs_fd``.
-
-    ``0`` means the writer itself (cgroup-v1.rst), so no pid translation is
-    needed inside the new pid namespace.
-    """
-    os.write(procs_fd, b"0")
-
-
 # --------------------------------------------------------------------------- host half
 
 

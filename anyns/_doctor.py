@@ -177,6 +177,21 @@ def _init_binary() -> Finding:
     return Finding("init", "ok", f"{BINARY} ({size // 1024} KiB, static), run from a sealed memfd copy")
 
 
+def _spawn_core() -> Finding:
+    """The native spawn core (``anyns/_native/libanyns-spawn.so``): there, loadable, and of this anyns."""
+    from ._zygote._native import LIBRARY, Native
+
+    try:
+        native = Native()
+    except OSError as e:
+        return Finding("spawn core", "FAIL", f"{LIBRARY}: {e}: this anyns was never built; run pip install -e . in "
+                                             "its source checkout (it compiles anyns/_native/spawn.c; Debian: "
+                                             "apt-get install build-essential)")
+    size = os.stat(LIBRARY).st_size
+    return Finding("spawn core", "ok", f"{LIBRARY} ({size // 1024} KiB, version {native.version}, "
+                                       f"{os.uname().machine}): containers are set up in C, cloned with CLONE_VM")
+
+
 def _cgroups() -> Finding:
     """Where each limit would be enforced (``ContainerSpec(limits=...)``), as the supervisor would set it up."""
     from ._cgroups import CONTROLLERS, describe, probe
@@ -246,13 +261,13 @@ def _tools() -> Finding:
 
 
 CHECKS: tuple[Callable[[], Finding], ...] = (
-    _kernel, _features, _privileges, _pidfd, _init_binary, _detached_trees, _userns, _overlayfs, _seccomp, _cgroups,
-    _masked_proc, _limits, _tools,
+    _kernel, _features, _privileges, _pidfd, _spawn_core, _init_binary, _detached_trees, _userns, _overlayfs,
+    _seccomp, _cgroups, _masked_proc, _limits, _tools,
 )
 
 #: what a user can do, and the findings it depends on (any of them not "ok" says why it may not work)
 FEATURES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("containers (namespaces, pivot_root, /proc)", ("kernel", "pidfd", "init", "container")),
+    ("containers (namespaces, pivot_root, /proc)", ("kernel", "pidfd", "spawn core", "init", "container")),
     ("hardening (seccomp filter)", ("seccomp",)),
     ("limits, statistics, pause/resume (cgroups)", ("cgroups",)),
     ("user namespaces (Namespaces.USER, user_ns=) and rootless mode", ("user namespaces", "/proc")),

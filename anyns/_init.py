@@ -60,8 +60,7 @@ import os
 from ._protocol import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-    from typing import Any, Final
+    from typing import Final
 
 #: where ``pip install`` puts the compiled init, beside this module
 BINARY: Final = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_native", "anyns-init")
@@ -126,33 +125,6 @@ def _fcntl(fd: int, command: int, arg: int) -> int:
     import fcntl  # once, in the zygote's start: F_ADD_SEALS has no os function
 
     return fcntl.fcntl(fd, command, arg)
-
-
-def control(mode: int, status_fd: int, error_fd: int, candidates: int, argc: int) -> bytes:
-    """The init's control record, the first entry of its environment (init.c says what follows it)."""
-    return b"ANYNS_INIT=%d %d %d %d %d" % (mode, status_fd, error_fd, candidates, argc)
-
-
-def first_to_start(candidates: tuple[bytes, ...], start: Callable[[bytes], Any]) -> Any:
-    """``start(path)`` for each candidate in turn, like execvp(3); the first that works wins.
-
-    ENOENT and ENOTDIR move on to the next (an EACCES is the error kept if
-    none works), any other error stops. The init follows the same rules.
-
-    Raises:
-        OSError: no candidate could be started.
-    """
-    first: OSError | None = None
-    for path in candidates:
-        try:
-            return start(path)
-        except OSError as e:
-            if e.errno not in (errno.ENOENT, errno.ENOTDIR, errno.EACCES) or len(candidates) == 1:
-                raise
-            if first is None or (e.errno == errno.EACCES and first.errno != errno.EACCES):
-                first = e
-    assert first is not None
-    raise first
 
 
 def program_status(data: bytes) -> int | None:

@@ -41,7 +41,6 @@ import errno as _errno
 import os
 
 from ._security_defaults import CAPABILITIES
-from ._sys import _libc
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -172,47 +171,3 @@ class _cap_data(ctypes.Structure):
     _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
 
 
-def prepare_seccomp(bpf: bytes) -> tuple[object, ...]:
-    """The ``struct sock_fprog`` for ``bpf`` and the buffer it points to (kept alive together)."""
-    buffer = ctypes.create_string_buffer(bpf, len(bpf))
-    prog = _sock_fprog(len(bpf) // 8, ctypes.addressof(buffer))
-    return (prog, buffer)
-
-
-def prepare_capset(kept: int) -> tuple[object, ...]:
-    """capset(2) arguments giving effective = permitted = ``kept`` and no inheritable ones."""
-    header = _cap_header(_LINUX_CAPABILITY_VERSION_3, 0)
-    data = (_cap_data * 2)(_cap_data(kept & 0xFFFFFFFF, kept & 0xFFFFFFFF, 0),
-                           _cap_data(kept >> 32, kept >> 32, 0))
-    return (header, data)
-
-
-def drop_bounding_in_child(dropped: tuple[int, ...]) -> None:
-    """Remove ``dropped`` from the bounding set: no execve can grant them again (needs CAP_SETPCAP).
-
-    A capability newer than this kernel (EINVAL) has nothing to drop.
-    """
-    for cap in dropped:
-        try:
-            _libc.prctl(_PR_CAPBSET_DROP, cap)
-        except OSError as e:
-            if e.errno != _errno.EINVAL:
-                raise
-
-
-def install_seccomp_in_child(prepared: tuple[object, ...]) -> None:
-    """Install the filter (no_new_privs, or CAP_SYS_ADMIN, must hold already)."""
-    prog = prepared[0]
-    assert isinstance(prog, _sock_fprog)
-    _libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.addressof(prog))
-
-
-def set_capabilities_in_child(prepared: tuple[object, ...]) -> None:
-    """Keep only the prepared capabilities (effective, permitted), none inheritable or ambient."""
-    header, data = prepared
-    _libc.syscall("capset", _SYS_CAPSET, ctypes.addressof(header), ctypes.addressof(data))  # type: ignore[arg-type]
-    _libc.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL)
-
-
-def no_new_privs_in_child() -> None:
-    _libc.prctl(_PR_SET_NO_NEW_PRIVS, 1)

@@ -84,26 +84,3 @@ def helper_argv(tool: str, pid: int, ranges: Iterable[tuple[int, int, int]]) -> 
 # --------------------------------------------------------------------------- child half
 
 
-def become_root_in_child() -> None:
-    """Become root of the new user namespace (its maps are written): no supplementary groups, ids 0.
-
-    With setgroups denied (an unprivileged supervisor) the groups stay as they
-    are: unmapped, so they show as nogroup and grant nothing inside.
-    """
-    try:  # noqa: SIM105 - contextlib stays out of the zygote
-        os.setgroups([])
-    except PermissionError:
-        pass
-    os.setresgid(0, 0, 0)
-    os.setresuid(0, 0, 0)
-
-
-def set_user_in_child(uid: int, gid: int, groups: tuple[int, ...]) -> None:
-    """Run as ``uid``/``gid`` with ``groups`` from here on (groups first: it needs CAP_SETGID)."""
-    try:
-        os.setgroups(list(groups))
-    except PermissionError:
-        if groups:  # setgroups is denied (rootless): only "no groups" can be honoured, by leaving them
-            raise
-    os.setresgid(gid, gid, gid)
-    os.setresuid(uid, uid, uid)

@@ -58,22 +58,10 @@ _ioctl = _libc.ioctl
 _ioctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p)
 _ioctl.restype = ctypes.c_int
 
-# struct ifreq (40 bytes on 64-bit): the name, then ifr_flags as a short.
-_IFREQ = ctypes.create_string_buffer(40)
 _AF_INET = 2
 _SOCK_DGRAM_CLOEXEC = 2 | 0o2000000
 
 
-class clone_args(ctypes.Structure):
-    """``struct clone_args`` (include/uapi/linux/sched.h), CLONE_ARGS_SIZE_VER2."""
-
-    _fields_ = [
-        (name, ctypes.c_uint64)
-        for name in (
-            "flags", "pidfd", "child_tid", "parent_tid", "exit_signal", "stack",
-            "stack_size", "tls", "set_tid", "set_tid_size", "cgroup",
-        )
-    ]
 
 
 class mount_attr(ctypes.Structure):
@@ -94,38 +82,6 @@ def _fail(name: str, path: bytes | str | None = None) -> OSError:
     return error
 
 
-# One preallocated argument block: clone3 is called once per container from
-# the zygote, where every allocation after a clone costs copy-on-write faults.
-_CLONE_ARGS = clone_args()
-_CLONE_PIDFD_OUT = ctypes.c_int(-1)
-_CLONE_ARGS_REF = ctypes.byref(_CLONE_ARGS)
-_CLONE_ARGS_SIZE = ctypes.c_size_t(ctypes.sizeof(_CLONE_ARGS))
-_CLONE_NR = ctypes.c_long(C.SYS_clone3)
-_CLONE_ARGS.pidfd = ctypes.addressof(_CLONE_PIDFD_OUT)
-
-
-def clone3(flags: int, exit_signal: int, cgroup_fd: int = -1) -> tuple[int, int]:
-    """clone3 without CLONE_VM, always with CLONE_PIDFD; into cgroup ``cgroup_fd`` (a v2 directory) if >= 0.
-
-    Returns ``(pid, pidfd)`` in the parent and ``(0, -1)`` in the child.
-    Not reentrant (one preallocated argument block), which the single-threaded
-    zygote never needs.
-    """
-    args = _CLONE_ARGS
-    if cgroup_fd >= 0:
-        flags |= C.CLONE_INTO_CGROUP
-        args.cgroup = cgroup_fd
-    else:
-        args.cgroup = 0
-    args.flags = flags | C.CLONE_PIDFD
-    args.exit_signal = exit_signal
-    _CLONE_PIDFD_OUT.value = -1
-    ret = _syscall_gil(_CLONE_NR, _CLONE_ARGS_REF, _CLONE_ARGS_SIZE)
-    if ret == -1:
-        raise _fail("clone3")
-    return ret, _CLONE_PIDFD_OUT.value
-
-
 def mount(
     source: bytes | None, target: bytes, fstype: bytes | None, flags: int, data: bytes | None
 ) -> None:
@@ -138,12 +94,6 @@ def umount2(target: bytes, flags: int) -> None:
     """umount2(2)."""
     if _umount2(target, flags) != 0:
         raise _fail("umount2", target)
-
-
-def pivot_root(new_root: bytes, put_old: bytes) -> None:
-    """pivot_root(2) (no glibc wrapper)."""
-    if _syscall(ctypes.c_long(_PIVOT_ROOT_NR), ctypes.c_char_p(new_root), ctypes.c_char_p(put_old)) != 0:
-        raise _fail("pivot_root", new_root)
 
 
 def sethostname(name: bytes) -> None:
@@ -194,21 +144,6 @@ def syscall(name: str, number: int, *args: int) -> int:
 def string_array(strings: Sequence[bytes | None]) -> ctypes.Array[ctypes.c_char_p]:
     """A ``char *[]`` of ``strings`` and a final NULL, for ``execveat``; it keeps the strings alive."""
     return (ctypes.c_char_p * (len(strings) + 1))(*strings, None)
-
-
-def execveat(dirfd: int, path: bytes, argv: ctypes.Array[ctypes.c_char_p], envp: ctypes.Array[ctypes.c_char_p],
-             flags: int) -> None:
-    """execveat(2) (Linux 3.19; glibc wraps it from 2.34 only); returns only on failure, by raising."""
-    _syscall(_EXECVEAT_NR, ctypes.c_int(dirfd), ctypes.c_char_p(path), argv, envp, ctypes.c_int(flags))
-    raise _fail("execveat")
-
-
-def close_range(first: int, last: int, flags: int) -> None:
-    """close_range(2) (Python has only os.closerange, without the CLOEXEC mode)."""
-    if _syscall(
-        ctypes.c_long(C.SYS_close_range), ctypes.c_uint(first), ctypes.c_uint(last), ctypes.c_uint(flags)
-    ) != 0:
-        raise _fail("close_range")
 
 
 def mount_setattr(dfd: int, path: bytes, flags: int, attr_set: int, attr_clr: int, propagation: int) -> None:
@@ -324,42 +259,6 @@ def fsmount(fsfd: int, flags: int, attr_flags: int) -> int:
     if fd < 0:
         raise _fail("fsmount")
     return fd
-
-
-def set_interface_up(name: bytes) -> None:
-    """SIOCSIFFLAGS(IFF_UP) on interface ``name`` of the current network namespace.
-
-    Uses a preallocated ``struct ifreq`` and raw libc calls: in the cloned child
-    every Python object it allocates costs copy-on-write page faults.
-    """
-    fd = _socket(_AF_INET, _SOCK_DGRAM_CLOEXEC, 0)
-    if fd < 0:
-        raise _fail("socket")
-    try:
-        ctypes.memset(_IFREQ, 0, 40)
-        ctypes.memmove(_IFREQ, name, min(len(name), 15))
-        ctypes.c_short.from_buffer(_IFREQ, 16).value = C.IFF_UP | C.IFF_LOOPBACK
-        if _ioctl(fd, C.SIOCSIFFLAGS, _IFREQ) != 0:
-            raise _fail("ioctl(SIOCSIFFLAGS)")
-    finally:
-        os.close(fd)
-
-
-_WINSIZE = ctypes.create_string_buffer(8)  # struct winsize: rows, cols, xpixel, ypixel (unsigned short)
-
-
-def set_window_size(fd: int, rows: int, cols: int) -> None:
-    """TIOCSWINSZ: the terminal's size in characters."""
-    ctypes.memset(_WINSIZE, 0, 8)
-    (ctypes.c_ushort * 2).from_buffer(_WINSIZE)[:] = [rows, cols]
-    if _ioctl(fd, C.TIOCSWINSZ, _WINSIZE) != 0:
-        raise _fail("ioctl(TIOCSWINSZ)")
-
-
-def set_controlling_tty(fd: int) -> None:
-    """TIOCSCTTY: make ``fd`` the calling session leader's controlling terminal."""
-    if _ioctl(fd, C.TIOCSCTTY, None) != 0:
-        raise _fail("ioctl(TIOCSCTTY)")
 
 
 _RLIMIT = (ctypes.c_uint64 * 2)()

@@ -18,10 +18,12 @@ from __future__ import annotations
 import os
 import struct
 
+from .. import _init
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Sequence
-    from typing import Any
+    from typing import Any, Final
 
 #: argument kinds, one letter each, in the order the wire op gives them:
 #: ``s`` a string (or None) into the next ``s`` slot, ``n`` an integer into the next ``n`` slot,
@@ -92,7 +94,7 @@ OPS: tuple[tuple[str, str, str], ...] = (
 #: wire name -> (enum value, syscall named by default, argument kinds)
 CODES: dict[str, tuple[int, str, str]] = {name: (i, call, kinds) for i, (name, call, kinds) in enumerate(OPS)}
 #: the init's modes, by the exec step's call (init.c: FLAG_FORK 1, FLAG_SUBREAPER 2, FLAG_HOLD 4)
-INIT_MODES: dict[str, int] = {"spawn_with_init": 0, "fork_and_wait": 1, "subreaper": 1 | 2, "hold_with_init": 4}
+INIT_MODES: Final = _init.MODES
 
 MAGIC = b"ANYNSOPS"
 VERSION = 1
@@ -183,7 +185,7 @@ def encode(ops: Sequence[Sequence[Any]]) -> bytes:
         else:
             if len(args) != len(kinds):
                 raise ValueError(f"{call} takes {len(kinds)} arguments, got {len(args)}")
-            for kind, value in zip(kinds, args):
+            for kind, value in zip(kinds, args, strict=True):
                 if kind == "n":
                     n.append(int(value))
                 elif kind == "s":
@@ -259,7 +261,7 @@ def decode(encoded: bytes) -> list[dict[str, Any]]:
     def vector(offset: int) -> list[bytes | None] | None:
         if offset == 0:
             return None
-        items = []
+        items: list[bytes | None] = []
         while True:
             (item,) = struct.unpack_from("=Q", encoded, offset)
             if item == 0:

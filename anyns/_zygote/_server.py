@@ -89,7 +89,7 @@ _pack_fd = struct.Struct("i").pack
 class LinkedPlan:
     """A plan as the zygote keeps it: the native op list, linked once, and what each spawn of it needs."""
 
-    __slots__ = ("flags", "ops", "extra", "enter", "skeleton", "cgroup", "dumpable", "shared_vm", "last_serial")
+    __slots__ = ("cgroup", "dumpable", "enter", "extra", "flags", "last_serial", "ops", "shared_vm", "skeleton")
 
     def __init__(self, flags: int, ops: ctypes.Array[ctypes.c_char], extra: int, enter: tuple[tuple[int, int], ...],
                  skeleton: list[Any] | None, cgroup: int, dumpable: bool, shared_vm: bool) -> None:

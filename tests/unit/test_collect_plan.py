@@ -10,8 +10,8 @@ import pytest
 
 import anyns
 from anyns import _files, _init, _plan
-from anyns._zygote import _ops
 from anyns._spec import Namespaces
+from anyns._zygote import _ops
 
 ROOT = _plan.HostLayout(newroot="/x", cgroup_v2=True)
 ROOTLESS = attrs.evolve(ROOT, rootless=True)
@@ -33,7 +33,7 @@ def test_collect_makes_the_init_hold(layout: _plan.HostLayout) -> None:
     assert plain.ops[:-1] == held.ops[:-1] and plain.ops[-1][2:] == held.ops[-1][2:]
     assert plain != held  # so the supervisor caches them apart
     (op,) = _ops.decode(_ops.encode([held.ops[-1]]))
-    assert op["op"] == "exec_init" and op["n"][1] == _ops.INIT_MODES["hold_with_init"] == _init.MODES["hold_with_init"] == 4
+    assert op["op"] == "exec_init" and op["n"][1] == _init.MODES["hold_with_init"] == 4
     assert (op["step"], op["call"]) == (b"exec", b"execve")
 
 

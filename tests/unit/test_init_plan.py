@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import pathlib
+import re
+
 import attrs
 import pytest
 
 import anyns
 from anyns import _init, _plan
-from anyns._zygote import _ops
 from anyns._spec import Namespaces
+from anyns._zygote import _ops
 
 ROOT = _plan.HostLayout(newroot="/x", cgroup_v2=True)
 ROOTLESS = attrs.evolve(ROOT, rootless=True)
@@ -83,6 +86,13 @@ def test_an_init_op_encodes_its_mode_counts_and_one_vector() -> None:
 
 
 def test_the_control_record() -> None:
-    """What init.c parses: flags, status fd, error fd, number of candidates, argc."""
-    assert _init.control(3, 9, 8, 2, 1) == b"ANYNS_INIT=3 9 8 2 1"
-    assert _init.MODES == {"spawn_with_init": 0, "fork_and_wait": 1, "subreaper": 3, "hold_with_init": 4}
+    """init.c parses what spawn.c writes (flags, status fd, error fd, candidates, argc) under one prefix, and the
+    modes are init.c's flags."""
+    native = pathlib.Path(_init.__file__).parent / "_native"
+    init_c, spawn_c = (native / "init.c").read_text(), (native / "spawn.c").read_text()
+    assert '#define CONTROL "ANYNS_INIT="' in init_c and 'put_str(p, end, "ANYNS_INIT=")' in spawn_c
+    flags = {name: int(value) for name, value in re.findall(r"#define FLAG_(\w+) (\d+)", init_c)}
+    assert flags == {"FORK": 1, "SUBREAPER": 2, "HOLD": 4}
+    expected = {"spawn_with_init": 0, "fork_and_wait": flags["FORK"],
+                "subreaper": flags["FORK"] | flags["SUBREAPER"], "hold_with_init": flags["HOLD"]}
+    assert expected == _init.MODES
