@@ -11,8 +11,9 @@ from hypothesis import strategies as st
 from strategies import specs
 
 import anyns
-from anyns import Namespaces, _child, _plan, _protocol
+from anyns import Namespaces, _plan, _protocol
 from anyns._spec import needs_cgroup
+from anyns._zygote import _ops
 
 STEP_ORDER = ("cgroup", "userns", "namespaces", "propagation", "rootfs", "dev", "tmp", "proc", "mounts", "pivot_root",
               "hostname", "network", "process", "security", "pdeathsig", "exec")
@@ -169,7 +170,7 @@ def test_plan_is_pure_and_survives_the_wire(spec: anyns.ContainerSpec,
     """
     plan = compile_(spec, layout)
     assert compile_(spec, layout) == plan
-    assert {op[1] for op in plan.ops} - {"seccomp"} <= set(_child.OPS)
+    assert {op[1] for op in plan.ops} - {"seccomp"} <= set(_ops.CODES) | set(_ops.INIT_MODES)
     data = _protocol.encode(_protocol.SPAWN, 1, 1, plan.to_wire())
     assert len(data) < _protocol.MAX_MESSAGE
     body = _protocol.decode(data)[3]
