@@ -252,8 +252,9 @@ EXEC_INIT = textwrap.dedent(
     import ctypes, sys
     from anyns import _init
     from anyns._sys import _libc
-    envp = [_init.control(0, int(sys.argv[2]), int(sys.argv[3]), 2, 2), b"/nowhere/a", b"/nowhere/b", b"prog",
-            b"x", b"K=v"]
+    # the control record spawn.c writes: flags, status fd, error fd, candidates, argc
+    control = b"ANYNS_INIT=0 %d %d 2 2" % (int(sys.argv[2]), int(sys.argv[3]))
+    envp = [control, b"/nowhere/a", b"/nowhere/b", b"prog", b"x", b"K=v"]
     libc = ctypes.CDLL(None, use_errno=True)
     libc.execve(sys.argv[1].encode(), _libc.string_array([_init.ARGV0]), _libc.string_array(envp))
     raise SystemExit("execve failed")
