@@ -21,7 +21,7 @@ Which hierarchy does what:
   pids, cpu) are used from v2 when the host gives them to v2;
 * v1, for each of memory, pids and cpu that v2 lacks (and cpuacct and freezer
   where there is no v2 at all): the child moves itself into its leaf by
-  writing ``0`` to the leaf's ``cgroup.procs`` (``enter_in_child``), as its
+  writing ``0`` to the leaf's ``cgroup.procs`` (the ``cgroup_enter`` op), as its
   first step, before it makes any namespace, so its cgroup namespace (if
   asked for) is rooted there too.
 
@@ -36,7 +36,7 @@ in ``devices.allow``; on a v2-only host a ``BPF_PROG_TYPE_CGROUP_DEVICE``
 program that allows the same is attached to the v2 leaf (``device_program``),
 if the kernel lets us (else nothing: it is the second line).
 
-Child half: ``enter_in_child``, one write; nothing else here runs in the child.
+Child half: the ``cgroup_enter`` op of the native core (``_native/spawn.c``), one write.
 """
 
 from __future__ import annotations

@@ -16,13 +16,13 @@ was readable through /proc/1/mem with CAP_SYS_PTRACE). It is not dumpable,
 names itself ``anyns-init``, and its command line is that name alone. It
 runs as:
 
-* pid 1 of the container's pid namespace (``spawn_with_init``): posix_spawn
-  the program, forward SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2 and
+* pid 1 of the container's pid namespace (``spawn_with_init``): vfork and
+  execve the program, forward SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2 and
   SIGWINCH to it (not those the kernel sent: a terminal's ^C reaches the
   program directly), reap every orphan;
 * the waiter of a rootless exec (``fork_and_wait``), outside the container's
   pid namespace: the program is forked into it and dies with the waiter
-  (PR_SET_PDEATHSIG), which posix_spawn cannot ask;
+  (PR_SET_PDEATHSIG, set in the forked child);
 * without a pid namespace where no cgroup can be had (rootless), a child
   subreaper (``subreaper``, as ``tini -s``): as the waiter, and when the
   program ends it kills what the program left running, reaps it, and only
@@ -49,7 +49,8 @@ exec'd).
 The zygote opens the binary once (``open_binary``): a sealed memfd copy, so
 that a container process that reaches /proc/PID/exe of an init can never
 write the host's file (runc CVE-2019-5736). The control data reaches the
-init in its environment block (``control``; see init.c for why not argv).
+init in its environment block, written by the child (``_native/spawn.c``,
+``op_exec_init``; see init.c for why not argv).
 """
 
 from __future__ import annotations

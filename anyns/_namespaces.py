@@ -13,7 +13,7 @@
   ``ip netns add`` does, and take it away again.
 
 The child-side half, joining single namespaces, is the ``setns`` step of
-the plan (``_child``).
+the plan, run by the native core (``_native/spawn.c``).
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ that the supervisor probes once.
 A plan is a tuple of operations ``(step, call, path, args)``:
 
 * ``step``: the phase reported in errors (``"rootfs"``, ``"dev"``, ``"exec"`` …);
-* ``call``: the name of the child-side operation (``_child.OPS``), which is the
-  syscall it makes, so an error can name it;
+* ``call``: the name of the child-side operation (``_zygote/_ops.py``'s ``OPS``,
+  run by the native core ``_native/spawn.c``), which names the syscall an error reports;
 * ``path``: the path an error message names (inside the container when the
   container's view is clearer), or None;
 * ``args``: plain str / int / None / tuple values; paths are str and become
@@ -58,7 +58,7 @@ The order (each line a step)::
 
                  From the root on, every step names a container path that the
                  child resolves beneath a mount it made (the root, /dev, /proc:
-                 ``_child._ANCHORS``) with openat2 and no symlink followed, and
+                 ``anchor_of`` in ``_native/spawn.c``) with openat2 and no symlink followed, and
                  mounts onto the fd it got: a path string inside a root that
                  another container may write is never resolved twice (runc's
                  CVE-2019-16884, CVE-2019-19921, CVE-2025-31133)

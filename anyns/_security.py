@@ -30,8 +30,8 @@ policy (``seccomp_policy``, the key), are cached for the process
 (``compile_seccomp``; the supervisor calls it in a worker thread, once per
 policy however many spawns wait for it), and ``with_seccomp_bpf`` rewrites a
 plan's ``seccomp`` op into the ``seccomp_bpf`` op the child installs.
-Child half: the ``*_in_child`` functions, a few syscalls each, with the
-ctypes arguments prepared once per plan (``prepare_*``).
+Child half: the ``drop_bounding``, ``seccomp_bpf``, ``capset`` and
+``no_new_privs`` ops of the native core (``_native/spawn.c``), a few syscalls each.
 """
 
 from __future__ import annotations

@@ -156,6 +156,6 @@ def expand_for_child(ops: Sequence[Sequence[Any]], newroot: str) -> list[list[An
             child.append(["rootfs", "mount_setattr", "/", [newroot, _RO_ATTRS]])
         else:
             raise ValueError(f"unknown skeleton operation {call!r}")
-    # What follows is resolved beneath the root (``_child._ANCHORS``), as after attach_skeleton.
+    # What follows is resolved beneath the root (``anchor_of`` in ``_native/spawn.c``), as after attach_skeleton.
     child.append(["rootfs", "root_anchor", "/", [newroot]])
     return child

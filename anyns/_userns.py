@@ -1,10 +1,10 @@
-"""User namespaces: the uid/gid maps (host half) and the identity inside (child half).
+"""User namespaces: the uid/gid maps (host half); the native core sets the identity inside.
 
 The order (docs/spawn-path.md §3): clone3 makes the child in a new user
 namespace (and its pid namespace, owned by it); the child blocks on its go
 pipe at once. The supervisor, in the parent namespace, writes
 ``/proc/PID/uid_map`` and ``gid_map``, then the go byte. Only then does the
-child become root inside (``become_root_in_child``) and unshare the other
+child become root inside (the ``become_root`` op) and unshare the other
 namespaces, which the new user namespace then owns, so it may mount, set
 the hostname and bring ``lo`` up in them.
 

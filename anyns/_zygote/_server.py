@@ -2,19 +2,24 @@
 
 The supervisor starts it as a fresh interpreter (``python -I -S
 anyns/_zygote_main.py <socket fd> <supervisor pid> <package dir>``) from its own thread, never by
-forking the trio process. It imports only what the child path needs (no trio,
-no attrs), freezes the garbage collector so children share its pages, and
-serves one request at a time:
+forking the trio process. It imports only what it needs (no trio, no attrs)
+and serves one request at a time:
 
 1. receive ``spawn`` with the stdio fds and the error pipe (recvmsg with
    MSG_CMSG_CLOEXEC: ``socket.recv_fds`` in 3.11 ignores its flags, gh-107898);
-2. ``clone3(CLONE_PIDFD | CLONE_PARENT | CLONE_CLEAR_SIGHAND | namespaces,
-   exit_signal=0)``: CLONE_PARENT makes the container the supervisor's child,
-   so the supervisor reaps it; CLONE_PARENT requires exit_signal 0;
-3. send the pidfd back and close everything it received.
+2. the first time a plan is seen, encode its ops into the native op list
+   (``_ops.encode``) and link it (``_native.Native.link``): a ``LinkedPlan``;
+3. ``anyns_spawn`` of the native core (``_native/spawn.c``): ``clone3(CLONE_VM
+   | CLONE_PIDFD | CLONE_PARENT | CLONE_CLEAR_SIGHAND | namespaces,
+   exit_signal=0)`` on a stack of its own, the child running the op list in C
+   and exec'ing; CLONE_PARENT makes the container the supervisor's child, so
+   the supervisor reaps it (CLONE_PARENT requires exit_signal 0). Plans that
+   ``_ops.needs_own_memory`` names get an ordinary copy-on-write clone instead;
+4. send the pidfd back and close everything it received.
 
 It never waits for a child: setup runs in the child while the zygote serves
-the next request. It exits on EOF from the supervisor, and dies with it
+the next request. A linked plan stays alive while a child of it may still be
+reading it (``anyns_oldest_busy``), a DROP notwithstanding. It exits on EOF from the supervisor, and dies with it
 (PR_SET_PDEATHSIG, set first thing).
 """
 
