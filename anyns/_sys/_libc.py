@@ -24,14 +24,9 @@ _WAITID_NR = ctypes.c_long({"aarch64": 95, "riscv64": 95}.get(os.uname().machine
 _EXECVEAT_NR = ctypes.c_long({"aarch64": 281, "riscv64": 281}.get(os.uname().machine, C.SYS_execveat))
 
 _libc = ctypes.CDLL(None, use_errno=True)
-# clone3 must run with the GIL held (PyDLL): with CDLL the GIL would be
-# released and re-taken in both processes (docs/spawn-path.md §1.1).
-_libc_gil = ctypes.PyDLL(None, use_errno=True)
 
 _syscall = _libc.syscall
 _syscall.restype = ctypes.c_long
-_syscall_gil = _libc_gil.syscall
-_syscall_gil.restype = ctypes.c_long
 
 _mount = _libc.mount
 _mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p)
