@@ -1474,7 +1474,7 @@ static const char *error_text[256];
 
 static void report(struct child *st, int err)
 {
-	char record[1024];
+	char record[4096]; /* MAX_FAILURE */
 	char *p = record, *end = record + sizeof record;
 	const struct op *op = st->op;
 	const char *call = st->call ? st->call : op ? op->call : "unknown";
@@ -1650,9 +1650,16 @@ EXPORT long anyns_spawn(const void *plan, uint64_t flags, int cgroup_fd, int sha
 	words = h->stack_words + 2;
 	size = (65536 + words * sizeof(char *) + sizeof(struct start) + 4095) & ~(size_t)4095;
 	s = &stacks[nstacks];
+	/* one more page below it, inaccessible: an overflow faults instead of writing the zygote's memory */
+	size += 4096;
 	s->base = mmap(0, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK | MAP_NORESERVE, -1, 0);
 	if (s->base == MAP_FAILED)
 		return -errno;
+	if (mprotect(s->base, 4096, PROT_NONE) != 0) {
+		int err = errno;
+		munmap(s->base, size);
+		return -err;
+	}
 	s->size = size;
 	s->start = (struct start *)(((uintptr_t)s->base + size - sizeof(struct start)) & ~(uintptr_t)63);
 	s->start->plan = h;
@@ -1668,8 +1675,8 @@ EXPORT long anyns_spawn(const void *plan, uint64_t flags, int cgroup_fd, int sha
 	args.pidfd = (uint64_t)(uintptr_t)pidfd;
 	args.child_tid = (uint64_t)(uintptr_t)&s->start->tid;
 	args.exit_signal = 0;
-	args.stack = (uint64_t)(uintptr_t)s->base;
-	args.stack_size = ((uintptr_t)s->start - (uintptr_t)s->base) & ~(uintptr_t)15;
+	args.stack = (uint64_t)(uintptr_t)s->base + 4096;
+	args.stack_size = ((uintptr_t)s->start - (uintptr_t)s->base - 4096) & ~(uintptr_t)15;
 	if (cgroup_fd >= 0) {
 		args.flags |= CLONE_INTO_CGROUP;
 		args.cgroup = (uint64_t)cgroup_fd;
