@@ -15,6 +15,7 @@ from typing import IO, Any, Final
 import attrs
 import trio
 
+from ._cleanup import SmallExitStack
 from ._errors import SetupError, SpecError
 
 PIPE: Final = subprocess.PIPE
@@ -85,7 +86,7 @@ class StdioFds:
         self.parent_in: int | None = None
         self.parent_out: int | None = None
         self.parent_err: int | None = None
-        self._ours = contextlib.ExitStack()
+        self._ours = SmallExitStack()
 
     @classmethod
     def open(cls, options: StdioOptions, devnull: int, child_ends: contextlib.ExitStack, *,

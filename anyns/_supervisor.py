@@ -48,6 +48,7 @@ import attrs
 import trio
 
 from . import _cgroups, _protocol, _security
+from ._cleanup import SmallAsyncExitStack, SmallExitStack
 from ._container import (
     CompletedContainer,
     Container,
@@ -346,7 +347,7 @@ class Supervisor(metaclass=NoPublicConstructor):
             spec = self._rootless.spec(spec)
         plan_id, plan = await self._container_plan(spec, bool(collect))
         leaf = _cgroups.leaf_for(self._cgroups, spec) if needs_cgroup(spec, self._rootless is not None) else None
-        with ExitStack() as sent:  # the fds the request carries: closed once the zygote has its copies
+        with SmallExitStack() as sent:  # the fds the request carries: closed once the zygote has its copies
             try:
                 by_kind = _join_fds(spec, sent)
                 if leaf is not None:
@@ -413,7 +414,7 @@ class Supervisor(metaclass=NoPublicConstructor):
             return compile_exec_plan(spec, flags, host, userns, rootless)
 
         plan_id, plan = await self._plan(("exec", spec, int(flags), leaf is not None, userns, rootless), compile_)
-        with ExitStack() as sent:
+        with SmallExitStack() as sent:
             try:
                 with _fd_exhaustion_as_setup_error():
                     # Our own duplicate of the pidfd: the task that owns the container may
@@ -468,12 +469,12 @@ class Supervisor(metaclass=NoPublicConstructor):
         started = task_status is not trio.TASK_STATUS_IGNORED
         # Two stacks, as trio's run_process: ``always`` is closed however this ends;
         # ``until_made`` only if no container was made (it owns them from then on).
-        async with contextlib.AsyncExitStack() as until_made:
+        async with SmallAsyncExitStack() as until_made:
             if leaf is not None:
                 until_made.push_async_callback(self._release_cgroup, leaf)
             container: Container | None = None
             try:
-                with ExitStack() as always:
+                with SmallExitStack() as always:
                     if go is not None:
                         always.callback(os.close, go)
                     if plan.tty and not (started or options.capture_stdout):
