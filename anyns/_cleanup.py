@@ -1,87 +1,95 @@
-"""Cleanup stacks that stay small: ``contextlib.ExitStack`` for the fds of one spawn, lighter.
+"""Cleanup stacks that stay small: ``contextlib.ExitStack``'s job for the fds of one spawn, lighter.
 
 A running container keeps a few such stacks alive for as long as it runs
 (trio's two-stack pattern: what is always closed, what is closed only if no
-container was made). The stdlib's keep a deque (about 600 bytes even when
-empty) and wrap every callback in a closure with a ``__dict__`` (about 400
-bytes): at a thousand containers that was 6 KiB each, most of the
-supervisor's memory per container. These keep a list, and a callback is one
-small object. Same API and semantics for what anyns uses: ``callback``,
-``push_async_callback`` (async only), ``pop_all``, ``close``, ``with``.
+container was made). The stdlib's keep a ``__dict__`` and a deque (about 600
+bytes even when empty) and wrap every callback in a closure with a
+``__dict__`` (about 400 bytes): at a thousand containers that was 6 KiB of
+the supervisor's memory each. These keep a list in a slot, and a callback
+is a tuple. What anyns uses of ExitStack: ``callback``, ``pop_all``,
+``close``, ``with``; and of AsyncExitStack also ``push_async_callback``.
+
+As with ExitStack, the callbacks run last first, every one of them even if
+one raises; the first error raised is re-raised afterwards (a later one is
+chained to it as its context), and none suppresses the error that left the
+``with`` block.
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Awaitable, Callable
-from typing import Any, final
+from typing import Any
 
 
-@final
-class _Call:
-    """A callback with its arguments, called with the exit details it ignores (ExitStack's protocol)."""
+class SmallExitStack:
+    """Callbacks run when the ``with`` block is left (or ``close``), last first."""
 
-    __slots__ = ("args", "fn")
-
-    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
-        self.fn = fn
-        self.args = args
-
-    def __call__(self, *exc_details: object) -> None:
-        self.fn(*self.args)
-
-
-@final
-class _AsyncCall:
-    __slots__ = ("args", "fn")
-
-    def __init__(self, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...]) -> None:
-        self.fn = fn
-        self.args = args
-
-    async def __call__(self, *exc_details: object) -> None:
-        await self.fn(*self.args)
-
-
-class SmallExitStack(contextlib.ExitStack):
-    """``contextlib.ExitStack`` on a list, with one small object per callback."""
+    __slots__ = ("_callbacks",)
 
     def __init__(self) -> None:
-        # a list does all the deque does here
-        self._exit_callbacks: list[tuple[bool, Callable[..., Any]]] = []
+        #: (is it a coroutine function, the callable, its arguments)
+        self._callbacks: list[tuple[bool, Callable[..., Any], tuple[Any, ...]]] = []
 
-    def callback(self, callback: Callable[..., Any], /, *args: Any, **kwds: Any) -> Callable[..., Any]:
-        if kwds:
-            return super().callback(callback, *args, **kwds)
-        self._push_exit_callback(_Call(callback, args))  # type: ignore[attr-defined]
-        return callback
+    def callback(self, fn: Callable[..., Any], /, *args: Any) -> None:
+        """Call ``fn(*args)`` at the end."""
+        self._callbacks.append((False, fn, args))
 
     def pop_all(self) -> SmallExitStack:
-        new = SmallExitStack()
-        new._exit_callbacks, self._exit_callbacks = self._exit_callbacks, []
+        """A new stack with this one's callbacks; this one is left empty."""
+        new = type(self)()
+        new._callbacks, self._callbacks = self._callbacks, []
         return new
 
+    def close(self) -> None:
+        """Run the callbacks now (each once)."""
+        first: BaseException | None = None
+        while self._callbacks:
+            _is_async, fn, args = self._callbacks.pop()
+            try:
+                fn(*args)
+            except BaseException as e:
+                first = first or e
+        if first is not None:
+            raise first
 
-class SmallAsyncExitStack(contextlib.AsyncExitStack):
-    """``contextlib.AsyncExitStack`` on a list, with one small object per callback."""
+    def __enter__(self) -> SmallExitStack:
+        return self
 
-    def __init__(self) -> None:
-        self._exit_callbacks: list[tuple[bool, Callable[..., Any]]] = []
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
-    def callback(self, callback: Callable[..., Any], /, *args: Any, **kwds: Any) -> Callable[..., Any]:
-        if kwds:
-            return super().callback(callback, *args, **kwds)
-        self._push_exit_callback(_Call(callback, args))  # type: ignore[attr-defined]
-        return callback
 
-    def push_async_callback(self, callback: Callable[..., Awaitable[Any]], /, *args: Any,
-                            **kwds: Any) -> Callable[..., Awaitable[Any]]:
-        if kwds:
-            return super().push_async_callback(callback, *args, **kwds)
-        self._push_exit_callback(_AsyncCall(callback, args), False)  # type: ignore[attr-defined]
-        return callback
+class SmallAsyncExitStack(SmallExitStack):
+    """``SmallExitStack`` that also takes coroutine functions, used with ``async with``."""
+
+    __slots__ = ()
+
+    def push_async_callback(self, fn: Callable[..., Awaitable[Any]], /, *args: Any) -> None:
+        """Await ``fn(*args)`` at the end."""
+        self._callbacks.append((True, fn, args))
 
     def pop_all(self) -> SmallAsyncExitStack:
-        new = SmallAsyncExitStack()
-        new._exit_callbacks, self._exit_callbacks = self._exit_callbacks, []
+        new = type(self)()
+        new._callbacks, self._callbacks = self._callbacks, []
         return new
+
+    async def aclose(self) -> None:
+        """Run the callbacks now (each once), awaiting the async ones."""
+        first: BaseException | None = None
+        while self._callbacks:
+            is_async, fn, args = self._callbacks.pop()
+            try:
+                if is_async:
+                    await fn(*args)
+                else:
+                    fn(*args)
+            except BaseException as e:
+                first = first or e
+        if first is not None:
+            raise first
+
+    async def __aenter__(self) -> SmallAsyncExitStack:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()

@@ -7,7 +7,7 @@ A spawn, in order (``Supervisor._run`` or ``_exec``, then ``_launch``):
 2. the container's cgroup leaf, if it needs one (``_cgroups.leaf_for``);
 3. the fds the request carries, in the plan's order (``Plan.extra_fds``):
    joined namespaces, the cgroup's, the go pipe, the init's status channel,
-   stdio (``StdioFds``). They sit in an ``ExitStack`` that closes them once
+   stdio (``StdioFds``). They sit in an exit stack (``_cleanup``) that closes them once
    the zygote has its copies;
 4. the zygote's answer (``_zygote_client.answer``): the container is then
    made complete from its ``ContainerResources`` (``Container._create``),
@@ -41,7 +41,7 @@ import math
 import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 from typing import Final, final
 
 import attrs
@@ -447,7 +447,7 @@ class Supervisor(metaclass=NoPublicConstructor):
         spec: ContainerSpec,
         plan_id: int,
         plan: Plan,
-        sent: ExitStack,
+        sent: SmallExitStack,
         by_kind: dict[str, list[int]],
         options: StdioOptions,
         task_status: trio.TaskStatus[Container],
@@ -744,7 +744,7 @@ def _plan_key(spec: ContainerSpec) -> ContainerSpec:
     return spec
 
 
-def _join_fds(spec: ContainerSpec, sent: ExitStack) -> dict[str, list[int]]:
+def _join_fds(spec: ContainerSpec, sent: SmallExitStack) -> dict[str, list[int]]:
     """The namespace sources of ``spec.join`` by kind, as fds closed by ``sent``.
 
     A running container is joined through its pidfd (``setns`` accepts one
@@ -774,7 +774,7 @@ def _join_fds(spec: ContainerSpec, sent: ExitStack) -> dict[str, list[int]]:
     return by_kind
 
 
-def _closed_by(stack: ExitStack, fds: list[int]) -> list[int]:
+def _closed_by(stack: SmallExitStack, fds: list[int]) -> list[int]:
     """``fds``, now closed by ``stack``."""
     for fd in fds:
         stack.callback(os.close, fd)

@@ -52,16 +52,32 @@ async def test_async_stack_runs_sync_and_async_callbacks_in_order() -> None:
 
 def test_smaller_than_contextlibs() -> None:
     """The point of them: per stack and per callback, less memory than ExitStack (measured, not assumed)."""
-    def size(stack: contextlib.ExitStack) -> int:
-        total = sys.getsizeof(stack) + sys.getsizeof(stack._exit_callbacks)  # type: ignore[attr-defined]
-        for _is_sync, cb in stack._exit_callbacks:  # type: ignore[attr-defined]
-            total += sys.getsizeof(cb) + sys.getsizeof(getattr(cb, "__dict__", None) or 0)
-        return total
-
-    small, big = SmallExitStack(), contextlib.ExitStack()
-    for stack in (small, big):
-        for fd in range(3):
-            stack.callback(print, fd)
-    assert size(small) < size(big) / 2
+    big = contextlib.ExitStack()
+    small = SmallExitStack()
+    for fd in range(3):
+        big.callback(print, fd)
+        small.callback(print, fd)
+    big_size = sys.getsizeof(big) + sys.getsizeof(big.__dict__) + sys.getsizeof(big._exit_callbacks)  # type: ignore[attr-defined]
+    for _is_sync, cb in big._exit_callbacks:  # type: ignore[attr-defined]
+        big_size += sys.getsizeof(cb) + sys.getsizeof(cb.__dict__)
+    small_size = sys.getsizeof(small) + sys.getsizeof(small._callbacks) + sum(map(sys.getsizeof, small._callbacks))
+    assert not hasattr(small, "__dict__")
+    assert small_size < big_size / 2
     small.pop_all()
     big.pop_all()
+
+
+def test_the_first_error_of_a_callback_is_raised_after_all_ran() -> None:
+    calls: list[str] = []
+
+    def fail(what: str) -> None:
+        calls.append(what)
+        raise OSError(what)
+
+    stack = SmallExitStack()
+    stack.callback(calls.append, "last")
+    stack.callback(fail, "second")
+    stack.callback(fail, "first")
+    with pytest.raises(OSError, match="first"):
+        stack.close()
+    assert calls == ["first", "second", "last"]
