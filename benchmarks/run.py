@@ -5,6 +5,10 @@ Runs, one after the other in this process (each part's own ``main(argv)``):
 ``spawn``
     start+reap throughput against trio+bwrap, trio+unshare and plain trio
     (``spawn.py``, its defaults);
+``floor``
+    anyns against its physical limit: the same compiled op lists through the
+    native spawn core from a C driver with no Python (``floor.py``: the C
+    floor, anyns and trio+bwrap in alternating rounds, defaults and lean);
 ``latency``
     call -> first output at 1 and 100 in flight, against trio+bwrap
     (``latency.py``);
@@ -55,10 +59,10 @@ if not __package__:  # python benchmarks/run.py: import this directory as the be
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import _common as common
-from benchmarks import jobs, latency, mounts, plot, scale, soak, spawn
+from benchmarks import floor, jobs, latency, mounts, plot, scale, soak, spawn
 from benchmarks._common import fmt
 
-PARTS = ("spawn", "latency", "scale", "mounts", "bridge", "jobs", "soak")
+PARTS = ("spawn", "floor", "latency", "scale", "mounts", "bridge", "jobs", "soak")
 BRIDGE_N = 500  # per batch; the bridge part is a variant, it needs fewer than spawn's 1000
 BRIDGE_CONCURRENCY = "1,16"
 
@@ -82,6 +86,7 @@ def part_argv(part: str, json_path: Path, quick: bool, draw: bool = True) -> lis
 
 MAINS: dict[str, Callable[[Sequence[str] | None], int]] = {
     "spawn": spawn.main,
+    "floor": floor.main,
     "latency": latency.main,
     "scale": scale.main,
     "mounts": mounts.main,
@@ -113,7 +118,7 @@ def spawn_rows(data: dict[str, Any], part: str = "spawn") -> list[Row]:
     """spawn: anyns against bwrap and unshare; bridge: anyns+bridge against anyns and bwrap."""
     ms = data.get("measurements", [])
     if part == "spawn":
-        tool, peers, what, target = "anyns", ("bwrap", "unshare"), "", ">= 1.5x bwrap (goal 2.5x)"
+        tool, peers, what, target = "anyns", ("bwrap", "unshare"), "", ">= 2.0x bwrap at C=16/64, 1.8x at C=1"
     else:
         tool, peers, what, target = "anyns+bridge", ("anyns", "bwrap"), ": anyns+bridge", ""
 
@@ -139,6 +144,23 @@ def spawn_rows(data: dict[str, Any], part: str = "spawn") -> list[Row]:
                             f"{rate('bwrap', c)}; {rate('anyns', c)}",
                             f"{fmt(r.get(f'{variant}/bwrap'), '.2f', 'x')}; "
                             f"{fmt(r.get(f'{variant}/anyns'), '.2f', 'x')}", ""))
+    return out
+
+
+def floor_rows(data: dict[str, Any]) -> list[Row]:
+    """floor: anyns and trio+bwrap against the C floor, per variant (medians over rounds)."""
+
+    def median(cell: dict[str, Any] | None, spec: str, suffix: str = "") -> str:
+        return fmt(None if cell is None else cell["median"], spec, suffix)
+
+    out: list[Row] = []
+    for r in data.get("ratios", []):
+        by_cpu = median(r.get("anyns/floor by CPU"), ".2f", "x")
+        out.append(("floor", f"start+reap /s, C={r['concurrency']}, {r['variant']}: anyns vs its C floor "
+                    "(peer: floor; bwrap)", median(r.get("anyns"), ".0f"),
+                    f"{median(r.get('floor'), '.0f')}; {median(r.get('bwrap'), '.0f')}",
+                    f"{median(r.get('anyns/floor'), '.2f', 'x')} (by CPU {by_cpu}); floor/bwrap "
+                    f"{median(r.get('floor/bwrap'), '.2f', 'x')}", ">= 0.8x floor" if r["concurrency"] == 16 else ""))
     return out
 
 
@@ -287,6 +309,7 @@ def soak_rows(data: dict[str, Any]) -> list[Row]:
 
 ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "spawn": spawn_rows,
+    "floor": floor_rows,
     "latency": latency_rows,
     "scale": scale_rows,
     "mounts": mounts_rows,
@@ -342,7 +365,7 @@ def run_part(part: str, json_path: Path, quick: bool, draw: bool = True) -> dict
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
-        description="Run the whole benchmark suite (spawn, latency, scale, mounts, bridge, jobs, soak), write "
+        description="Run the whole benchmark suite (spawn, floor, latency, scale, mounts, bridge, jobs, soak), write "
         "benchmarks/results/<part>.json and summary.json, print the key ratios, plot throughput.",
     )
     parser.add_argument("--quick", action="store_true", help="CI smoke of every part (a few seconds each)")
