@@ -89,7 +89,7 @@ NOTES = {
 }
 # Ratios printed per concurrency level: (slower, faster) = how many times sooner anyns speaks.
 RATIOS = (("bwrap", "anyns"), ("plain", "anyns"))
-TARGETS = {  # DESIGN.md: latency start() -> exec at 100 in flight
+TARGETS = {  # docs/design.md: latency start() -> exec at 100 in flight
     "anyns start->exec p50 ms, first bar": 3.0,
     "anyns start->exec p99 ms, first bar": 15.0,
     "anyns start->exec p50 ms, goal": 1.0,

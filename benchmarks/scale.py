@@ -85,7 +85,7 @@ SETTLE_MAX = 60.0  # seconds to wait for the previous trial's netns teardown
 GC_MODES = ("default", "freeze", "disable")
 PHASES = ("quiet", "spawning", "idle", "teardown")
 ARGV = ("sleep", "1000")
-TARGETS = {  # DESIGN.md, "Performance targets"
+TARGETS = {  # docs/design.md, "Performance targets"
     "running containers, first bar": 1000,
     "running containers, goal": 10000,
     "supervisor KiB per running container, first bar": 200,
