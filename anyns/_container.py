@@ -858,12 +858,29 @@ class Container(metaclass=NoPublicConstructor):
             if self._holds and self._status_fd >= 0:
                 await self._collect_and_release()
             await trio.lowlevel.wait_readable(self._pidfd)
+            if self._leaf is not None:
+                # A few ms of cgroup files (many die at once in a teardown): in a
+                # worker thread, not on the loop; shielded, so the reap follows.
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(self._end_in_cgroup)
             self._reap()
         assert self.returncode is not None
         return self.returncode
 
+    def _end_in_cgroup(self) -> None:
+        """Its cgroup's figures at its exit (before the cgroup goes), then the end of what it left there."""
+        assert self._leaf is not None
+        self._final = _cgroups.statistics(self._leaf)
+        if not self._shares_cgroup:
+            # The program has exited: so does everything it left in its
+            # cgroup, now, before anyone waits for the end of its stdout
+            # (a background process holds it open). With a pid namespace
+            # of its own they are dead already; without one (needs_cgroup)
+            # this is what ends them. Processes exec'd into it go too.
+            _cgroups.kill(self._leaf)
+
     def _reap(self) -> None:
-        # Only after the pidfd polled readable: WNOHANG then never returns None.
+        # Only after the pidfd polled readable (and _end_in_cgroup): WNOHANG then never returns None.
         # The raw syscall, for the rusage glibc's waitid leaves out.
         result = _libc.waitid_pidfd(self._pidfd, os.WEXITED | os.WNOHANG)
         assert result is not None
@@ -887,15 +904,6 @@ class Container(metaclass=NoPublicConstructor):
             self._status_fd = -1
         if program is not None:
             self.returncode = program
-        if self._leaf is not None:  # its figures, before the cgroup goes
-            self._final = _cgroups.statistics(self._leaf)
-            if not self._shares_cgroup:
-                # The program has exited: so does everything it left in its
-                # cgroup, now, before anyone waits for the end of its stdout
-                # (a background process holds it open). With a pid namespace
-                # of its own they are dead already; without one (needs_cgroup)
-                # this is what ends them. Processes exec'd into it go too.
-                _cgroups.kill(self._leaf)
         self._close_pidfd()
 
     def _close_pidfd(self) -> None:

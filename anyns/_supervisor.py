@@ -3,13 +3,16 @@
 Containers are cloned by the zygote with CLONE_PARENT, so they are children
 of this process: each one is waited for on its pidfd
 (``trio.lowlevel.wait_readable``) and reaped with ``waitid(P_PIDFD)``, by the
-task that started it. No threads, no SIGCHLD handler. Whatever way a
+task that started it. No thread waits, no SIGCHLD handler (worker threads
+only read and remove the cgroup of a container with one). Whatever way a
 ``run`` ends (return, error, cancellation) it kills and reaps its container
-before it returns, inside a shielded scope.
+before it returns, inside a shielded scope; when many are cancelled at once,
+a few at a time (``_pacing``), so that the loop never stalls on a teardown.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import functools
@@ -43,6 +46,7 @@ from ._errors import (
 )
 from ._files import check_collect
 from ._network import Networking
+from ._pacing import TEARDOWN_PACE, TURN_HOLD, Pacer
 from ._plan import COLLECT_NEEDS_INIT, HostLayout, Plan, compile_exec_plan, compile_plan
 from ._security import seccomp_bpf
 from ._spec import (
@@ -262,6 +266,8 @@ class Supervisor(metaclass=NoPublicConstructor):
         #: namespaces kept with Container.keep_namespace, released when the supervisor closes
         self._kept: set[PersistedNamespace] = set()
         self._networking = Networking()
+        #: teardown of many at once in small steps: a turn from before the kill until the reap
+        self._pacer = Pacer()
         self._closed = False
         self._devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         self._plan_ids = itertools.count(1)
@@ -458,6 +464,9 @@ class Supervisor(metaclass=NoPublicConstructor):
 
         Cancellation kills the container with SIGKILL and waits until it has
         been reaped before the cancellation propagates: it abandons the run.
+        When many runs are cancelled at once (a nursery of a thousand), at
+        most 32 of their containers are dying at any moment, the others
+        waiting their turn, so that the trio loop is never held up for long.
         A budget that keeps the result is ``ContainerSpec(timeout=...)``,
         ``Limits(cpu_time=...)`` or ``max_output``.
         """
@@ -599,13 +608,16 @@ class Supervisor(metaclass=NoPublicConstructor):
     async def _release_cgroup(self, leaf: _cgroups.Leaf) -> None:
         """One user fewer; the last one removes the leaf (killing what is left in it). Shielded."""
         leaf.users -= 1
-        if leaf.users > 0 or self._cgroups is None:
+        cgroups = self._cgroups
+        if leaf.users > 0 or cgroups is None:
             return
         with trio.CancelScope(shield=True):
             # Right after the reap the kernel may still be taking the last
             # tasks out; give it a moment rather than leave the directory.
+            # A worker thread removes it: rmdir of a cgroup takes ~0.1-1 ms
+            # (many at once in a teardown), too long for the loop.
             for _attempt in range(400):
-                if self._cgroups.remove(leaf):
+                if await trio.to_thread.run_sync(cgroups.remove, leaf):
                     return
                 await trio.sleep(0.005)
             # Still busy after 2 s: the next supervisor's start removes it.
@@ -779,6 +791,7 @@ class Supervisor(metaclass=NoPublicConstructor):
                 -1 if (started or plan.channel_is_socket) else err_r,
             )
         finally:
+            paced = await self._teardown_turn(container)  # before any other cleanup: many cancelled at once
             for fd in (err_w, status_w, status_r):
                 if fd >= 0:
                     os.close(fd)
@@ -789,7 +802,7 @@ class Supervisor(metaclass=NoPublicConstructor):
             stdio.close_child_ends()
             stdio.close_parent_ends()
             if container is not None:
-                await self._ensure_reaped(container)
+                await self._ensure_reaped(container, paced)
             if leaf is not None:  # no container was made
                 await self._release_cgroup(leaf)
 
@@ -942,8 +955,24 @@ class Supervisor(metaclass=NoPublicConstructor):
                 for stream in ours:
                     await stream.aclose()
 
-    async def _ensure_reaped(self, container: Container) -> None:
-        """Kill and reap ``container`` unless it already was, then unwire it; shielded, so always completes."""
+    async def _teardown_turn(self, container: Container | None) -> bool:
+        """Whether a teardown turn was taken (``_pacing``): for a container still running, to be killed now.
+
+        Taken first thing, so that when a thousand runs are cancelled at once the
+        loop iteration that wakes them only unwinds them to here; their cleanup
+        follows a few at a time. Not for one with a ``stop_grace``: each gets its
+        grace from the cancellation on (``_ensure_reaped`` paces its kill).
+        """
+        if container is None or container.returncode is not None or container.spec.stop_grace > 0:
+            return False
+        await self._pacer.turn()
+        return True
+
+    async def _ensure_reaped(self, container: Container, paced: bool = False) -> None:
+        """Kill and reap ``container`` unless it already was, then unwire it; shielded, so always completes.
+
+        ``paced``: the caller holds a teardown turn, given back here once the container is reaped.
+        """
         try:
             with trio.CancelScope(shield=True):
                 if container.returncode is None:
@@ -954,7 +983,14 @@ class Supervisor(metaclass=NoPublicConstructor):
                     with trio.move_on_after(container.spec.stop_grace):
                         await container._wait_and_reap()
                 if container.returncode is None:
+                    if not paced:
+                        await self._pacer.turn()
+                        paced = True
                     container.kill()
+                    with trio.move_on_after(TURN_HOLD):
+                        await container._wait_and_reap()
+                    self._pacer.done()  # reaped (or slow to die: the next one's turn all the same)
+                    paced = False
                     await container._wait_and_reap()
                 if container._network is not None:
                     # Now, not when the kernel gets round to it: "no veth left" holds when run returns.
@@ -964,6 +1000,8 @@ class Supervisor(metaclass=NoPublicConstructor):
                     leaf, container._leaf = container._leaf, None
                     await self._release_cgroup(leaf)
         finally:
+            if paced:
+                self._pacer.done()
             if container._tty_fd >= 0:  # a terminal nobody took (its program failed to start)
                 os.close(container._tty_fd)
                 container._tty_fd = -1
@@ -973,10 +1011,7 @@ class Supervisor(metaclass=NoPublicConstructor):
 
     async def _aclose(self) -> None:
         self._closed = True
-        for count, container in enumerate(list(self._running), 1):
-            container.kill()
-            if count % 256 == 0:
-                await trio.lowlevel.checkpoint()  # thousands of kills: let the loop breathe between slices
+        await _kill_paced(list(self._running))
         zygote = self._zygote
         if zygote is not None:
             zygote.shutdown()
@@ -1026,6 +1061,21 @@ def _budget(spec: ContainerSpec, io: Io, exceeded: str | None) -> float | None:
 def _over_output(container: Container) -> Callable[[], Awaitable[None]]:
     """What a captured stream past ``max_output`` does: end the container for the "output" budget."""
     return functools.partial(container._end_for_budget, "output")
+
+
+async def _kill_paced(containers: list[Container]) -> None:
+    """SIGKILL every container, with at most ``TEARDOWN_PACE`` of them dying at once (their owners reap them).
+
+    Thousands killed in one loop iteration would die as one herd, and their
+    owners would wake to reap them all in one iteration too (``_pacing``).
+    """
+    dying: collections.deque[Container] = collections.deque()
+    for container in containers:
+        container.kill()
+        dying.append(container)
+        if len(dying) >= TEARDOWN_PACE:
+            with trio.move_on_after(TURN_HOLD):  # one slow to die does not hold the others up for long
+                await dying.popleft()._finished.wait()
 
 
 async def _kill_and_reap(pidfd: int) -> None:
