@@ -849,20 +849,24 @@ class Container(metaclass=NoPublicConstructor):
             raise AnynsError(f"{verb}: writing the freezer of container pid {self.pid} failed: {e}") from e
         return Freezing(self, frozen)
 
-    async def _wait_and_reap(self) -> int:
+    async def _wait_and_reap(self, teardown: bool = False) -> int:
         """Wait on the pidfd, then reap; only the task that owns the container calls this.
 
         A holding init (``collect``) first reports, has the files read, and is released.
+        ``teardown``: it was killed, maybe with many others: its cgroup files are
+        read in a worker thread, not on the loop (one at a time, a thread costs more).
         """
         if self.returncode is None:
             if self._holds and self._status_fd >= 0:
                 await self._collect_and_release()
             await trio.lowlevel.wait_readable(self._pidfd)
-            if self._leaf is not None:
-                # A few ms of cgroup files (many die at once in a teardown): in a
-                # worker thread, not on the loop; shielded, so the reap follows.
+            if self._leaf is not None and teardown:
+                # ~1-2 ms of cgroup files each, many dying at once: in a worker
+                # thread, not on the loop; shielded, so the reap follows.
                 with trio.CancelScope(shield=True):
                     await trio.to_thread.run_sync(self._end_in_cgroup)
+            elif self._leaf is not None:
+                self._end_in_cgroup()
             self._reap()
         assert self.returncode is not None
         return self.returncode

@@ -605,8 +605,13 @@ class Supervisor(metaclass=NoPublicConstructor):
         except _cgroups.CgroupWriteError as e:
             raise _cgroup_error(e) from e.error
 
-    async def _release_cgroup(self, leaf: _cgroups.Leaf) -> None:
-        """One user fewer; the last one removes the leaf (killing what is left in it). Shielded."""
+    async def _release_cgroup(self, leaf: _cgroups.Leaf, teardown: bool = False) -> None:
+        """One user fewer; the last one removes the leaf (killing what is left in it). Shielded.
+
+        ``teardown``: its container was killed, maybe with many others: the
+        removal is done in a worker thread (rmdir of a cgroup takes ~0.1-1 ms),
+        not on the loop.
+        """
         leaf.users -= 1
         cgroups = self._cgroups
         if leaf.users > 0 or cgroups is None:
@@ -614,10 +619,8 @@ class Supervisor(metaclass=NoPublicConstructor):
         with trio.CancelScope(shield=True):
             # Right after the reap the kernel may still be taking the last
             # tasks out; give it a moment rather than leave the directory.
-            # A worker thread removes it: rmdir of a cgroup takes ~0.1-1 ms
-            # (many at once in a teardown), too long for the loop.
             for _attempt in range(400):
-                if await trio.to_thread.run_sync(cgroups.remove, leaf):
+                if await trio.to_thread.run_sync(cgroups.remove, leaf) if teardown else cgroups.remove(leaf):
                     return
                 await trio.sleep(0.005)
             # Still busy after 2 s: the next supervisor's start removes it.
@@ -973,6 +976,7 @@ class Supervisor(metaclass=NoPublicConstructor):
 
         ``paced``: the caller holds a teardown turn, given back here once the container is reaped.
         """
+        killed = False  # by this call: a teardown, maybe of many at once
         try:
             with trio.CancelScope(shield=True):
                 if container.returncode is None:
@@ -980,25 +984,27 @@ class Supervisor(metaclass=NoPublicConstructor):
                 if container.returncode is None and container.spec.stop_grace > 0:
                     # Cancelled or failed while it runs: give it stop_grace seconds to end on SIGTERM.
                     container.terminate()
+                    killed = True
                     with trio.move_on_after(container.spec.stop_grace):
-                        await container._wait_and_reap()
+                        await container._wait_and_reap(teardown=True)
                 if container.returncode is None:
                     if not paced:
                         await self._pacer.turn()
                         paced = True
                     container.kill()
+                    killed = True
                     with trio.move_on_after(TURN_HOLD):
-                        await container._wait_and_reap()
+                        await container._wait_and_reap(teardown=True)
                     self._pacer.done()  # reaped (or slow to die: the next one's turn all the same)
                     paced = False
-                    await container._wait_and_reap()
+                    await container._wait_and_reap(teardown=True)
                 if container._network is not None:
                     # Now, not when the kernel gets round to it: "no veth left" holds when run returns.
                     network, container._network = container._network, None
                     await self._networking.detach(*network)
                 if container._leaf is not None:
                     leaf, container._leaf = container._leaf, None
-                    await self._release_cgroup(leaf)
+                    await self._release_cgroup(leaf, killed)
         finally:
             if paced:
                 self._pacer.done()
