@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import io
 import os
@@ -15,6 +14,7 @@ from typing import IO, Any, Final
 import attrs
 import trio
 
+from ._cleanup import SmallExitStack
 from ._errors import SetupError, SpecError
 
 PIPE: Final = subprocess.PIPE
@@ -68,7 +68,7 @@ class StdioOptions:
 class StdioFds:
     """The fds of one spawn made from ``StdioOptions``: the child's stdin, stdout, stderr, and our pipe ends.
 
-    The child's ends of the pipes go to the ``ExitStack`` given to ``open``
+    The child's ends of the pipes go to the exit stack given to ``open``
     (closed once the zygote has its copies); ours are owned here until
     ``hand_over()`` gives them to the streams that wrap them, and ``close()``
     closes what was not handed over.
@@ -85,10 +85,10 @@ class StdioFds:
         self.parent_in: int | None = None
         self.parent_out: int | None = None
         self.parent_err: int | None = None
-        self._ours = contextlib.ExitStack()
+        self._ours = SmallExitStack()
 
     @classmethod
-    def open(cls, options: StdioOptions, devnull: int, child_ends: contextlib.ExitStack, *,
+    def open(cls, options: StdioOptions, devnull: int, child_ends: SmallExitStack, *,
              tty: bool = False) -> StdioFds:
         """The fds for ``options`` (with a terminal, /dev/null: the terminal is its stdio)."""
         fds = cls()
@@ -104,7 +104,7 @@ class StdioFds:
             raise
         return fds
 
-    def _pipe(self, child_ends: contextlib.ExitStack, ours_reads: bool) -> tuple[int, int]:
+    def _pipe(self, child_ends: SmallExitStack, ours_reads: bool) -> tuple[int, int]:
         """A pipe: (child's end, our end), each owned by its stack."""
         r, w = os.pipe2(os.O_CLOEXEC)
         child, ours = (w, r) if ours_reads else (r, w)
@@ -112,7 +112,7 @@ class StdioFds:
         self._ours.callback(os.close, ours)
         return child, ours
 
-    def _stdin(self, arg: StdinArg, devnull: int, child_ends: contextlib.ExitStack) -> int | None:
+    def _stdin(self, arg: StdinArg, devnull: int, child_ends: SmallExitStack) -> int | None:
         if arg is None:
             self.child.append(0)
         elif (isinstance(arg, (bytes, bytearray, memoryview)) and len(arg) == 0) or arg == DEVNULL:
@@ -126,7 +126,7 @@ class StdioFds:
         return None
 
     def _output(self, arg: StdoutArg, capture: bool, inherit: int, devnull: int,
-                child_ends: contextlib.ExitStack) -> int | None:
+                child_ends: SmallExitStack) -> int | None:
         """Add the child's fd for stdout or stderr; return our read end, or None."""
         if capture or arg == PIPE:
             child, ours = self._pipe(child_ends, ours_reads=True)

@@ -7,7 +7,7 @@ A spawn, in order (``Supervisor._run`` or ``_exec``, then ``_launch``):
 2. the container's cgroup leaf, if it needs one (``_cgroups.leaf_for``);
 3. the fds the request carries, in the plan's order (``Plan.extra_fds``):
    joined namespaces, the cgroup's, the go pipe, the init's status channel,
-   stdio (``StdioFds``). They sit in an ``ExitStack`` that closes them once
+   stdio (``StdioFds``). They sit in an exit stack (``_cleanup``) that closes them once
    the zygote has its copies;
 4. the zygote's answer (``_zygote_client.answer``): the container is then
    made complete from its ``ContainerResources`` (``Container._create``),
@@ -44,13 +44,14 @@ import math
 import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 from typing import Final, final
 
 import attrs
 import trio
 
 from . import _cgroups, _protocol, _security
+from ._cleanup import SmallAsyncExitStack, SmallExitStack
 from ._container import (
     CompletedContainer,
     Container,
@@ -356,7 +357,7 @@ class Supervisor(metaclass=NoPublicConstructor):
             spec = self._rootless.spec(spec)
         plan_id, plan = await self._container_plan(spec, bool(collect))
         leaf = _cgroups.leaf_for(self._cgroups, spec) if needs_cgroup(spec, self._rootless is not None) else None
-        with ExitStack() as sent:  # the fds the request carries: closed once the zygote has its copies
+        with SmallExitStack() as sent:  # the fds the request carries: closed once the zygote has its copies
             try:
                 by_kind = _join_fds(spec, sent)
                 if leaf is not None:
@@ -423,7 +424,7 @@ class Supervisor(metaclass=NoPublicConstructor):
             return compile_exec_plan(spec, flags, host, userns, rootless)
 
         plan_id, plan = await self._plan(("exec", spec, int(flags), leaf is not None, userns, rootless), compile_)
-        with ExitStack() as sent:
+        with SmallExitStack() as sent:
             try:
                 with _fd_exhaustion_as_setup_error():
                     # Our own duplicate of the pidfd: the task that owns the container may
@@ -456,7 +457,7 @@ class Supervisor(metaclass=NoPublicConstructor):
         spec: ContainerSpec,
         plan_id: int,
         plan: Plan,
-        sent: ExitStack,
+        sent: SmallExitStack,
         by_kind: dict[str, list[int]],
         options: StdioOptions,
         task_status: trio.TaskStatus[Container],
@@ -478,12 +479,12 @@ class Supervisor(metaclass=NoPublicConstructor):
         started = task_status is not trio.TASK_STATUS_IGNORED
         # Two stacks, as trio's run_process: ``always`` is closed however this ends;
         # ``until_made`` only if no container was made (it owns them from then on).
-        async with contextlib.AsyncExitStack() as until_made:
+        async with SmallAsyncExitStack() as until_made:
             if leaf is not None:
                 until_made.push_async_callback(self._release_cgroup, leaf)
             container: Container | None = None
             try:
-                with ExitStack() as always:
+                with SmallExitStack() as always:
                     if go is not None:
                         always.callback(os.close, go)
                     if plan.tty and not (started or options.capture_stdout):
@@ -756,7 +757,7 @@ def _plan_key(spec: ContainerSpec) -> ContainerSpec:
     return spec
 
 
-def _join_fds(spec: ContainerSpec, sent: ExitStack) -> dict[str, list[int]]:
+def _join_fds(spec: ContainerSpec, sent: SmallExitStack) -> dict[str, list[int]]:
     """The namespace sources of ``spec.join`` by kind, as fds closed by ``sent``.
 
     A running container is joined through its pidfd (``setns`` accepts one
@@ -786,7 +787,7 @@ def _join_fds(spec: ContainerSpec, sent: ExitStack) -> dict[str, list[int]]:
     return by_kind
 
 
-def _closed_by(stack: ExitStack, fds: list[int]) -> list[int]:
+def _closed_by(stack: SmallExitStack, fds: list[int]) -> list[int]:
     """``fds``, now closed by ``stack``."""
     for fd in fds:
         stack.callback(os.close, fd)

@@ -1476,21 +1476,20 @@ static void report(struct child *st, int err)
 {
 	char record[4096]; /* MAX_FAILURE */
 	char *p = record, *end = record + sizeof record;
+	/* step, call and path stop short of the end: the errno and its text always fit after them */
+	char *names_end = end - 128;
 	const struct op *op = st->op;
 	const char *call = st->call ? st->call : op ? op->call : "unknown";
 	const char *path = st->path ? st->path : op ? op->path : 0;
 	const char *text = err > 0 && err < 256 && error_text[err] ? error_text[err] : "Unknown error";
-	const char *fields[2] = {op ? op->step : "unknown", call};
+	const char *fields[3] = {op ? op->step : "unknown", call, path};
 	int i;
-	for (i = 0; i < 2; i++) {
+	for (i = 0; i < 3; i++) {
 		const char *f = fields[i] ? fields[i] : "";
-		while (*f && p < end - 1)
+		while (*f && p < names_end)
 			*p++ = *f++;
 		*p++ = 0;
 	}
-	while (path && *path && p < end - 1)
-		*p++ = *path++;
-	*p++ = 0;
 	p = put_num(p, end - 1, err);
 	*p++ = 0;
 	p = put_str(p, end, text);
