@@ -28,6 +28,7 @@ import trio
 from . import _cgroups, _files, _init
 from ._errors import AnynsError, SetupError, SpecError, UnsupportedError
 from ._namespaces import persist_from_host, release_from_host
+from ._pacing import TURN_HOLD, Pacer
 from ._security import capability_numbers
 from ._spec import KIND_FLAGS, user_namespace_map
 from ._stdio import StdioOptions
@@ -269,8 +270,10 @@ class ContainerHooks:
         exec: ``Container.exec``'s work: a new process in the container's namespaces.
         keep: remember a namespace kept with ``keep_namespace``, released when the supervisor closes.
         detach_network: undo a container's place on a bridge (its veth, its address).
-        release_leaf: one user fewer of a cgroup leaf; the last removes it.
+        release_leaf: one user fewer of a cgroup leaf; the last removes it (in a worker thread when
+            the second argument says its container was killed, maybe with many others).
         forget: the container is reaped and unwired: the supervisor stops tracking it.
+        pacer: the teardown turns (``_pacing``): at most a few containers between their kill and their reap.
     """
 
     rootless: bool
@@ -278,8 +281,9 @@ class ContainerHooks:
                     trio.TaskStatus[Container]], Awaitable[CompletedContainer]]
     keep: Callable[[PersistedNamespace], None]
     detach_network: Callable[[Attachment], Awaitable[None]]
-    release_leaf: Callable[[_cgroups.Leaf], Awaitable[None]]
+    release_leaf: Callable[[_cgroups.Leaf, bool], Awaitable[None]]
     forget: Callable[[Container], None]
+    pacer: Pacer
 
 
 @attrs.frozen(eq=False)
@@ -463,26 +467,51 @@ class Container(metaclass=NoPublicConstructor):
         ``spec.stop_grace`` on SIGTERM first, when cancelled or failed while it
         runs), its place on a bridge, its use of its cgroup, the fds its child
         sent; then its supervisor forgets it and ``wait()`` returns.
+
+        A container still running is killed in its turn (``_pacing``): when a
+        thousand runs are cancelled at once, the loop iteration that wakes them
+        only brings each here, and the kills, exits and reaps follow a few at a
+        time. One with a ``stop_grace`` gets its grace at once and waits for a
+        turn only for the final kill.
         """
+        pacer = self._hooks.pacer
+        paced = killed = False
         try:
             with trio.CancelScope(shield=True):
+                if self.returncode is None and self.spec.stop_grace <= 0:
+                    await pacer.turn()
+                    paced = True
                 if self.returncode is None:
                     self._collect = ()  # an abandoned run: its files are for nobody
                 if self.returncode is None and self.spec.stop_grace > 0:
                     self.terminate()
+                    killed = True
                     with trio.move_on_after(self.spec.stop_grace):
-                        await self._wait_and_reap()
+                        await self._wait_and_reap(teardown=True)
                 if self.returncode is None:
+                    if not paced:
+                        await pacer.turn()
+                        paced = True
                     self.kill()
-                    await self._wait_and_reap()
+                    killed = True
+                    with trio.move_on_after(TURN_HOLD):  # one slow to die passes its turn on
+                        await self._wait_and_reap(teardown=True)
+                    pacer.done()
+                    paced = False
+                    await self._wait_and_reap(teardown=True)
+                if paced:  # it had ended meanwhile
+                    pacer.done()
+                    paced = False
                 network, self._network = self._network, None
                 if network is not None:
                     # Now, not when the kernel gets round to it: "no veth left" holds when run returns.
                     await self._hooks.detach_network(network)
                 leaf, self._leaf = self._leaf, None
                 if leaf is not None:
-                    await self._hooks.release_leaf(leaf)
+                    await self._hooks.release_leaf(leaf, killed)
         finally:
+            if paced:
+                pacer.done()
             tty = self._take_tty_fd()  # a terminal nobody took (its program failed to start)
             if tty is not None:
                 os.close(tty)
@@ -966,22 +995,43 @@ class Container(metaclass=NoPublicConstructor):
             raise AnynsError(f"{verb}: writing the freezer of container pid {self.pid} failed: {e}") from e
         return Freezing(self, frozen)
 
-    async def _wait_and_reap(self) -> int:
+    async def _wait_and_reap(self, teardown: bool = False) -> int:
         """Wait on the pidfd, then reap; only the task that owns the container calls this.
 
         A holding init (``collect``) first reports, has the files read, and is released.
+        ``teardown``: it was killed, maybe with many others: its cgroup files are
+        read in a worker thread, not on the loop (one at a time, a thread costs more).
         """
         if self.returncode is None:
             if self._holds and self._status_fd is not None:
                 await self._collect_and_release()
             assert self._pidfd is not None
             await trio.lowlevel.wait_readable(self._pidfd)
+            if self._leaf is not None and teardown:
+                # ~1-2 ms of cgroup files each, many dying at once: in a worker
+                # thread, not on the loop; shielded, so the reap follows.
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(self._end_in_cgroup)
+            elif self._leaf is not None:
+                self._end_in_cgroup()
             self._reap()
         assert self.returncode is not None
         return self.returncode
 
+    def _end_in_cgroup(self) -> None:
+        """Its cgroup's figures at its exit (before the cgroup goes), then the end of what it left there."""
+        assert self._leaf is not None
+        self._final = _cgroups.statistics(self._leaf)
+        if not self._shares_cgroup:
+            # The program has exited: so does everything it left in its
+            # cgroup, now, before anyone waits for the end of its stdout
+            # (a background process holds it open). With a pid namespace
+            # of its own they are dead already; without one (needs_cgroup)
+            # this is what ends them. Processes exec'd into it go too.
+            _cgroups.kill(self._leaf)
+
     def _reap(self) -> None:
-        # Only after the pidfd polled readable: WNOHANG then never returns None.
+        # Only after the pidfd polled readable (and _end_in_cgroup): WNOHANG then never returns None.
         # The raw syscall, for the rusage glibc's waitid leaves out.
         assert self._pidfd is not None
         result = _libc.waitid_pidfd(self._pidfd, os.WEXITED | os.WNOHANG)
@@ -1004,15 +1054,6 @@ class Container(metaclass=NoPublicConstructor):
             self._close_status()
         if program is not None:
             self.returncode = program
-        if self._leaf is not None:  # its figures, before the cgroup goes
-            self._final = _cgroups.statistics(self._leaf)
-            if not self._shares_cgroup:
-                # The program has exited: so does everything it left in its
-                # cgroup, now, before anyone waits for the end of its stdout
-                # (a background process holds it open). With a pid namespace
-                # of its own they are dead already; without one (needs_cgroup)
-                # this is what ends them. Processes exec'd into it go too.
-                _cgroups.kill(self._leaf)
         self._close_pidfd()
 
     def _close_pidfd(self) -> None:

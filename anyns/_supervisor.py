@@ -21,18 +21,21 @@ A spawn, in order (``Supervisor._run`` or ``_exec``, then ``_launch``):
 Containers are cloned by the zygote with CLONE_PARENT, so they are children
 of this process: each one is waited for on its pidfd
 (``trio.lowlevel.wait_readable``) and reaped with ``waitid(P_PIDFD)``, by the
-task that started it. No threads, no SIGCHLD handler. Whatever way a
+task that started it. No thread waits, no SIGCHLD handler (worker threads
+only read and remove the cgroup of a container with one). Whatever way a
 ``run`` ends (return, error, cancellation) it kills and reaps its container
-before it returns, inside a shielded scope.
+before it returns, inside a shielded scope; when many are cancelled at once,
+a few at a time (``_pacing``), so that the loop never stalls on a teardown.
 
 The subsystems are their own modules: host probing ``_host``, cgroup policy
 ``_cgroups``, the uid/gid maps ``_userns`` (rootless policy: ``_host.Rootless``),
 seccomp compilation ``_security``, bridges ``_network``, the zygote
-connection ``_zygote_client``. This module holds the async glue.
+connection ``_zygote_client``, teardown pacing ``_pacing``. This module holds the async glue.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import functools
@@ -61,6 +64,7 @@ from ._errors import AnynsError, ContainerFailed, NetworkError, SetupError, Spec
 from ._files import check_collect
 from ._host import Rootless, newroot_dir, probe_host
 from ._network import Attachment, Networking
+from ._pacing import TEARDOWN_PACE, TURN_HOLD, Pacer
 from ._plan import COLLECT_NEEDS_INIT, HostLayout, Plan, compile_exec_plan, compile_plan
 from ._spec import (
     KIND_FLAGS,
@@ -129,6 +133,8 @@ class Supervisor(metaclass=NoPublicConstructor):
         #: namespaces kept with Container.keep_namespace, released when the supervisor closes
         self._kept: set[PersistedNamespace] = set()
         self._networking = Networking()
+        #: teardown of many at once in small steps: a turn from before the kill until the reap
+        self._pacer = Pacer()
         self._closed = False
         self._devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         self._plan_ids = itertools.count(1)
@@ -138,7 +144,8 @@ class Supervisor(metaclass=NoPublicConstructor):
         #: what each container asks of this supervisor (it holds these, not the supervisor)
         self._hooks = ContainerHooks(
             rootless=self._rootless is not None, exec=self._exec, keep=self._kept.add,
-            detach_network=self._detach_network, release_leaf=self._release_cgroup, forget=self._running.discard)
+            detach_network=self._detach_network, release_leaf=self._release_cgroup, forget=self._running.discard,
+            pacer=self._pacer)
 
     # ---- zygote and plans
 
@@ -295,6 +302,9 @@ class Supervisor(metaclass=NoPublicConstructor):
 
         Cancellation kills the container with SIGKILL and waits until it has
         been reaped before the cancellation propagates: it abandons the run.
+        When many runs are cancelled at once (a nursery of a thousand), at
+        most 32 of their containers are dying at any moment, the others
+        waiting their turn, so that the trio loop is never held up for long.
         A budget that keeps the result is ``ContainerSpec(timeout=...)``,
         ``Limits(cpu_time=...)`` or ``max_output``.
         """
@@ -691,26 +701,29 @@ class Supervisor(metaclass=NoPublicConstructor):
     async def _detach_network(self, attachment: Attachment) -> None:
         await self._networking.detach(attachment)
 
-    async def _release_cgroup(self, leaf: _cgroups.Leaf) -> None:
-        """One user fewer; the last one removes the leaf (killing what is left in it). Shielded."""
+    async def _release_cgroup(self, leaf: _cgroups.Leaf, teardown: bool = False) -> None:
+        """One user fewer; the last one removes the leaf (killing what is left in it). Shielded.
+
+        ``teardown``: its container was killed, maybe with many others: the
+        removal is done in a worker thread (rmdir of a cgroup takes ~0.1-1 ms),
+        not on the loop.
+        """
         leaf.users -= 1
-        if leaf.users > 0 or self._cgroups is None:
+        cgroups = self._cgroups
+        if leaf.users > 0 or cgroups is None:
             return
         with trio.CancelScope(shield=True):
             # Right after the reap the kernel may still be taking the last
             # tasks out; give it a moment rather than leave the directory.
             for _attempt in range(400):
-                if self._cgroups.remove(leaf):
+                if await trio.to_thread.run_sync(cgroups.remove, leaf) if teardown else cgroups.remove(leaf):
                     return
                 await trio.sleep(0.005)
             # Still busy after 2 s: the next supervisor's start removes it.
 
     async def _aclose(self) -> None:
         self._closed = True
-        for count, container in enumerate(list(self._running), 1):
-            container.kill()
-            if count % 256 == 0:
-                await trio.lowlevel.checkpoint()  # thousands of kills: let the loop breathe between slices
+        await _kill_paced(list(self._running))
         zygote = self._zygote
         if zygote is not None:
             zygote.shutdown()
@@ -789,6 +802,21 @@ def _close_notified(fd: int) -> None:
 def _exited(container: Container, syscall: str) -> SetupError:
     """The error of an exec into a container that is gone; its cause is a ProcessLookupError."""
     return SetupError.from_errno("exec", syscall, errno.ESRCH, hint=f"container pid {container.pid} has exited")
+
+
+async def _kill_paced(containers: list[Container]) -> None:
+    """SIGKILL every container, with at most ``TEARDOWN_PACE`` of them dying at once (their owners reap them).
+
+    Thousands killed in one loop iteration would die as one herd, and their
+    owners would wake to reap them all in one iteration too (``_pacing``).
+    """
+    dying: collections.deque[Container] = collections.deque()
+    for container in containers:
+        container.kill()
+        dying.append(container)
+        if len(dying) >= TEARDOWN_PACE:
+            with trio.move_on_after(TURN_HOLD):  # one slow to die does not hold the others up for long
+                await dying.popleft()._finished.wait()
 
 
 @contextlib.contextmanager

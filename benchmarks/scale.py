@@ -20,9 +20,15 @@ nursery that holds every container. Then, with all N running:
   and records how late each wake-up is (``trio.current_time()`` overshoot).
   Its p50/p99/worst are reported per phase: ``quiet`` (before any container,
   the reference), ``spawning`` (starting at full rate), ``idle`` (all N
-  running, ``--idle`` seconds, default 2) and ``teardown``;
-* **teardown**: the time to kill all N (``Container.kill``) and for every
-  ``sup.run`` to return (reaped, unwired);
+  running, ``--idle`` seconds, default 2) and ``teardown``. Spawn lateness
+  and teardown lateness are separate figures (``spawn_lateness_ms``,
+  ``teardown_lateness_ms``: p99 and worst);
+* **teardown**: ``--teardown cancel`` (the default) cancels the nursery that
+  holds all N at once, as a service shutting down does, so that every
+  ``sup.run`` kills and reaps its own container; ``--teardown kill`` calls
+  ``Container.kill()`` on all N in one loop instead. Reported: the time of
+  that synchronous call (``teardown_call_ms``) and the time until every
+  ``sup.run`` has returned (``teardown_seconds``: reaped, unwired);
 * **garbage collector**: every collection in the benchmark process is timed
   (``gc.callbacks``), per phase and generation, so that a lateness spike can
   be told apart from a full (generation 2) collection.
@@ -84,6 +90,7 @@ DEFAULT_TIMEOUT = 900.0  # seconds per trial
 SETTLE_MAX = 60.0  # seconds to wait for the previous trial's netns teardown
 GC_MODES = ("default", "freeze", "disable")
 PHASES = ("quiet", "spawning", "idle", "teardown")
+TEARDOWNS = ("cancel", "kill")
 ARGV = ("sleep", "1000")
 TARGETS = {  # docs/design.md, "Performance targets"
     "running containers, first bar": 1000,
@@ -281,6 +288,8 @@ class Trial:
     n: int
     gc_mode: str
     batch: int
+    #: how the N are ended: "cancel" (the nursery holding them is cancelled) or "kill" (Container.kill() on each)
+    teardown: str = "cancel"
     started: int = 0
     failures: int = 0
     failure_examples: list[str] = field(default_factory=list)
@@ -303,8 +312,10 @@ class Trial:
     init_private_kib: float | None = None
     host_kib_per_container: float | None = None
     gc_objects_running: int | None = None
-    kill_reap_seconds: float | None = None
-    kill_loop_ms: float | None = None
+    #: from the start of the teardown until every sup.run has returned (killed, reaped, unwired)
+    teardown_seconds: float | None = None
+    #: the synchronous call that starts it: cancel_scope.cancel(), or the loop of N Container.kill()
+    teardown_call_ms: float | None = None
     lag: dict[str, dict[str, Any]] = field(default_factory=dict)
     gc_pauses: dict[str, dict[str, dict[str, float | int]]] = field(default_factory=dict)
     unfreeze_collect_ms: float | None = None
@@ -314,8 +325,18 @@ class Trial:
     def ok(self) -> bool:
         return self.error is None and self.failures == 0 and self.alive == self.n
 
+    def lateness(self, phase: str) -> dict[str, float] | None:
+        """A phase's loop lateness, p99 and worst ms (None if it had no tick)."""
+        lag = self.lag.get(phase)
+        return None if not lag else {"p99_ms": lag["p99_ms"], "max_ms": lag["max_ms"]}
+
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "ok": self.ok}
+        return {
+            **asdict(self),
+            "ok": self.ok,
+            "spawn_lateness_ms": self.lateness("spawning"),
+            "teardown_lateness_ms": self.lateness("teardown"),
+        }
 
 
 @dataclass
@@ -436,10 +457,13 @@ async def run_trial(sup: Any, spec: Any, trial: Trial, idle: float) -> list[Any]
                     await trio.sleep(idle)
                     lag.phase = "teardown"
                     t1 = time.perf_counter()
-                    for box in boxes:
-                        box.kill()
-                    trial.kill_loop_ms = (time.perf_counter() - t1) * 1000.0
-                trial.kill_reap_seconds = time.perf_counter() - t1
+                    if trial.teardown == "cancel":
+                        containers.cancel_scope.cancel()  # every sup.run kills and reaps its own
+                    else:
+                        for box in boxes:
+                            box.kill()
+                    trial.teardown_call_ms = (time.perf_counter() - t1) * 1000.0
+                trial.teardown_seconds = time.perf_counter() - t1
                 lag.phase = None
             monitor.cancel_scope.cancel()
     trial.lag = lag.summary()
@@ -467,7 +491,7 @@ def _gc2_cell(trial: Trial, phase: str) -> str:
 
 HEADER = (
     f"{'N':>6} {'gc':>8} {'start s':>8} {'/s':>6} {'KiB/ctr':>8} {'fds/ctr':>8} {'zygote MiB':>10}"
-    f" {'lag quiet':>10} {'lag spawn':>10} {'lag idle':>10} {'lag kill':>10} {'kill s':>7} {'alive':>6}"
+    f" {'lag quiet':>10} {'lag spawn':>10} {'lag idle':>10} {'lag down':>10} {'down s':>7} {'alive':>6}"
 )
 
 
@@ -477,7 +501,7 @@ def _row(t: Trial) -> str:
         f"{t.n:>6} {t.gc_mode:>8} {fmt(t.start_seconds, '.2f'):>8} {fmt(t.per_second, '.0f'):>6}"
         f" {fmt(t.rss_per_container_kib, '.1f'):>8} {fmt(t.fds_per_container, '.2f'):>8} {fmt(zyg, '.1f'):>10}"
         + "".join(f" {lag_cell(t.lag.get(phase)):>10}" for phase in PHASES)
-        + f" {fmt(t.kill_reap_seconds, '.2f'):>7} {fmt(t.alive, 'd'):>6}"
+        + f" {fmt(t.teardown_seconds, '.2f'):>7} {fmt(t.alive, 'd'):>6}"
     )
 
 
@@ -499,7 +523,7 @@ async def trial_async(trial: Trial, args: argparse.Namespace) -> None:
 
 def trial_main(args: argparse.Namespace) -> int:
     """``--trial-json PATH``: run one (N, gc mode) trial in this fresh process; write it to PATH."""
-    trial = Trial(n=args.n[0], gc_mode=args.gc[0], batch=args.batch)
+    trial = Trial(n=args.n[0], gc_mode=args.gc[0], batch=args.batch, teardown=args.teardown)
     trio.run(trial_async, trial, args)
     args.trial_json.write_text(json.dumps(asdict(trial)))
     return 0
@@ -520,6 +544,8 @@ def run_trial_process(n: int, mode: str, args: argparse.Namespace) -> Trial:
             mode,
             "--batch",
             str(args.batch),
+            "--teardown",
+            args.teardown,
             "--idle",
             str(args.idle),
             "--warmup",
@@ -531,16 +557,19 @@ def run_trial_process(n: int, mode: str, args: argparse.Namespace) -> Trial:
             proc = subprocess.run(argv, cwd=common.REPO_ROOT, timeout=args.timeout + 60, check=False)
         except subprocess.TimeoutExpired:
             return Trial(
-                n=n, gc_mode=mode, batch=args.batch, error=f"trial process timed out after {args.timeout + 60} s"
+                n=n, gc_mode=mode, batch=args.batch, teardown=args.teardown,
+                error=f"trial process timed out after {args.timeout + 60} s",
             )
         if proc.returncode != 0 or not out.exists():
-            return Trial(n=n, gc_mode=mode, batch=args.batch, error=f"trial process exited {proc.returncode}")
+            return Trial(n=n, gc_mode=mode, batch=args.batch, teardown=args.teardown,
+                         error=f"trial process exited {proc.returncode}")
         return Trial(**json.loads(out.read_text()))
 
 
 def run_all(report: Report, args: argparse.Namespace) -> None:
     say()
-    say("each trial runs in a fresh interpreter; lag cells: p99/worst ms of a trio.sleep(0.01) loop's lateness")
+    say("each trial runs in a fresh interpreter; lag cells: p99/worst ms of a trio.sleep(0.01) loop's lateness;"
+        f" teardown ('down'): {args.teardown}")
     say(HEADER)
     for n in args.n:
         for mode in args.gc:
@@ -563,11 +592,19 @@ def print_summary(report: Report) -> None:
         f" {common.machine_line(mc)} anyns={mc.get('anyns')} ({mc.get('anyns_revision')})",
         common.load_line(mc),
     )
-    say("lag cells: p99/worst ms lateness of a trio.sleep(0.01) loop; gc2 = full collections (count x worst ms)")
-    say(HEADER + f" {'gc2 spawn':>10} {'gc2 idle':>9} {'gc2 kill':>9}")
+    say("lag cells: p99/worst ms lateness of a trio.sleep(0.01) loop; gc2 = full collections (count x worst ms);"
+        " down = teardown")
+    say(HEADER + f" {'gc2 spawn':>10} {'gc2 idle':>9} {'gc2 down':>9}")
     for t in report.trials:
         say(_row(t) + f" {_gc2_cell(t, 'spawning'):>10} {_gc2_cell(t, 'idle'):>9} {_gc2_cell(t, 'teardown'):>9}")
     say()
+    for t in report.trials:
+        spawn, down = t.lateness("spawning"), t.lateness("teardown")
+        say(
+            f"N={t.n} gc={t.gc_mode}: loop lateness p99/worst ms: spawning {lag_cell(spawn)},"
+            f" teardown ({t.teardown} all {t.n} at once) {lag_cell(down)};"
+            f" teardown call {fmt(t.teardown_call_ms, '.1f')} ms, all reaped after {fmt(t.teardown_seconds, '.2f')} s"
+        )
     for t in report.trials:
         say(
             f"N={t.n} gc={t.gc_mode}: supervisor RSS {fmt(t.rss_before_kib, 'd')} -> {fmt(t.rss_running_kib, 'd')}"
@@ -640,6 +677,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help=f"CI smoke: N={common.joined(QUICK_NS)}, idle {QUICK_IDLE} s (explicit --n/--idle win)",
     )
+    parser.add_argument(
+        "--teardown",
+        choices=TEARDOWNS,
+        default="cancel",
+        help="how the N running containers are ended: cancel (the nursery holding them is cancelled, every "
+        "sup.run kills and reaps its own; default) or kill (Container.kill() on each, in one loop)",
+    )
     common.add_warmup_option(parser, DEFAULT_WARMUP, "/bin/true runs")
     common.add_json_option(parser, "scale")
     common.add_hidden_options(parser, DEFAULT_TIMEOUT)  # seconds per trial
@@ -667,6 +711,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "quiet_seconds": QUIET,
         "tick_seconds": TICK,
         "gc": args.gc,
+        "teardown": args.teardown,
         "warmup": args.warmup,
         "quick": args.quick,
         "gc_threshold": gc.get_threshold(),

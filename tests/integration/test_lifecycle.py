@@ -7,6 +7,7 @@ import signal
 import sys
 from functools import partial
 
+import attrs
 import trio
 from _util import alive, children_of_me, is_zombie_or_gone, lines, read, read_lines, sh, sh_spec
 
@@ -48,6 +49,49 @@ async def test_200_running_at_the_same_time(sup: anyns.Supervisor) -> None:
             box.kill()
     assert all(box.returncode == -9 for box in boxes)
     assert all(is_zombie_or_gone(box.pid) and box.pid not in children_of_me() for box in boxes)
+
+
+async def test_200_cancelled_at_once_are_each_reaped_before_their_run_returns(sup: anyns.Supervisor) -> None:
+    """A nursery of 200 running containers cancelled at once (a teardown paced a few at a time):
+    each run returns only once its own container is killed and reaped, whatever its kind (plain, a
+    cgroup, captured output, a stop_grace); none is left, nor its cgroup (the leak check)."""
+    kinds = [
+        (SLEEP, {}),
+        (attrs.evolve(SLEEP, limits=anyns.Limits()), {}),
+        (SLEEP, {"capture_stdout": True}),
+        (attrs.evolve(SLEEP, stop_grace=0.2), {}),
+    ]
+    boxes: list[anyns.Container] = []
+    at_return: list[tuple[int | None, bool]] = []
+
+    async def owner(i: int, task_status: trio.TaskStatus[anyns.Container]) -> None:
+        spec, options = kinds[i % len(kinds)]
+        try:
+            await sup.run(spec, check=False, task_status=task_status, **options)
+        finally:
+            box = boxes[i]
+            at_return.append((box.returncode, alive(box.pid)))
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            for i in range(200):
+                boxes.append(await nursery.start(owner, i))
+            assert {box.pid for box in boxes} <= set(children_of_me())
+            nursery.cancel_scope.cancel()
+    assert len(at_return) == 200
+    assert all(returncode is not None and not still_there for returncode, still_there in at_return)
+    assert {box.returncode for box in boxes} <= {-9, -15}
+    assert not {box.pid for box in boxes} & set(children_of_me())
+
+
+async def test_leaving_supervisor_kills_and_reaps_many_running_containers() -> None:
+    """Leaving open_supervisor with 100 running in an outer nursery kills them all (a few dying at a time)."""
+    async with trio.open_nursery() as outer:
+        async with anyns.open_supervisor() as sup:
+            boxes = [await outer.start(partial(sup.run, SLEEP, check=False)) for _ in range(100)]
+        assert all(box.returncode == -9 for box in boxes)
+        assert not {box.pid for box in boxes} & set(children_of_me())
+    assert not any(alive(box.pid) for box in boxes)
 
 
 async def test_cancelled_container_is_killed_and_reaped(sup: anyns.Supervisor) -> None:
