@@ -621,7 +621,7 @@ def print_summary(report: Report) -> None:
             why = t.error.splitlines()[-1] if t.error else f"{t.failures} failed starts, {t.alive} of {t.n} alive"
             say(f"!! N={t.n} gc={t.gc_mode}: {why}")
     say(
-        "targets (DESIGN.md): 1,000 running containers (first bar), 10,000 (goal);"
+        "targets (docs/design.md): 1,000 running containers (first bar), 10,000 (goal);"
         " supervisor <= 200 KiB per running container (first bar), <= 50 KiB (goal)"
     )
 

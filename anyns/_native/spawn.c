@@ -1554,13 +1554,63 @@ static struct stack stacks[MAX_STACKS];
 static int nstacks;
 static uint64_t serial;
 
-/* Unmap every stack whose child has exec'd or died. */
+/*
+ * Stacks whose child is done, kept for the next spawns: an mmap, an mprotect
+ * and an munmap per spawn cost ~15 us, and the munmap of a shared mapping
+ * flushes the TLB of every CPU running a child that shares it. Their pages
+ * stay as the last child left them (the next child's stack only ever holds
+ * its own frames, written before they are read).
+ */
+#define MAX_FREE_STACKS 64
+static struct {
+	void *base;
+	size_t size;
+} free_stacks[MAX_FREE_STACKS];
+static int nfree;
+
+static void release_stack(void *base, size_t size)
+{
+	if (nfree < MAX_FREE_STACKS) {
+		free_stacks[nfree].base = base;
+		free_stacks[nfree].size = size;
+		nfree++;
+	} else {
+		munmap(base, size);
+	}
+}
+
+/* A stack of exactly size bytes (its lowest page inaccessible), or NULL with errno set. */
+static void *take_stack(size_t size)
+{
+	void *base;
+	int i;
+	for (i = nfree - 1; i >= 0; i--) {
+		if (free_stacks[i].size == size) {
+			base = free_stacks[i].base;
+			free_stacks[i] = free_stacks[--nfree];
+			return base;
+		}
+	}
+	base = mmap(0, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK | MAP_NORESERVE, -1, 0);
+	if (base == MAP_FAILED)
+		return NULL;
+	/* one page below it, inaccessible: an overflow faults instead of writing the zygote's memory */
+	if (mprotect(base, 4096, PROT_NONE) != 0) {
+		int err = errno;
+		munmap(base, size);
+		errno = err;
+		return NULL;
+	}
+	return base;
+}
+
+/* Take back every stack whose child has exec'd or died. */
 static void reclaim(void)
 {
 	int i = 0;
 	while (i < nstacks) {
 		if (!stacks[i].shared || __atomic_load_n(&stacks[i].start->tid, __ATOMIC_ACQUIRE) == 0) {
-			munmap(stacks[i].base, stacks[i].size);
+			release_stack(stacks[i].base, stacks[i].size);
 			stacks[i] = stacks[--nstacks];
 		} else {
 			i++;
@@ -1649,16 +1699,10 @@ EXPORT long anyns_spawn(const void *plan, uint64_t flags, int cgroup_fd, int sha
 	words = h->stack_words + 2;
 	size = (65536 + words * sizeof(char *) + sizeof(struct start) + 4095) & ~(size_t)4095;
 	s = &stacks[nstacks];
-	/* one more page below it, inaccessible: an overflow faults instead of writing the zygote's memory */
-	size += 4096;
-	s->base = mmap(0, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK | MAP_NORESERVE, -1, 0);
-	if (s->base == MAP_FAILED)
+	size += 4096; /* the guard page */
+	s->base = take_stack(size);
+	if (!s->base)
 		return -errno;
-	if (mprotect(s->base, 4096, PROT_NONE) != 0) {
-		int err = errno;
-		munmap(s->base, size);
-		return -err;
-	}
 	s->size = size;
 	s->start = (struct start *)(((uintptr_t)s->base + size - sizeof(struct start)) & ~(uintptr_t)63);
 	s->start->plan = h;
@@ -1687,7 +1731,7 @@ EXPORT long anyns_spawn(const void *plan, uint64_t flags, int cgroup_fd, int sha
 	pid = anyns_clone3_raw(&args, sizeof args, child_main, s->start);
 	sigprocmask(SIG_SETMASK, &old, 0);
 	if (pid < 0) {
-		munmap(s->base, size);
+		release_stack(s->base, size);
 		return pid;
 	}
 	*serial_out = s->serial;
