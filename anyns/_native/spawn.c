@@ -1070,11 +1070,20 @@ static int op_signals(struct child *st)
 {
 	struct kernel_sigaction_ dfl = {0, 0, 0, 0};
 	uint64_t none = 0;
+	int sig;
 	(void)st;
-	/* CLONE_CLEAR_SIGHAND reset the handled ones; ignored ones survive exec, and
-	 * CPython ignores SIGPIPE and SIGXFSZ (subprocess's restore_signals does the same) */
-	TRY(SC(SYS_rt_sigaction, SIGPIPE, &dfl, 0, 8));
-	TRY(SC(SYS_rt_sigaction, SIGXFSZ, &dfl, 0, 8));
+	/* Every disposition back to the default. CLONE_CLEAR_SIGHAND reset the handled ones, but
+	 * ignored ones survive exec: CPython ignores SIGPIPE and SIGXFSZ, nohup ignores SIGHUP, a
+	 * shell's background job SIGINT and SIGQUIT, and an ignored SIGCHLD would have the init's
+	 * children reaped behind its back. A container starts as if from a fresh login. */
+	for (sig = 1; sig <= 64; sig++) {
+		long r;
+		if (sig == SIGKILL || sig == SIGSTOP)
+			continue;
+		r = SC(SYS_rt_sigaction, sig, &dfl, 0, 8);
+		if (r < 0 && r != -EINVAL)
+			return (int)r;
+	}
 	TRY(SC(SYS_rt_sigprocmask, SIG_SETMASK, &none, 0, 8));
 	return 0;
 }
