@@ -93,6 +93,34 @@ def _lib() -> ctypes.CDLL:
 #: the architectures whose programs a native one also runs (Docker's default profile
 #: lists the same): without them in the filter, a 32-bit program dies of SIGSYS.
 COMPANION_ARCHES = {"x86_64": ("x86", "x32"), "aarch64": ("arm",), "s390x": ("s390",)}
+#: x32 getpid: an x86_64 syscall number with the x32 bit (0x40000000) set
+_X32_GETPID = 0x40000000 | 39
+
+
+def kernel_runs(arch: str) -> bool:
+    """Whether this kernel runs syscalls of companion architecture ``arch`` at all.
+
+    Most x86_64 kernels run no x32 program (CONFIG_X86_X32_ABI off, or
+    ``syscall.x32=n``): their x32 syscalls fail with ENOSYS whatever the
+    filter says, so covering x32 only makes every container's filter a
+    quarter longer (1,372 instructions instead of 1,821 for the defaults),
+    and loading it costs per instruction, at every spawn. Without x32 in the
+    filter such a call is refused for its architecture (the process is
+    killed) instead of failing with ENOSYS: a program that makes x32 calls
+    on a kernel without x32 is broken either way.
+    """
+    if arch != "x32":
+        return True
+    return _x32_runs()
+
+
+@functools.cache
+def _x32_runs() -> bool:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    ctypes.set_errno(0)
+    done = libc.syscall(ctypes.c_long(_X32_GETPID))
+    return not (done == -1 and ctypes.get_errno() == 38)  # ENOSYS
 
 
 #: the highest syscall number looked up when listing the syscalls libseccomp knows (Linux 6.x: ~470)
@@ -148,7 +176,7 @@ class Filter:
         native = _arch_name(self._lib.seccomp_arch_native())
         #: the architectures the filter covers, native first
         self.arches: list[str] = [native or "native"]
-        self.arches += COMPANION_ARCHES.get(native or "", ())
+        self.arches += [arch for arch in COMPANION_ARCHES.get(native or "", ()) if kernel_runs(arch)]
         self._contexts: list[int] = []
         try:
             for name in self.arches:
