@@ -60,25 +60,7 @@ def compile_init(target: str) -> None:
     """
     compiler = shlex.split(os.environ.get("ANYNS_INIT_CC") or ("musl-gcc" if shutil.which("musl-gcc") else "")
                            or os.environ.get("CC") or "cc")
-    if not compiler or shutil.which(compiler[0]) is None:
-        raise CompileError(f"{HINT} (no C compiler {compiler[0] if compiler else ''!r} found)")
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    fd, scratch = tempfile.mkstemp(prefix=".anyns-init-", dir=os.path.dirname(target))
-    os.close(fd)
-    try:
-        done = subprocess.run([*compiler, *CFLAGS, "-o", scratch, os.path.join(HERE, SOURCE)],
-                              capture_output=True, text=True)
-        if done.returncode != 0:
-            lines = [line.strip() for line in (done.stderr or done.stdout).splitlines() if line.strip()]
-            # the line that says what is missing ("cannot find -lc" without libc.a), else the first error
-            said = next((line for line in lines if "cannot find" in line), None) or next(
-                (line for line in lines if "error" in line), lines[-1] if lines else "nothing")
-            raise CompileError(f"{HINT} ({' '.join(compiler)} said: {said})")
-        os.chmod(scratch, 0o755)
-        os.replace(scratch, target)
-    finally:
-        if os.path.exists(scratch):
-            os.unlink(scratch)
+    _compile(compiler, CFLAGS, SOURCE, target, HINT)
 
 
 def compile_spawn_library(target: str) -> None:
@@ -87,19 +69,29 @@ def compile_spawn_library(target: str) -> None:
     Raises:
         CompileError: no compiler, or the compiler failed (one line, with the fix).
     """
-    compiler = shlex.split(os.environ.get("CC") or "cc")
+    _compile(shlex.split(os.environ.get("CC") or "cc"), SPAWN_CFLAGS, SPAWN_SOURCE, target, SPAWN_HINT)
+
+
+def _compile(compiler: list[str], flags: tuple[str, ...], source: str, target: str, hint: str) -> None:
+    """``compiler flags -o target source``, through a scratch file renamed onto ``target``.
+
+    Raises:
+        CompileError: no compiler, or it failed: ``hint`` and the line of its output that says why.
+    """
     if not compiler or shutil.which(compiler[0]) is None:
-        raise CompileError(f"{SPAWN_HINT} (no C compiler {compiler[0] if compiler else ''!r} found)")
+        raise CompileError(f"{hint} (no C compiler {compiler[0] if compiler else ''!r} found)")
     os.makedirs(os.path.dirname(target), exist_ok=True)
-    fd, scratch = tempfile.mkstemp(prefix=".libanyns-spawn-", dir=os.path.dirname(target))
+    fd, scratch = tempfile.mkstemp(prefix=".anyns-build-", dir=os.path.dirname(target))
     os.close(fd)
     try:
-        done = subprocess.run([*compiler, *SPAWN_CFLAGS, "-o", scratch, os.path.join(HERE, SPAWN_SOURCE)],
+        done = subprocess.run([*compiler, *flags, "-o", scratch, os.path.join(HERE, source)],
                               capture_output=True, text=True)
         if done.returncode != 0:
             lines = [line.strip() for line in (done.stderr or done.stdout).splitlines() if line.strip()]
-            said = next((line for line in lines if "error" in line), lines[-1] if lines else "nothing")
-            raise CompileError(f"{SPAWN_HINT} ({' '.join(compiler)} said: {said})")
+            # the line that says what is missing ("cannot find -lc" without libc.a), else the first error
+            said = next((line for line in lines if "cannot find" in line), None) or next(
+                (line for line in lines if "error" in line), lines[-1] if lines else "nothing")
+            raise CompileError(f"{hint} ({' '.join(compiler)} said: {said})")
         os.chmod(scratch, 0o755)
         os.replace(scratch, target)
     finally:
@@ -116,8 +108,15 @@ class BuildPy(build_py):
 
     def run(self) -> None:
         super().run()
-        compile_init(self._target(BINARY))
-        compile_spawn_library(self._target(LIBRARY))
+        try:
+            compile_init(self._target(BINARY))
+            compile_spawn_library(self._target(LIBRARY))
+        except CompileError as e:
+            if getattr(self, "editable_mode", False):
+                # setuptools turns an Exception from build_py into a warning for an editable
+                # install, which would then "succeed" without the native core: stop for real.
+                raise SystemExit(f"error: {e}") from None
+            raise
 
     def _target(self, name: str) -> str:
         if getattr(self, "editable_mode", False):
