@@ -1,6 +1,6 @@
-"""The hardening defaults, as plain data: shared by the spec (validation) and the child (``_security``).
+"""The hardening defaults, as plain data: shared by the spec (validation) and the plan and filter (``_security``).
 
-No imports: the zygote loads this, and so does the spec layer.
+No imports: the spec layer loads this, and so may the zygote.
 """
 
 #: capability(7) numbers by name
