@@ -483,8 +483,12 @@ class Supervisor(metaclass=NoPublicConstructor):
             if leaf is not None:
                 until_made.push_async_callback(self._release_cgroup, leaf)
             container: Container | None = None
-            try:
-                with SmallExitStack() as always:
+            # ``always`` encloses the release: a container is killed and reaped (in its turn,
+            # when many are cancelled at once) before its pipes are closed, so that the loop
+            # iteration that wakes a thousand cancelled runs does no more than bring each to
+            # its turn (``_pacing``).
+            with SmallExitStack() as always:
+                try:
                     if go is not None:
                         always.callback(os.close, go)
                     if plan.tty and not (started or options.capture_stdout):
@@ -547,9 +551,9 @@ class Supervisor(metaclass=NoPublicConstructor):
                         # wait (on the pidfd) instead of two, then the record if any.
                         None if (started or plan.channel_is_socket) else err_r,
                     )
-            finally:
-                if container is not None:
-                    await container._release()
+                finally:
+                    if container is not None:
+                        await container._release()
 
     async def _release_child(self, container: Container, go: int, err_r: int) -> None:
         """Write a user-namespaced container's uid/gid maps, give a Bridge container its eth0; then let it go on.
