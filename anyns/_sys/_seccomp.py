@@ -116,6 +116,14 @@ def kernel_runs(arch: str) -> bool:
 
 @functools.cache
 def _x32_runs() -> bool:
+    # Under a seccomp filter of its own (anyns inside a container) the probe itself could be the
+    # call that filter kills for its architecture: keep x32 then, which costs only length.
+    try:
+        with open("/proc/self/status", "rb") as f:
+            if any(line.split() == [b"Seccomp:", b"2"] for line in f):
+                return True
+    except OSError:
+        return True
     libc = ctypes.CDLL(None, use_errno=True)
     libc.syscall.restype = ctypes.c_long
     ctypes.set_errno(0)
