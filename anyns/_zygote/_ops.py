@@ -220,7 +220,7 @@ def encode(ops: Sequence[Sequence[Any]]) -> bytes:
 SKELETON_CALL = "attach_skeleton"
 
 
-def needs_own_memory(flags: int, ops: Sequence[Sequence[Any]], dumpable: bool) -> bool:
+def needs_own_memory(flags: int, ops: Sequence[Sequence[Any]], dumpable: bool, entered: int = 0) -> bool:
     """Whether a plan's child must have an address space of its own (an ordinary clone, not CLONE_VM).
 
     * a dumpable child (rootless: the supervisor writes its id maps): being
@@ -231,9 +231,15 @@ def needs_own_memory(flags: int, ops: Sequence[Sequence[Any]], dumpable: bool) -
       shares, and a process of another user namespace must not share the
       zygote's memory;
     * a time namespace: ``setns`` into one (``enter_time_namespace`` too)
-      is EUSERS for such a process (``timens_install``: ``current_is_single_threaded``).
+      is EUSERS for such a process (``timens_install``: ``current_is_single_threaded``);
+    * a pid namespace the zygote enters for the clone (``entered``: the
+      plan's ``enter`` flags; ``Container.exec``, ``Join(pid=...)``): the
+      child is born among a running container's processes, and one that
+      holds CAP_SYS_PTRACE may open its ``/proc/PID/mem`` while it sets up.
+      Sharing the zygote's memory, that would be a write into the zygote
+      (host root); a copy of it is at worst read, as before the native core.
     """
-    if dumpable or flags & _OWN_MEMORY:
+    if dumpable or flags & _OWN_MEMORY or entered & _CLONE_NEWPID:
         return True
     for _step, call, _path, args in ops:
         if call == "setns" and int(args[1]) & _OWN_MEMORY:
@@ -245,6 +251,7 @@ def needs_own_memory(flags: int, ops: Sequence[Sequence[Any]], dumpable: bool) -
 
 _CLONE_NEWUSER = 0x10000000
 _CLONE_NEWTIME = 0x00000080
+_CLONE_NEWPID = 0x20000000
 #: namespaces a process whose memory is shared may not enter or make
 _OWN_MEMORY = _CLONE_NEWUSER | _CLONE_NEWTIME
 

@@ -311,9 +311,12 @@ class Zygote:
                 or not -1 <= cgroup < extra):
             raise ValueError(f"extra fds {extra}, enter {enter} and cgroup {cgroup} do not fit")
         dumpable = bool(body.get("dumpable", 0))
+        entered = 0
+        for _index, nsflags in enter:
+            entered |= nsflags
         linked = self.native.link(_ops.encode(ops))
         plan = self.plans[plan_id] = LinkedPlan(flags, linked, extra, enter, holder, cgroup, dumpable,
-                                                not _ops.needs_own_memory(flags, ops, dumpable))
+                                                not _ops.needs_own_memory(flags, ops, dumpable, entered))
         return plan
 
     def _skeleton(self, ops: list[Any]) -> list[Any] | None:

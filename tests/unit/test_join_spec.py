@@ -274,3 +274,17 @@ def test_kind_flags_cover_proc_ns_names() -> None:
         assert kind in KIND_FLAGS
         assert kind in have or kind in ("time", "cgroup")
     assert KIND_FLAGS["mnt"] == NS.MOUNT and KIND_FLAGS["pid"] == NS.PID and KIND_FLAGS["net"] == NS.NET
+
+
+@pytest.mark.parametrize("flags", [NS.DEFAULT, NS.DEFAULT & ~NS.PID])
+def test_a_child_born_among_running_processes_has_memory_of_its_own(flags: NS) -> None:
+    """An exec (or a Join of a pid namespace) is born in a pid namespace whose processes already run:
+    it must not share the zygote's memory, which one holding CAP_SYS_PTRACE could then write through
+    /proc/PID/mem while the child sets up. A new container's own pid namespace has nobody else in it."""
+    from anyns._zygote import _ops
+
+    exec_plan = _plan.compile_exec_plan(spec(argv=["true"]), flags)
+    (entered,) = (f for _index, f in exec_plan.enter)
+    assert _ops.needs_own_memory(exec_plan.clone_flags, exec_plan.ops, False, entered) == bool(flags & NS.PID)
+    fresh = _plan.compile_plan(spec(argv=["true"]), _plan.HostLayout(newroot="/x", cgroup_v2=True))
+    assert not _ops.needs_own_memory(fresh.clone_flags, fresh.ops, False, 0)
