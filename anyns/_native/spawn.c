@@ -1066,6 +1066,9 @@ static int dup_onto(int from, int to)
 	return r < 0 ? (int)r : 0;
 }
 
+/* The signals the zygote ignores (anyns_native_init): the only ones CLONE_CLEAR_SIGHAND leaves as they are. */
+static uint64_t ignored_signals;
+
 static int op_signals(struct child *st)
 {
 	struct kernel_sigaction_ dfl = {0, 0, 0, 0};
@@ -1074,11 +1077,11 @@ static int op_signals(struct child *st)
 	(void)st;
 	/* Every disposition back to the default. CLONE_CLEAR_SIGHAND reset the handled ones, but
 	 * ignored ones survive exec: CPython ignores SIGPIPE and SIGXFSZ, nohup ignores SIGHUP, a
-	 * shell's background job SIGINT and SIGQUIT, and an ignored SIGCHLD would have the init's
-	 * children reaped behind its back. A container starts as if from a fresh login. */
+	 * shell's background job SIGINT and SIGQUIT. A container starts as if from a fresh login;
+	 * only the zygote's ignored signals need a call each. */
 	for (sig = 1; sig <= 64; sig++) {
 		long r;
-		if (sig == SIGKILL || sig == SIGSTOP)
+		if (!(ignored_signals >> (sig - 1) & 1))
 			continue;
 		r = SC(SYS_rt_sigaction, sig, &dfl, 0, 8);
 		if (r < 0 && r != -EINVAL)
@@ -1770,9 +1773,17 @@ EXPORT int anyns_busy_stacks(void)
 /* Once, in the zygote, before the first spawn; returns the native core's version. */
 EXPORT int anyns_native_init(void)
 {
+	struct kernel_sigaction_ now;
 	int i;
 	for (i = 1; i < 256; i++)
 		error_text[i] = strerror(i);
+	/* which signals this process ignores (while it serves, the zygote ignores no other: it only
+	 * installs handlers, which CLONE_CLEAR_SIGHAND resets); SIGPIPE and SIGXFSZ always, as CPython's */
+	ignored_signals = 1ULL << (SIGPIPE - 1) | 1ULL << (SIGXFSZ - 1);
+	for (i = 1; i <= 64; i++)
+		if (i != SIGKILL && i != SIGSTOP && raw6(SYS_rt_sigaction, i, 0, (long)&now, 8, 0, 0) == 0 &&
+		    now.handler == (unsigned long)SIG_IGN)
+			ignored_signals |= 1ULL << (i - 1);
 	return ANYNS_NATIVE_VERSION;
 }
 
