@@ -240,10 +240,11 @@ class Plan:
 
         ``by_kind[kind]`` holds the fds of that kind, each taken in turn: one
         for a joined kind (``"net"`` …), ``"container"``, ``"go"`` and
-        ``"status"``; for ``"cgroup"`` the leaf's fds as ``Leaf.open_fds``
-        gives them (the v2 directory, then each v1 ``cgroup.procs``), from
-        which the ``"cgroup1"`` kinds take theirs too. Kinds the plan lacks
-        are ignored.
+        ``"status"``; for ``"leaf"`` the container's cgroup leaf's fds as
+        ``Leaf.open_fds`` gives them (the v2 directory, then each v1
+        ``cgroup.procs``), from which the ``"leaf1"`` kinds take theirs too.
+        (``"cgroup"`` is a joined cgroup namespace, like ``"net"``.) Kinds
+        the plan lacks are ignored.
 
         Raises:
             ValueError: a kind of the plan with no fd (left) for it.
@@ -251,7 +252,7 @@ class Plan:
         taken = {kind: iter(fds) for kind, fds in by_kind.items()}
         out = []
         for kind in self.extra_kinds:
-            fd = next(taken.get("cgroup" if kind == "cgroup1" else kind, iter(())), None)
+            fd = next(taken.get("leaf" if kind == "leaf1" else kind, iter(())), None)
             if fd is None:
                 raise ValueError(f"the plan's extra fd {kind!r} was not given")
             out.append(fd)
@@ -460,10 +461,10 @@ def _cgroup_steps(b: _Builder, spec: ContainerSpec | None, host: HostLayout, ext
     cgroup = -1
     if host.cgroup_v2:
         cgroup = len(extra_kinds)
-        extra_kinds += ("cgroup",)
+        extra_kinds += ("leaf",)  # not "cgroup": that is a joined cgroup namespace's kind
     for name in host.cgroup_v1:
         b.op("cgroup", "cgroup_enter", name, len(extra_kinds))
-        extra_kinds += ("cgroup1",)
+        extra_kinds += ("leaf1",)
     return extra_kinds, cgroup
 
 

@@ -361,7 +361,7 @@ class Supervisor(metaclass=NoPublicConstructor):
             try:
                 by_kind = _join_fds(spec, sent)
                 if leaf is not None:
-                    by_kind["cgroup"] = _closed_by(sent, _cgroups.spawn_fds(leaf))
+                    by_kind["leaf"] = _closed_by(sent, _cgroups.spawn_fds(leaf))
                 go = None
                 if "go" in plan.extra_kinds:
                     go_r, go = os.pipe2(os.O_CLOEXEC)
@@ -439,7 +439,7 @@ class Supervisor(metaclass=NoPublicConstructor):
                         for kind, fd in ns_fds.items():
                             by_kind[kind] = _closed_by(sent, [os.dup(fd)])
                 if leaf is not None:  # the exec'd process joins the container's cgroup, and holds it
-                    by_kind["cgroup"] = _closed_by(sent, _cgroups.spawn_fds(leaf))
+                    by_kind["leaf"] = _closed_by(sent, _cgroups.spawn_fds(leaf))
                     leaf.users += 1
                 with _fd_exhaustion_as_setup_error():
                     return await self._launch(spec, plan_id, plan, sent, by_kind, options, task_status,

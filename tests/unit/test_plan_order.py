@@ -94,14 +94,14 @@ def test_cgroup_fds_and_moves(spec: anyns.ContainerSpec, layout: _plan.HostLayou
     plan = compile_(spec, layout)
     enters = [op for op in plan.ops if op[1] == "cgroup_enter"]
     if not needs_cgroup(spec, layout.rootless):
-        assert plan.cgroup == -1 and enters == [] and "cgroup" not in plan.extra_kinds
+        assert plan.cgroup == -1 and enters == [] and "leaf" not in plan.extra_kinds
         return
     assert (plan.cgroup >= 0) == layout.cgroup_v2
     if layout.cgroup_v2:
-        assert plan.extra_kinds[plan.cgroup] == "cgroup"
+        assert plan.extra_kinds[plan.cgroup] == "leaf"
     assert [op[2] for op in enters] == list(layout.cgroup_v1)
     assert plan.ops[:len(enters)] == tuple(enters)
-    assert [plan.extra_kinds[op[3][0]] for op in enters] == ["cgroup1"] * len(enters)
+    assert [plan.extra_kinds[op[3][0]] for op in enters] == ["leaf1"] * len(enters)
     assert plan.to_wire()["cgroup"] == plan.cgroup
 
 
@@ -112,10 +112,10 @@ def test_a_container_without_its_own_pid_namespace_gets_a_cgroup_from_a_root_sup
                    spec(join=anyns.Join(pid="/proc/1/ns/pid"))):
         assert needs_cgroup(no_pid) and not needs_cgroup(no_pid, rootless=True)
         plan = compile_(no_pid, layout)
-        assert plan.extra_kinds[plan.cgroup] == "cgroup"
+        assert plan.extra_kinds[plan.cgroup] == "leaf"
         assert [op[2] for op in plan.ops if op[1] == "cgroup_enter"] == ["devices", "memory"]
         rootless = compile_(no_pid, attrs.evolve(layout, rootless=True))
-        assert rootless.cgroup == -1 and "cgroup1" not in rootless.extra_kinds
+        assert rootless.cgroup == -1 and "leaf1" not in rootless.extra_kinds
     assert not needs_cgroup(spec())
     assert compile_(spec(), layout).cgroup == -1
     assert needs_cgroup(spec(limits=anyns.Limits()), rootless=True)
@@ -126,7 +126,7 @@ def test_an_exec_joins_the_cgroup_of_its_container_whenever_given_the_layout() -
     layout = _plan.HostLayout(newroot=NEWROOT, cgroup_v2=True, cgroup_v1=("memory",))
     exec_spec = spec(namespaces=Namespaces.DEFAULT & ~Namespaces.PID)
     plan = _plan.compile_exec_plan(exec_spec, exec_spec.namespaces, layout)
-    assert plan.extra_kinds == ("container", "cgroup", "cgroup1")
+    assert plan.extra_kinds == ("container", "leaf", "leaf1")
     assert plan.cgroup == 1
     assert _plan.compile_exec_plan(exec_spec, exec_spec.namespaces).extra_kinds == ("container",)
 
@@ -227,11 +227,24 @@ def test_init_spawns_the_program_and_reports_on_the_last_extra_fd(spec: anyns.Co
 
 
 def test_extra_fds_follow_the_plans_kinds() -> None:
-    """Plan.extra_fds puts each kind's fds where extra_kinds has them; the v1 cgroup kinds draw on "cgroup"."""
+    """Plan.extra_fds puts each kind's fds where extra_kinds has them; the v1 leaf kinds draw on "leaf"."""
     from anyns._plan import Plan
 
-    plan = Plan(clone_flags=0, ops=(), extra_kinds=("net", "cgroup", "cgroup1", "cgroup1", "go", "status"))
-    assert plan.extra_fds({"status": [9], "go": [8], "cgroup": [5, 6, 7], "net": [4], "pid": [3]}) == [
+    plan = Plan(clone_flags=0, ops=(), extra_kinds=("net", "leaf", "leaf1", "leaf1", "go", "status"))
+    assert plan.extra_fds({"status": [9], "go": [8], "leaf": [5, 6, 7], "net": [4], "pid": [3]}) == [
         4, 5, 6, 7, 8, 9]
     with pytest.raises(ValueError, match="'go'"):
-        plan.extra_fds({"net": [4], "cgroup": [5, 6, 7], "status": [9]})
+        plan.extra_fds({"net": [4], "leaf": [5, 6, 7], "status": [9]})
+
+
+def test_a_joined_cgroup_namespace_and_the_cgroup_leaf_keep_their_own_fds() -> None:
+    """Join(pid=..., cgroup=...) gives a container both a joined cgroup namespace and a leaf of its own (no pid
+    namespace of its own): the two kinds must not draw on the same fds (a fuzzed spec found them mixed)."""
+    spec = anyns.ContainerSpec(argv=["true"], join=anyns.Join(pid="/proc/1/ns/pid", cgroup="/proc/1/ns/cgroup"))
+    layout = _plan.HostLayout(newroot="/x", cgroup_v2=True, cgroup_v1=("memory", "pids"))
+    plan = _plan.compile_plan(spec, layout)
+    assert plan.extra_kinds.count("cgroup") == 1 and plan.extra_kinds.count("leaf") == 1
+    fds = plan.extra_fds({"pid": [3], "cgroup": [4], "leaf": [5, 6, 7], "status": [8]})
+    kinds = dict(zip(plan.extra_kinds, fds, strict=False))
+    assert kinds["cgroup"] == 4 and kinds["leaf"] == 5 and fds[plan.cgroup] == 5
+    assert len(set(fds)) == len(fds) == len(plan.extra_kinds)  # each fd once
