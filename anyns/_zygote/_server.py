@@ -401,11 +401,17 @@ def main(sock_fd: int, supervisor_pid: int, newroot: str, cgroup_parent: str = "
     _signal.signal(_signal.SIGTERM, _on_supervisor_death)
     crashed = False
     try:
-        zygote.serve()
+        try:
+            zygote.serve()
+        except _SupervisorDied:
+            crashed = True
+        _signal.signal(_signal.SIGTERM, _signal.SIG_IGN)  # a late PDEATHSIG must not cut the cleanup short
     except _SupervisorDied:
+        # The PDEATHSIG came after serve() returned on the socket's EOF but before SIG_IGN was in
+        # place: its handler raised here, and the cleanup below must still run.
         crashed = True
     finally:
-        _signal.signal(_signal.SIGTERM, _signal.SIG_IGN)  # a late PDEATHSIG must not cut the cleanup short
+        _signal.signal(_signal.SIGTERM, _signal.SIG_IGN)  # also after an unexpected error from serve()
         # Only after a crash: a supervisor that closes normally shuts its end
         # for writing and waits for us (its socket stays open: no POLLHUP),
         # removes its own cgroups, and other supervisors of its process may
